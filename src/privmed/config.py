@@ -1,0 +1,83 @@
+"""Typed settings. Every field can be overridden from the CLI or the environment.
+
+The data root defaults to ``../shared/datasets`` beside the project checkout; users point
+``PRIVMED_DATA`` or ``--data-root`` at their own copy.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATASETS = ("chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray")
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("PRIVMED_DATA")
+    if env:
+        return Path(env).expanduser()
+    beside_repo = REPO_ROOT.parent / "shared" / "datasets"
+    if beside_repo.is_dir():
+        return beside_repo
+    return Path("../shared/datasets")
+
+
+def cache_dir() -> Path:
+    """Where derived artefacts (feature caches) go; never images, never identifiers."""
+    return Path(os.environ.get("PRIVMED_CACHE", REPO_ROOT / ".privmed-cache")).expanduser()
+
+
+def bundles_dir() -> Path:
+    return Path(os.environ.get("PRIVMED_BUNDLES", REPO_ROOT / "bundles")).expanduser()
+
+
+class PreprocessConfig(BaseModel):
+    size: int = Field(224, ge=16, le=1024)
+    clahe: bool = False
+    denoise: bool = False
+
+
+class AugmentConfig(BaseModel):
+    enabled: bool = True
+    rotate_degrees: float = 10.0
+    flip: bool = False  # chest films are not left-right symmetric; off by default
+    zoom: float = 0.1
+    contrast: float = 0.2
+    noise_std: float = 0.02
+
+
+class PrivacyConfig(BaseModel):
+    enabled: bool = True
+    epsilon: float = 2.0
+    delta: float | None = None  # None -> 1 / (10 N), N = training images
+    max_grad_norm: float = 1.0
+    accountant: Literal["prv", "rdp", "gdp"] = "prv"
+    unit: Literal["image"] = "image"
+
+    @field_validator("epsilon")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"epsilon must be > 0 (got {v}); use --no-dp to train without privacy")
+        return v
+
+
+class TrainConfig(BaseModel):
+    dataset: str = "chest_xray_pneumonia"
+    data_root: Path = Field(default_factory=default_data_root)
+    model: str = "effnet_lite0_head"
+    epochs: int = Field(30, ge=1, le=100)
+    batch_size: int = Field(256, ge=1)
+    lr: float = 1e-3
+    class_weights: bool = True
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    patience: int = Field(10, ge=1)
+    seed: int = 0
+    workers: int = 0
+    exclude_leaked_test: bool = True
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)

@@ -1,0 +1,183 @@
+"""Labelled image datasets: folders ``<root>/<split>/<class>/<file>`` and MedMNIST ``.npz``.
+
+A ``Record`` keeps the patient id next to every image where the data has one, so that splits
+(and, later, privacy) can be per patient. Patient ids stay in memory: never logged or cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from privmed.config import DATASETS, default_data_root
+from privmed.errors import DatasetError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
+
+# chest_xray_pneumonia names carry a patient id: person<id>_bacteria_<n>, IM-<id>-<n>, NORMAL2-IM-<id>-<n>
+_PATIENT_PATTERNS = [
+    re.compile(r"^(person\d+)_"),
+    re.compile(r"^(NORMAL2-IM-\d+)-"),
+    re.compile(r"^(IM-\d+)-"),
+]
+
+
+def patient_id_from_name(name: str) -> str | None:
+    for pat in _PATIENT_PATTERNS:
+        m = pat.match(name)
+        if m:
+            return m.group(1)
+    return None
+
+
+@dataclass(frozen=True)
+class Record:
+    path: Path
+    label: int
+    patient_id: str | None = None
+    index: int | None = None  # row in an .npz file; None for image files
+
+    @property
+    def group(self) -> str:
+        """Unit that must not straddle a split: the patient, else the image itself."""
+        return self.patient_id or f"{self.path}#{self.index}"
+
+
+class FolderDataset:
+    """``<root>/<split>/<class>/<file>``; classes are the sorted sub-folder names of train."""
+
+    def __init__(self, root: Path, name: str | None = None):
+        self.root = Path(root)
+        self.name = name or self.root.name
+        if not self.root.is_dir():
+            raise DatasetError(
+                f"dataset folder {self.root} does not exist; set PRIVMED_DATA or --data-root to the folder "
+                "that holds it (layout <root>/<split>/<class>/<image>)"
+            )
+        splits = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not splits:
+            raise DatasetError(f"{self.root} has no split folders (expected train/ and test/)")
+        self.splits = splits
+        first = "train" if "train" in splits else splits[0]
+        self.classes = sorted(p.name for p in (self.root / first).iterdir() if p.is_dir())
+        if not self.classes:
+            raise DatasetError(f"{self.root / first} has no class folders")
+
+    def records(self, split: str) -> list[Record]:
+        folder = self.root / split
+        if not folder.is_dir():
+            raise DatasetError(f"{self.name} has no '{split}' split (found: {', '.join(self.splits)})")
+        out = []
+        for label, cls in enumerate(self.classes):
+            files = sorted(
+                p for p in (folder / cls).glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            ) if (folder / cls).is_dir() else []
+            if not files:
+                raise DatasetError(
+                    f"class folder {folder / cls} is missing or holds no images; every class of train "
+                    f"({', '.join(self.classes)}) needs images in every split"
+                )
+            out += [Record(p, label, patient_id_from_name(p.name)) for p in files]
+        return out
+
+    def load(self, record: Record):
+        from privmed.data.read import load_image
+
+        return load_image(record.path)
+
+
+class NpzDataset:
+    """A MedMNIST-style ``.npz`` with ``{split}_images`` and ``{split}_labels`` arrays."""
+
+    def __init__(self, path: Path, classes: list[str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DatasetError(f"no such .npz file: {self.path}")
+        self._npz = np.load(self.path)
+        self.name = self.path.stem
+        self.splits = sorted(k[: -len("_images")] for k in self._npz.files if k.endswith("_images"))
+        if not self.splits:
+            raise DatasetError(f"{self.path} has no '<split>_images' arrays (keys: {self._npz.files})")
+        n_cls = int(np.max(self._npz[f"{self.splits[0]}_labels"])) + 1
+        self.classes = classes or [str(i) for i in range(n_cls)]
+
+    def records(self, split: str) -> list[Record]:
+        if split not in self.splits:
+            raise DatasetError(f"{self.path} has no '{split}' split (found: {', '.join(self.splits)})")
+        labels = np.asarray(self._npz[f"{split}_labels"]).reshape(len(self._npz[f"{split}_labels"]), -1)[:, 0]
+        return [Record(self.path, int(y), None, i) for i, y in enumerate(labels)]
+
+    def load(self, record: Record):
+        from privmed.data.read import Image, _to_gray01
+
+        split = next(s for s in self.splits if len(self._npz[f"{s}_labels"]) > record.index)
+        arr = self._npz[f"{split}_images"][record.index]
+        return Image(_to_gray01(arr), {"format": "npz"})
+
+
+def open_dataset(name_or_path: str | Path, data_root: Path | None = None):
+    """A shared dataset by name (``chest_xray_pneumonia``...), a folder, or an ``.npz`` file."""
+    p = Path(name_or_path)
+    if p.suffix == ".npz":
+        return NpzDataset(p)
+    if p.is_dir():
+        return FolderDataset(p)
+    name = str(name_or_path)
+    if name not in DATASETS and ("/" in name or p.exists()):
+        raise DatasetError(f"{name} is neither a dataset folder nor an .npz file")
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}, or pass a folder path")
+    root = Path(data_root) if data_root else default_data_root()
+    if not root.is_dir():
+        raise DatasetError(
+            f"data root {root} does not exist; set PRIVMED_DATA or --data-root to the folder holding {name}/"
+        )
+    return FolderDataset(root / name, name)
+
+
+def train_val_split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Seeded split stratified by class and grouped by patient: no patient is on both sides."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_label[r.label][r.group].append(r)
+    train, val = [], []
+    for label in sorted(by_label):
+        groups = sorted(by_label[label])
+        rng.shuffle(groups)
+        n_target = round(val_fraction * sum(len(by_label[label][g]) for g in groups))
+        taken = 0
+        for g in groups:
+            dest = val if taken < n_target else train
+            dest += by_label[label][g]
+            if dest is val:
+                taken += len(by_label[label][g])
+    # a patient with images in two classes could land on both sides; move them to train
+    train_groups = {r.group for r in train}
+    moved = [r for r in val if r.group in train_groups and r.patient_id]
+    val = [r for r in val if not (r.group in train_groups and r.patient_id)]
+    return train + moved, val
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def fingerprint(records: list[Record]) -> str:
+    """Content hash of a list of records (file bytes + labels); stable across machines."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: (str(r.path), r.index or 0)):
+        h.update(file_sha256(r.path).encode() if r.index is None else f"{r.path.name}:{r.index}".encode())
+        h.update(str(r.label).encode())
+    return h.hexdigest()
+
+
+def drop_leaked(test: list[Record], train: list[Record]) -> tuple[list[Record], int]:
+    """Remove test images whose bytes also occur in train (the brain MRI set leaks 216)."""
+    train_hashes = {file_sha256(r.path) for r in train if r.index is None}
+    kept = [r for r in test if r.index is not None or file_sha256(r.path) not in train_hashes]
+    return kept, len(test) - len(kept)
