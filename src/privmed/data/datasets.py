@@ -5,6 +5,7 @@ A ``Record`` keeps the patient id next to every image where the data has one, so
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import defaultdict
@@ -40,6 +41,7 @@ class Record:
     label: int
     patient_id: str | None = None
     index: int | None = None  # row in an .npz file; None for image files
+    split: str | None = None  # .npz split the row belongs to
 
     @property
     def group(self) -> str:
@@ -109,14 +111,29 @@ class NpzDataset:
         if split not in self.splits:
             raise DatasetError(f"{self.path} has no '{split}' split (found: {', '.join(self.splits)})")
         labels = np.asarray(self._npz[f"{split}_labels"]).reshape(len(self._npz[f"{split}_labels"]), -1)[:, 0]
-        return [Record(self.path, int(y), None, i) for i, y in enumerate(labels)]
+        return [Record(self.path, int(y), None, i, split) for i, y in enumerate(labels)]
 
     def load(self, record: Record):
         from privmed.data.read import Image, _to_gray01
 
-        split = next(s for s in self.splits if len(self._npz[f"{s}_labels"]) > record.index)
-        arr = self._npz[f"{split}_images"][record.index]
+        arr = self._images(record.split)[record.index]
         return Image(_to_gray01(arr), {"format": "npz"})
+
+    @functools.lru_cache(maxsize=4)
+    def _images(self, split: str) -> np.ndarray:
+        return self._npz[f"{split}_images"]
+
+
+@functools.lru_cache(maxsize=8)
+def _npz(path: Path) -> NpzDataset:
+    return NpzDataset(path)
+
+
+def load_record(record: Record):
+    """Decode one record's image (a file, or a row of an .npz)."""
+    from privmed.data.read import load_image
+
+    return load_image(record.path) if record.index is None else _npz(record.path).load(record)
 
 
 def open_dataset(name_or_path: str | Path, data_root: Path | None = None):

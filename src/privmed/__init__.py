@@ -1,0 +1,26 @@
+"""privmed: privacy-aware medical image analysis.
+
+    import privmed
+    model = privmed.load_model("chest_xray_pneumonia")   # a default bundle, or a bundle path
+    print(model.predict("xray.jpeg").label)
+"""
+__version__ = "0.1.0"
+
+from privmed.data.read import load_image  # noqa: E402
+
+
+def load_model(name_or_path):
+    """Load a model bundle (directory or default bundle name); see ``privmed.inference.Model``."""
+    from privmed.inference import load_model as _load
+
+    return _load(name_or_path)
+
+
+def train(dataset: str = "chest_xray_pneumonia", out=None, **overrides):
+    """Train a model (DP by default, epsilon=2) and write a bundle; returns the bundle path."""
+    from privmed.pipeline import train_bundle
+
+    return train_bundle(dataset=dataset, out=out, **overrides)
+
+
+__all__ = ["__version__", "load_image", "load_model", "train"]

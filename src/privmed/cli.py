@@ -1,0 +1,242 @@
+"""``privmed``: one entry point, subcommands mirroring the layers.
+
+Errors a user can fix print one line (``error: ...``) and exit 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from privmed.errors import PrivmedError
+
+
+def _print(obj, as_json: bool, text: str | None = None) -> None:
+    print(json.dumps(obj, indent=2, default=str) if as_json or text is None else text)
+
+
+def _set_path(d: dict, dotted: str, value: str) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    try:
+        d[keys[-1]] = json.loads(value)
+    except json.JSONDecodeError:
+        d[keys[-1]] = value
+
+
+def train_config(a: argparse.Namespace):
+    from privmed.config import TrainConfig
+
+    over: dict = {"dataset": a.dataset, "privacy": {"enabled": not a.no_dp}, "augment": {}, "preprocess": {}}
+    pairs = {"model": a.model, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
+             "data_root": a.data_root, "patience": a.patience}
+    over.update({k: v for k, v in pairs.items() if v is not None})
+    for k, v in {"epsilon": a.epsilon, "delta": a.delta, "max_grad_norm": a.max_grad_norm,
+                 "accountant": a.accountant}.items():
+        if v is not None:
+            over["privacy"][k] = v
+    if a.no_augment:
+        over["augment"]["enabled"] = False
+    if a.clahe:
+        over["preprocess"]["clahe"] = True
+    if a.denoise:
+        over["preprocess"]["denoise"] = True
+    for item in a.set or []:
+        if "=" not in item:
+            raise PrivmedError(f"--set takes KEY=VALUE (for example augment.rotate_degrees=5), got '{item}'")
+        _set_path(over, *item.split("=", 1))
+    return TrainConfig(**over)
+
+
+def cmd_train(a):
+    from privmed.pipeline import train_bundle
+
+    cfg = train_config(a)
+    out = train_bundle(cfg, a.out, progress=not a.quiet)
+    from privmed.inference.bundle import read_metadata
+
+    meta = read_metadata(out)
+    summary = {"bundle": str(out), "model_id": meta["model_id"], "privacy": meta["privacy"],
+               "validation_accuracy": meta["metrics"]["validation"]["accuracy"],
+               "training_seconds": meta["training_seconds"]}
+    _print(summary, a.json, f"bundle written to {out}\n" + json.dumps(summary["privacy"], indent=2))
+
+
+def cmd_evaluate(a):
+    from privmed.evaluation.evaluate import evaluate
+
+    r = evaluate(a.bundle, a.dataset, a.split, a.data_root, exclude_leaked=not a.keep_leaked, progress=not a.json)
+    text = "\n".join([f"{r['model_id']} on {r['dataset']}/{r['split']} (n={r['n']}, leaked removed: "
+                      f"{r['leaked_test_images_removed']})"] +
+                     [f"  {k}: {r[k]:.4f}" for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
+                                                    "auc", "ece", "sensitivity", "specificity") if k in r] +
+                     [f"  confusion matrix (rows true, cols predicted): {r['confusion_matrix']}"])
+    _print(r, a.json, text)
+
+
+def cmd_predict(a):
+    from privmed.errors import ImageReadError
+    from privmed.inference import load_model
+
+    model = load_model(a.bundle)
+    results, failed = [], 0
+    for f in a.files:
+        try:
+            p = model.predict(f)
+            results.append({"file": f, **p.to_dict()})
+        except ImageReadError as e:
+            failed += 1
+            results.append({"file": f, "error": str(e)})
+    if a.json:
+        _print(results, True)
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: error: {r['error']}")
+                continue
+            probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+            flag = "  ABSTAIN: " + "; ".join(r["abstain_reasons"]) if r["abstain"] else ""
+            print(f"{r['file']}: {r['label']} ({probs}){flag}")
+    return 1 if failed == len(a.files) else 0
+
+
+def cmd_models(a):
+    from privmed.config import bundles_dir
+    from privmed.inference.bundle import read_metadata
+
+    rows = []
+    root = Path(a.dir) if a.dir else bundles_dir()
+    for d in sorted(root.glob("*")) if root.is_dir() else []:
+        if (d / "metadata.json").is_file():
+            m = read_metadata(d)
+            rows.append({"name": d.name, "path": str(d), "model_id": m.get("model_id"), "task": m.get("task"),
+                         "dataset": m.get("dataset"), "classes": m.get("classes"),
+                         "epsilon": (m.get("privacy") or {}).get("epsilon"),
+                         "delta": (m.get("privacy") or {}).get("delta")})
+    _print(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['classes']}"
+                                   for r in rows) or f"no bundles in {root}")
+
+
+def cmd_data_inspect(a):
+    from privmed.data.datasets import open_dataset
+    from privmed.data.inspect import format_report, inspect_dataset
+
+    report = inspect_dataset(open_dataset(a.dataset, a.data_root), near_duplicates=not a.exact_only)
+    _print(report, a.json, format_report(report))
+
+
+def cmd_privacy_account(a):
+    from privmed.privacy.accounting import epsilon_for
+
+    eps = epsilon_for(a.sigma, a.sample_rate, a.steps, a.delta, a.accountant)
+    r = {"epsilon": eps, "delta": a.delta, "noise_multiplier": a.sigma, "sample_rate": a.sample_rate,
+         "steps": a.steps, "accountant": a.accountant}
+    _print(r, a.json, f"epsilon = {eps:.4f} at delta = {a.delta:g} (sigma={a.sigma}, q={a.sample_rate}, "
+                      f"steps={a.steps}, accountant={a.accountant})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privmed", description="Privacy-aware medical image analysis")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd", required=True)
+    di = d.add_parser("inspect", help="counts, sizes, unreadable files, duplicates and leakage")
+    di.add_argument("dataset")
+    di.add_argument("--data-root", type=Path)
+    di.add_argument("--exact-only", action="store_true", help="skip near-duplicate search")
+    di.add_argument("--json", action="store_true")
+    di.set_defaults(fn=cmd_data_inspect)
+
+    t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
+    t.add_argument("--dataset", default="chest_xray_pneumonia")
+    t.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>)")
+    t.add_argument("--model")
+    t.add_argument("--epsilon", type=float)
+    t.add_argument("--delta", type=float)
+    t.add_argument("--max-grad-norm", type=float)
+    t.add_argument("--accountant", choices=["prv", "rdp", "gdp"])
+    t.add_argument("--no-dp", action="store_true", help="train the non-private twin")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--data-root", type=Path)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--clahe", action="store_true")
+    t.add_argument("--denoise", action="store_true")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. augment.zoom=0.2")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a bundle on a dataset split")
+    e.add_argument("bundle")
+    e.add_argument("--dataset")
+    e.add_argument("--split", default="test")
+    e.add_argument("--data-root", type=Path)
+    e.add_argument("--keep-leaked", action="store_true", help="keep test images that also appear in train")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="label and per-class probabilities for image files")
+    pr.add_argument("bundle")
+    pr.add_argument("files", nargs="+")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(fn=cmd_predict)
+
+    m = sub.add_parser("models", help="list known bundles")
+    m.add_argument("--dir")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+
+    pv = sub.add_parser("privacy", help="privacy accounting and audits").add_subparsers(dest="privacy_cmd", required=True)
+    pa = pv.add_parser("account", help="epsilon from noise multiplier, sample rate, steps and delta")
+    pa.add_argument("--sigma", type=float, required=True)
+    pa.add_argument("--sample-rate", type=float, required=True)
+    pa.add_argument("--steps", type=int, required=True)
+    pa.add_argument("--delta", type=float, required=True)
+    pa.add_argument("--accountant", default="prv", choices=["prv", "rdp", "gdp"])
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(fn=cmd_privacy_account)
+    _extensions(sub, pv)
+    return p
+
+
+def _extensions(sub, privacy_sub) -> None:
+    """Subcommands that live in the faces and evaluation layers register themselves here."""
+    import importlib
+
+    for mod in ("privmed.evaluation.cli", "privmed.api.cli", "privmed.app.cli"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        m.register(sub, privacy_sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except PrivmedError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except ValidationError as e:
+        msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        print(f"error: invalid setting: {msgs}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; a resumable checkpoint is kept beside the output", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The model bundle: a directory with ``metadata.json`` and ``weights.safetensors``.
+
+Metadata describes everything needed to use and judge the model (classes, input spec,
+preprocessing, training config, metrics, data fingerprint, privacy ledger, versions). The
+weights' SHA-256 is checked on every load, so a tampered bundle is refused.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from privmed.errors import BundleError
+from privmed.models import MODELS, SplitModel, get_model
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+METADATA = "metadata.json"
+
+
+def versions() -> dict:
+    import monai
+    import opacus
+
+    from privmed import __version__
+
+    return {"privmed": __version__, "torch": torch.__version__, "opacus": opacus.__version__,
+            "monai": monai.__version__, "python": platform.python_version()}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
+    """Write atomically: a crash leaves either the old bundle or the new one, never half of one."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.trainable.state_dict().items()}
+        save_file(state, tmp / WEIGHTS)
+        meta = dict(metadata)
+        meta.update(format_version=FORMAT_VERSION, weights_sha256=sha256_file(tmp / WEIGHTS),
+                    backbone=model.backbone or None)
+        meta.setdefault("created_at", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        meta.setdefault("versions", versions())
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str))
+        if out.exists():
+            extra = [p for p in out.iterdir() if p.name not in (WEIGHTS, METADATA)]
+            for p in extra:  # keep artefacts that belong to the bundle (model.onnx, reports)
+                shutil.move(str(p), tmp / p.name)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def update_metadata(path: Path, **blocks) -> dict:
+    """Add or replace top-level blocks (metrics, calibration, audit...) without touching weights."""
+    path = Path(path)
+    meta = read_metadata(path)
+    meta.update(blocks)
+    tmp = path / (METADATA + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, path / METADATA)
+    return meta
+
+
+def read_metadata(path: Path) -> dict:
+    path = Path(path)
+    if not (path / METADATA).is_file():
+        raise BundleError(f"{path} is not a privmed bundle (no {METADATA}); train one with `privmed train`")
+    try:
+        return json.loads((path / METADATA).read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path / METADATA} is not valid JSON ({e}); the bundle is damaged") from None
+
+
+def load_bundle(path: Path) -> tuple[SplitModel, dict]:
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    wpath = path / WEIGHTS
+    if not wpath.is_file():
+        raise BundleError(f"{path} has no {WEIGHTS}; the bundle is incomplete")
+    if sha256_file(wpath) != meta.get("weights_sha256"):
+        raise BundleError(f"weights of {path} do not match the checksum in {METADATA}: the bundle was modified "
+                          "or damaged; do not use it, re-train or restore it")
+    arch = meta.get("model", {})
+    if arch.get("name") not in MODELS:
+        raise BundleError(f"bundle asks for unknown model '{arch.get('name')}'")
+    model = get_model(arch["name"], len(meta["classes"]), **arch.get("kwargs", {}))
+    want = (meta.get("backbone") or {}).get("sha256")
+    if want and model.backbone.get("sha256") != want:
+        raise BundleError("installed backbone weights differ from those the bundle was trained on; install "
+                          f"{meta['backbone'].get('package')}")
+    try:
+        model.trainable.load_state_dict(load_file(wpath))
+    except RuntimeError as e:
+        raise BundleError(f"weights do not fit model '{arch['name']}' with {len(meta['classes'])} classes: {e}") from None
+    return model.eval(), meta

