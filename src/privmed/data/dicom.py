@@ -1,0 +1,213 @@
+"""DICOM to one grayscale float image in [0, 1] plus metadata with no patient identifiers.
+
+Display pipeline (DICOM PS3.4 Annex N order): modality LUT (rescale slope/intercept) ->
+VOI LUT or window centre/width -> MONOCHROME1 inversion. Without a VOI, 8-bit display data
+is scaled by its BitsStored range and deeper data by its own min/max (raw 12/16-bit values
+rarely span the nominal range, so a fixed scale would make a normal MR look black).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from privmed.errors import ImageReadError
+
+# Fixed project salt: the hash groups images by patient but is not a lookup of raw ids.
+PATIENT_SALT = b"privmed/patient-id/v1:"
+PATIENT_HASH_CHARS = 16
+
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
+
+# transfer syntax UID prefix -> the pip packages whose pydicom plugin decodes it
+_DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.5": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",  # JPEG baseline/extended
+    "1.2.840.10008.1.2.4.57": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.8": "pylibjpeg + pylibjpeg-libjpeg, pyjpegls, or python-gdcm",  # JPEG-LS
+    "1.2.840.10008.1.2.4.9": "pylibjpeg + pylibjpeg-openjpeg, or python-gdcm",  # JPEG 2000
+    "1.2.840.10008.1.2.4.20": "pylibjpeg + pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg + pylibjpeg-rle",
+}
+
+
+def read_dicom(data: bytes | str | Path, max_pixels: int) -> tuple[np.ndarray, dict]:
+    """Decode one single-frame DICOM image. Raises ``ImageReadError`` naming the problem and fix."""
+    ds = _parse(data)
+    try:
+        with warnings.catch_warnings():  # pydicom warns per odd value; we raise or succeed instead
+            warnings.simplefilter("ignore")
+            return _read(ds, max_pixels)
+    except ImageReadError:
+        raise
+    except Exception as e:  # malformed header values (e.g. '1A' in an integer tag) surface lazily
+        raise ImageReadError(f"the DICOM header is malformed ({type(e).__name__}: {e}); re-export the image") from None
+
+
+def _read(ds, max_pixels: int) -> tuple[np.ndarray, dict]:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        what = f"modality {ds.get('Modality')}" if ds.get("Modality") else "no image module"
+        if len(ds) == 0 or ("Rows" not in ds and "SOPClassUID" not in ds):
+            raise ImageReadError("not a DICOM image: no DICOM header or pixel data found; the file may be corrupt")
+        raise ImageReadError(f"the DICOM file has no pixel data ({what}); it is not an image (a report, plan...)")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError("the DICOM header has no valid Rows/Columns; the file is corrupt")
+    if rows * cols > max_pixels:
+        raise ImageReadError(
+            f"DICOM image is {cols}x{rows} = {rows * cols:,} pixels, over the {max_pixels:,} limit; downscale it"
+        )
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise ImageReadError(
+            f"the DICOM file holds {frames} frames (a series or cine loop); send one frame as its own file"
+        )
+    meta = _safe_meta(ds)
+    arr = _decode(ds, meta)
+    photometric = meta["photometric_interpretation"]
+    if photometric in _COLOUR:
+        pixels = _colour_to_gray(arr, ds, photometric)
+        meta["converted_to_gray_from"] = photometric
+        meta["voi"] = "bits_stored"
+    else:
+        pixels = _monochrome(arr, ds, meta)
+    if not np.isfinite(pixels).all():
+        raise ImageReadError("DICOM pixel data contains NaN or infinite values")
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32), meta
+
+
+def _parse(data):
+    import pydicom
+    from pydicom.uid import UID
+
+    try:
+        src = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else str(data)
+        with warnings.catch_warnings():  # pydicom warns on every odd tag with force=True
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(src, force=True)
+    except FileNotFoundError:
+        raise ImageReadError(f"no such file: {data}") from None
+    except Exception as e:
+        raise ImageReadError(f"not a readable DICOM file ({type(e).__name__}: {e}); it may be truncated") from None
+    # files without a meta header: take the transfer syntax from how the body was encoded
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if implicit is not None:
+            uid = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+            ds.file_meta.TransferSyntaxUID = UID(uid)
+    return ds
+
+
+def _safe_meta(ds) -> dict:
+    """Technical tags only; the patient id is kept as a salted, truncated hash."""
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    meta = {
+        "format": "dicom",
+        "modality": str(ds.get("Modality") or "") or None,
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
+        "rows": int(ds.Rows),
+        "cols": int(ds.Columns),
+        "width": int(ds.Columns),
+        "height": int(ds.Rows),
+        "bits_stored": int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0) or None,
+        "transfer_syntax_uid": str(ts) if ts else None,
+        "transfer_syntax": ts.name if ts else None,
+        "body_part": str(ds.get("BodyPartExamined") or "") or None,
+    }
+    pid = str(ds.get("PatientID") or "").strip()
+    if pid:
+        meta["patient_id_hash"] = hashlib.sha256(PATIENT_SALT + pid.encode()).hexdigest()[:PATIENT_HASH_CHARS]
+    return meta
+
+
+def _decode(ds, meta: dict) -> np.ndarray:
+    from pydicom.pixels import get_decoder
+
+    uid, name = meta["transfer_syntax_uid"], meta["transfer_syntax"]
+    if uid is None:
+        raise ImageReadError("the DICOM file states no transfer syntax and its encoding cannot be inferred")
+    hint = next((v for k, v in _DECODER_HINTS.items() if uid.startswith(k)), None)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise ImageReadError(f"DICOM pixel data in transfer syntax '{name}' ({uid}) cannot be decoded by privmed")
+    if not decoder.is_available:
+        raise ImageReadError(
+            f"DICOM pixel data is compressed as '{name}' ({uid}) and no installed decoder handles it; "
+            f"install {hint or 'pylibjpeg or python-gdcm'} (pip) or send an uncompressed DICOM"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except Exception as e:
+        extra = f"; installing {hint} may help" if hint and ds.file_meta.TransferSyntaxUID.is_compressed else ""
+        reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ImageReadError(
+            f"could not decode the DICOM pixel data ('{name}'): {reason}; the file may be truncated or corrupt{extra}"
+        ) from None
+
+
+def _monochrome(arr: np.ndarray, ds, meta: dict) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if arr.ndim != 2:
+        raise ImageReadError(f"expected one 2-D grayscale frame, decoded an array of shape {arr.shape}")
+    modality = apply_modality_lut(arr, ds)  # integer LUT output stays integer for a VOI LUT lookup
+    values = modality.astype(np.float64)
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    method = "voi_lut" if ds.get("VOILUTSequence") else ("window" if has_window else None)
+    lo = hi = 0.0
+    if method:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lo, hi = _voi_output_range(ds, method)
+                values = apply_voi_lut(modality, ds).astype(np.float64)
+        except Exception:  # malformed window/LUT: fall back to the data range rather than refuse the image
+            method, values = None, modality.astype(np.float64)
+    if method is None:
+        bits = meta["bits_stored"] or 16
+        if bits <= 8 and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+            method, lo, hi = "bits_stored", 0.0, float(2**bits - 1)
+        else:
+            method, lo, hi = "min_max", float(values.min()), float(values.max())
+    out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if meta["photometric_interpretation"] == "MONOCHROME1":  # high values are dark: flip to MONOCHROME2
+        out = 1.0 - out
+        meta["inverted"] = True
+    meta["voi"] = method
+    return out
+
+
+def _voi_output_range(ds, method: str) -> tuple[float, float]:
+    """The range pydicom maps onto, probed through pydicom itself so the two cannot disagree."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if method == "window":
+        with np.errstate(over="ignore"):
+            ends = apply_windowing(np.array([-1e12, 1e12]), ds)
+    else:
+        desc = list(ds.VOILUTSequence[0].LUTDescriptor)
+        first = desc[1]
+        domain = np.arange(first, first + (desc[0] or 2**16), dtype=np.int64)
+        ends = apply_voi(domain, ds)
+    return float(np.min(ends)), float(np.max(ends))
+
+
+def _colour_to_gray(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        arr = apply_color_lut(arr, ds)
+        # some palettes declare 16-bit entries but hold 8-bit values
+        peak = 255.0 if arr.max() <= 255 else 65535.0
+    else:  # pydicom already converted YBR to RGB
+        peak = float(2 ** int(ds.get("BitsStored") or 8) - 1)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ImageReadError(f"colour DICOM decoded to shape {arr.shape}, expected HxWx3")
+    gray = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return gray / peak

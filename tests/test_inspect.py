@@ -1,0 +1,133 @@
+"""Dataset audit on real data: exact and near duplicates, leakage into test, patient counts."""
+import hashlib
+import io
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from privmed.config import default_data_root
+from privmed.data.datasets import open_dataset
+from privmed.data.inspect import format_report, hamming_pairs, inspect_dataset, leaked_test_records
+
+
+def _real(name):
+    root = default_data_root()
+    if not (root / name).is_dir():
+        pytest.skip(f"real dataset {name} not found under {root}; set PRIVMED_DATA")
+    return open_dataset(name, root)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Three real chest films: A copied byte for byte into test, B resized + re-encoded into test,
+    C only in test; plus a truncated and a fake image in train."""
+    src = _real("chest_xray_pneumonia")
+    a, c = src.records("train")[0].path, src.records("train")[1].path
+    b = next(r.path for r in src.records("train") if r.label == 1)
+    for d in ("train/normal", "train/pneumonia", "test/normal", "test/pneumonia"):
+        (tmp_path / d).mkdir(parents=True)
+    shutil.copy(a, tmp_path / "train/normal/a.jpeg")
+    shutil.copy(b, tmp_path / "train/pneumonia/b.jpeg")
+    shutil.copy(a, tmp_path / "test/normal/a_copy.jpeg")
+    shutil.copy(c, tmp_path / "test/normal/c.jpeg")
+    img = PILImage.open(b).convert("L").resize((200, 200), PILImage.LANCZOS)
+    img.save(tmp_path / "test/pneumonia/b_near.jpeg", quality=80)
+    (tmp_path / "train/normal/cut.jpeg").write_bytes(a.read_bytes()[:3000])
+    (tmp_path / "train/normal/fake.png").write_text("<html>404 not found</html>")
+    return open_dataset(tmp_path)
+
+
+def test_tiny_folder_leak_found(tiny):
+    rep = inspect_dataset(tiny)
+    json.dumps(rep)  # JSON-able
+    leak = rep["leakage"]["test"]
+    assert leak["exact"] == 1 and leak["near_only"] == 1 and leak["leaked"] == 2
+    assert sorted(leak["files"]) == ["test/normal/a_copy.jpeg", "test/pneumonia/b_near.jpeg"]
+    assert leak["per_class"]["normal"] == {"images": 2, "exact": 1, "near": 0, "leaked": 1}
+    assert leak["per_class"]["pneumonia"]["near"] == 1 and leak["label_conflicts"] == 0
+    bad = {u["path"]: u["reason"] for u in rep["unreadable"]}
+    assert set(bad) == {"train/normal/cut.jpeg", "train/normal/fake.png"}
+    assert "truncated" in bad["train/normal/cut.jpeg"] and "html" in bad["train/normal/fake.png"]
+    assert rep["counts"]["train"] == {"normal": 3, "pneumonia": 1, "total": 4}
+    assert rep["sizes"]["test"] == {"224x224": 2, "200x200": 1}
+    leaked = leaked_test_records(tiny)
+    assert sorted(r.path.name for r in leaked) == ["a_copy.jpeg", "b_near.jpeg"]
+    assert [r.path.name for r in leaked_test_records(tiny, near_duplicates=False)] == ["a_copy.jpeg"]
+    text = format_report(rep)
+    assert "Leakage test -> train: 2 of 3" in text and "b_near.jpeg" in text
+
+
+def test_covid_cross_split_copies(capsys):
+    ds = _real("covid19_xray")
+    rep = inspect_dataset(ds)
+    leak = rep["leakage"]["test"]
+    # every reported exact copy really is byte-identical to a train file
+    train_sha = {hashlib.sha256(r.path.read_bytes()).hexdigest() for r in ds.records("train")}
+    exact = [r for r in ds.records("test") if hashlib.sha256(r.path.read_bytes()).hexdigest() in train_sha]
+    assert leak["exact"] == len(exact) == 6
+    assert leak["leaked"] > leak["exact"]  # re-encoded copies exist too
+    assert {f.split("/")[1] for f in leak["files"]} == {"covid"}
+    assert rep["sizes"]["train"] == {"640x640": 251} and set(rep["modes"]["train"]) == {"L", "RGB"}
+    assert rep["unreadable"] == [] and not rep["patients"]["available"]
+    print(format_report(rep))
+
+
+def test_brain_mri_has_216_exact_test_leaks():
+    ds = _real("brain_tumor_mri")
+    start = time.perf_counter()
+    rep = inspect_dataset(ds)
+    secs = time.perf_counter() - start
+    leak = rep["leakage"]["test"]
+    print(f"brain_tumor_mri audit: {secs:.1f} s; leak {leak['exact']} exact + {leak['near_only']} near")
+    assert leak["exact"] == 216  # the known defect of the source (datasets README)
+    assert leak["near_only"] > 0 and leak["leaked"] == len(leak["files"])
+    assert sum(c["exact"] for c in leak["per_class"].values()) == 216
+    assert rep["counts"]["test"]["total"] == 1311 and rep["counts"]["train"]["total"] == 5708
+    assert rep["within_split"]["train"]["exact_groups"] > 0  # duplicates inside each split too
+    assert rep["within_split"]["test"]["exact_groups"] > 0
+    assert secs < 60
+
+
+def test_chest_patients_counted_not_named():
+    ds = _real("chest_xray_pneumonia")
+    rep = inspect_dataset(ds, near_duplicates=False)
+    pat = rep["patients"]
+    assert pat["available"]
+    assert pat["per_split"]["train"]["pneumonia"]["patients"] == 1635
+    assert pat["per_split"]["train"]["normal"]["patients"] == 1211
+    assert pat["shared_with_train"]["test"] == 170
+    blob = json.dumps(pat) + format_report(rep).split("Patients")[-1]
+    assert "person" not in blob and "IM-" not in blob  # counts only, never ids
+    assert rep["leakage"]["test"]["exact"] == 0  # README: exact duplicates only within splits
+    assert rep["within_split"]["train"]["exact_groups"] > 0
+
+
+def test_npz_dataset_leak(tmp_path):
+    rng = np.random.default_rng(0)
+    train = (rng.random((6, 28, 28)) * 255).astype(np.uint8)
+    test = (rng.random((3, 28, 28)) * 255).astype(np.uint8)
+    test[1] = train[4]
+    np.savez(tmp_path / "mini.npz", train_images=train, train_labels=np.array([0, 1, 0, 1, 0, 1]),
+             test_images=test, test_labels=np.array([0, 0, 1]))
+    ds = open_dataset(tmp_path / "mini.npz")
+    rep = inspect_dataset(ds, near_duplicates=False)
+    assert rep["leakage"]["test"]["files"] == ["test#1"]
+    assert rep["leakage"]["test"]["label_conflicts"] == 0
+    assert [r.index for r in leaked_test_records(ds, near_duplicates=False)] == [1]
+
+
+def test_hamming_pairs_matches_brute_force():
+    rng = np.random.default_rng(1)
+    a = rng.random((50, 40)) > 0.5
+    b = rng.random((70, 40)) > 0.5
+    b[3] = a[7]
+    dist = (a[:, None, :] != b[None, :, :]).sum(-1)
+    expect = {(i, j) for i, j in zip(*np.nonzero(dist <= 12))}
+    assert set(hamming_pairs(a, b, 12)) == expect and (7, 3) in expect
+    same = set(hamming_pairs(a, a, 12, same=True))
+    d2 = (a[:, None, :] != a[None, :, :]).sum(-1)
+    assert same == {(i, j) for i, j in zip(*np.nonzero(d2 <= 12)) if i < j}
