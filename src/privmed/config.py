@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray")
@@ -65,13 +65,24 @@ class PrivacyConfig(BaseModel):
         return v
 
 
+# Per-model defaults for what the user leaves unset: a linear head on frozen features wants
+# large batches and a high learning rate (DP noise averages out over the batch); CNNs from scratch don't.
+MODEL_DEFAULTS = {
+    "effnet_lite0_head": {"epochs": 30, "batch_size": 512, "lr": 0.05},
+    "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3},
+    "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
+    "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
+    "vgg": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
+}
+
+
 class TrainConfig(BaseModel):
     dataset: str = "chest_xray_pneumonia"
     data_root: Path = Field(default_factory=default_data_root)
     model: str = "effnet_lite0_head"
-    epochs: int = Field(30, ge=1, le=100)
-    batch_size: int = Field(256, ge=1)
-    lr: float = 1e-3
+    epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
     class_weights: bool = True
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int = Field(10, ge=1)
@@ -81,3 +92,10 @@ class TrainConfig(BaseModel):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _fill_model_defaults(self) -> "TrainConfig":
+        for key, value in MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"]).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self

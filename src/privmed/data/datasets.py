@@ -191,10 +191,3 @@ def fingerprint(records: list[Record]) -> str:
         h.update(file_sha256(r.path).encode() if r.index is None else f"{r.path.name}:{r.index}".encode())
         h.update(str(r.label).encode())
     return h.hexdigest()
-
-
-def drop_leaked(test: list[Record], train: list[Record]) -> tuple[list[Record], int]:
-    """Remove test images whose bytes also occur in train (the brain MRI set leaks 216)."""
-    train_hashes = {file_sha256(r.path) for r in train if r.index is None}
-    kept = [r for r in test if r.index is not None or file_sha256(r.path) not in train_hashes]
-    return kept, len(test) - len(kept)

@@ -46,6 +46,15 @@ class Model:
         self.temperature = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
         self.min_confidence = float(self.metadata.get("abstain", {}).get("min_confidence", 0.0))
         self.ood = self.metadata.get("ood")
+        self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
+        try:
+            from privmed.inference.onnx_export import session, usable
+
+            if usable(self.path, self.metadata):
+                self.session = session(self.path / "model.onnx")
+        except Exception:  # onnxruntime missing or the graph unreadable: the torch path serves
+            self.session = None
+        self.backend = "onnxruntime" if self.session is not None else "torch"
 
     @property
     def info(self) -> dict:
@@ -58,6 +67,9 @@ class Model:
         return torch.from_numpy(self.preprocess(image.pixels)).float()[None, None]
 
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.session is not None:
+            logits, emb = self.session.run(["logits", "embedding"], {"input": x.numpy().astype(np.float32)})
+            return torch.from_numpy(logits), torch.from_numpy(emb)
         with torch.no_grad():
             return self.net.forward_with_embedding(x)
 

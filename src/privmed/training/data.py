@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from privmed.config import TrainConfig, cache_dir
-from privmed.data.datasets import Record, drop_leaked, fingerprint, load_record, open_dataset, train_val_split
+from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
 from privmed.data.transforms import Preprocess
 from privmed.errors import DatasetError, ImageReadError
 
@@ -44,12 +44,15 @@ def split_records(cfg: TrainConfig) -> Splits:
 
 
 def test_records(cfg: TrainConfig, split: str = "test") -> tuple[list[Record], int]:
-    """Test records, minus images whose bytes also occur in train when asked (brain MRI leaks)."""
+    """Test records, minus images with an exact or near copy in train when asked (brain MRI leaks)."""
+    from privmed.data.inspect import leaked_test_records
+
     ds = open_dataset(cfg.dataset, cfg.data_root)
     test = ds.records(split)
-    if cfg.exclude_leaked_test:
-        return drop_leaked(test, ds.records("train"))
-    return test, 0
+    if not cfg.exclude_leaked_test:
+        return test, 0
+    leaked = set(leaked_test_records(ds, split))
+    return [r for r in test if r not in leaked], len(leaked)
 
 
 def _key(*parts) -> str:

@@ -1,0 +1,127 @@
+"""``privmed api``, ``privmed keys``, ``privmed log``, ``privmed onnx``, ``privmed ood-refit``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_api(a):
+    from privmed.api.server import Settings, serve
+
+    settings = Settings.from_env(db_url=a.db_url, bundles=a.bundle or None)
+    if a.no_auth:
+        if a.host not in ("127.0.0.1", "localhost", "::1"):
+            from privmed.errors import PrivmedError
+
+            raise PrivmedError("--no-auth is only allowed on 127.0.0.1/localhost")
+        settings.auth = False
+    print(f"privmed API on http://{a.host}:{a.port} (auth {'on' if settings.auth else 'OFF'}, "
+          f"audit log {settings.db_url or 'default'})", file=sys.stderr)
+    serve(a.host, a.port, settings, log_level=a.log_level)
+
+
+def cmd_keys(a):
+    from privmed.api.store import Store
+
+    store = Store(a.db_url)
+    if a.keys_cmd == "create":
+        key_id, key = store.create_key(a.role, a.label)
+        if a.json:
+            print(json.dumps({"key_id": key_id, "role": a.role, "key": key}))
+        else:
+            print(key)
+            print(f"key id {key_id}, role {a.role}: store the key now, it is not kept and cannot be shown again",
+                  file=sys.stderr)
+    elif a.keys_cmd == "list":
+        rows = store.list_keys()
+        print(json.dumps(rows, indent=2) if a.json else "\n".join(
+            f"{r['key_id']}  {r['role']:10} {r['created_at']}  {'REVOKED ' + r['revoked_at'] if r['revoked_at'] else ''}"
+            f"  {r['label'] or ''}" for r in rows) or "no keys")
+    elif a.keys_cmd == "revoke":
+        if not store.revoke_key(a.key_id):
+            print(f"error: no key with id {a.key_id}", file=sys.stderr)
+            return 2
+        print(f"revoked {a.key_id}")
+    return 0
+
+
+def cmd_log(a):
+    from privmed.api.store import Store
+
+    store = Store(a.db_url)
+    if a.log_cmd == "verify":
+        r = store.verify()
+        if a.json:
+            print(json.dumps(r, indent=2))
+        elif r["ok"]:
+            print(f"audit log intact: {r['rows']} rows, last hash {r['last_hash']}")
+        else:
+            print(f"AUDIT LOG TAMPERED: {r['problem']} (first bad row: {r['first_bad_seq']}; "
+                  f"{r['rows']} rows verified before it)", file=sys.stderr)
+        return 0 if r["ok"] else 1
+    if a.log_cmd == "show":
+        for r in store.rows(a.after, a.limit):
+            print(json.dumps(r))
+    return 0
+
+
+def cmd_onnx(a):
+    from privmed.inference.onnx_export import export
+    from privmed.inference.predictor import resolve_bundle
+
+    block = export(resolve_bundle(a.bundle))
+    print(json.dumps(block, indent=2))
+
+
+def cmd_ood_refit(a):
+    from privmed.inference.ood import refit
+    from privmed.inference.predictor import resolve_bundle
+
+    block = refit(resolve_bundle(a.bundle), data_root=a.data_root, progress=not a.json)
+    summary = {k: v for k, v in block.items() if k not in ("means", "components", "variances")}
+    print(json.dumps(summary, indent=2))
+
+
+def register(sub, privacy_sub) -> None:
+    p = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--bundle", action="append", type=Path, help="serve this bundle too (repeatable)")
+    p.add_argument("--db-url", help="SQLAlchemy URL of the key store and audit log (default PRIVMED_DB_URL "
+                                     "or ~/.privmed/privmed.db)")
+    p.add_argument("--no-auth", action="store_true", help="no API keys (localhost only, for development)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(fn=cmd_api)
+
+    k = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    kc = k.add_parser("create", help="create a key and print it once")
+    kc.add_argument("--role", required=True, choices=["clinician", "auditor", "admin"])
+    kc.add_argument("--label")
+    kl = k.add_parser("list", help="key ids, roles, revocation (never the keys)")
+    kr = k.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+    for x in (kc, kl, kr):
+        x.add_argument("--db-url")
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(fn=cmd_keys)
+
+    lg = sub.add_parser("log", help="the audit log").add_subparsers(dest="log_cmd", required=True)
+    lv = lg.add_parser("verify", help="recompute the hash chain; exit 1 on tampering")
+    ls = lg.add_parser("show", help="print rows as JSON lines")
+    ls.add_argument("--after", type=int, default=0)
+    ls.add_argument("--limit", type=int, default=100)
+    for x in (lv, ls):
+        x.add_argument("--db-url")
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(fn=cmd_log)
+
+    o = sub.add_parser("onnx", help="export a bundle to BUNDLE/model.onnx and check it against torch")
+    o.add_argument("bundle")
+    o.set_defaults(fn=cmd_onnx)
+
+    r = sub.add_parser("ood-refit", help="fit (or refit) a bundle's out-of-distribution detector")
+    r.add_argument("bundle")
+    r.add_argument("--data-root", type=Path)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_ood_refit)

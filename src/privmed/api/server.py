@@ -1,0 +1,329 @@
+"""The REST API (FastAPI): predict, models, health, metrics, audit log, keys.
+
+Auth is on by default: ``Authorization: Bearer <key>`` (or ``X-API-Key``). Roles: clinician
+(predict, models), auditor (audit log, models), admin (keys, models). Every request under ``/v1``
+(and every refused one) is written to the hash-chained audit log.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from privmed.api.metrics import Metrics
+from privmed.api.registry import Registry, UnknownModel
+from privmed.api.service import InputError, analyse
+from privmed.api.store import ROLES, Principal, Store
+from privmed.data.read import MAX_BYTES
+from privmed.inference.report import fhir, model_card
+
+log = logging.getLogger("privmed.api")
+
+PERMISSIONS = {"predict": {"clinician"}, "models": {"clinician", "auditor", "admin"}, "audit": {"auditor"},
+               "keys": {"admin"}}
+FILE_FIELDS = ("file", "files")
+TEXT_FIELDS = ("model", "format", "explain")
+
+
+@dataclass
+class Settings:
+    db_url: str | None = None
+    auth: bool = True
+    bundles: list = field(default_factory=list)
+    scan_default_bundles: bool = True
+    max_file_bytes: int = MAX_BYTES
+    max_request_bytes: int = MAX_BYTES + 2 * 2**20
+    max_files: int = 16
+
+    @classmethod
+    def from_env(cls, **over) -> "Settings":
+        s = cls(db_url=os.environ.get("PRIVMED_DB_URL"),
+                auth=os.environ.get("PRIVMED_API_AUTH", "on").lower() not in ("0", "off", "false", "no"))
+        if os.environ.get("PRIVMED_MAX_UPLOAD_MB"):
+            s.max_file_bytes = int(float(os.environ["PRIVMED_MAX_UPLOAD_MB"]) * 2**20)
+            s.max_request_bytes = s.max_file_bytes + 2 * 2**20
+        for k, v in over.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+
+def _err(status: int, detail: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=detail)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    store = Store(settings.db_url)
+    registry = Registry(settings.bundles, settings.scan_default_bundles)
+    metrics = Metrics()
+    app = FastAPI(title="privmed API", version="1", description="Differentially private medical image "
+                  "classification. Research use only; not a medical device.")
+    app.state.store, app.state.registry, app.state.metrics, app.state.settings = store, registry, metrics, settings
+
+    # ---------- auth
+    def principal(request: Request) -> Principal:
+        if not settings.auth:
+            return Principal(None, "*")
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        p = store.authenticate(key)
+        if p is None:
+            request.state.audit["detail"] = "missing API key" if not key else "invalid API key"
+            raise HTTPException(401, "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                                     "(create one with `privmed keys create --role clinician`)" if not key
+                                else "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        request.state.principal = p
+        return p
+
+    def require(action: str):
+        def dep(request: Request, p: Principal = Depends(principal)) -> Principal:
+            if settings.auth and p.role not in PERMISSIONS[action]:
+                raise HTTPException(403, f"role '{p.role}' may not {action}; this needs role "
+                                         f"{' or '.join(sorted(PERMISSIONS[action]))}")
+            return p
+        return dep
+
+    # ---------- audit + metrics middleware
+    @app.middleware("http")
+    async def audit_mw(request: Request, call_next):
+        t0 = time.perf_counter()
+        request.state.audit = {}
+        try:
+            response = await call_next(request)
+            status = response.status_code
+        except Exception:  # pragma: no cover - last resort; handlers map every known error
+            log.exception("unhandled error")
+            response = JSONResponse({"detail": "internal error; the request was logged"}, status_code=500)
+            status = 500
+        seconds = time.perf_counter() - t0
+        route = request.scope.get("route")
+        route_path = getattr(route, "path", None) or "unmatched"
+        metrics.observe_request(request.method, route_path, status, seconds)
+        if 400 <= status < 500 and route_path == "/v1/predict":
+            metrics.observe_input_error(status)
+        path = request.url.path
+        if path.startswith("/v1") or status >= 400:
+            a = getattr(request.state, "audit", {}) or {}
+            p = getattr(request.state, "principal", None)
+            try:
+                await run_in_threadpool(
+                    store.append, key_id=p.key_id if p else None, role=p.role if p else None,
+                    method=request.method, path=route_path if route_path != "unmatched" else path[:200],
+                    status=status, latency_ms=seconds * 1000, model_id=a.get("model_id"),
+                    model_version=a.get("model_version"), epsilon=a.get("epsilon"),
+                    input_sha256=a.get("input_sha256"), output=a.get("output"), detail=a.get("detail"))
+            except Exception:
+                log.exception("audit log append failed")
+                return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        a = getattr(request.state, "audit", None)
+        if isinstance(a, dict):
+            a.setdefault("detail", str(exc.detail)[:500])
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+            parts.append(f"{loc or 'request'}: {e.get('msg')}")
+        detail = "invalid request: " + "; ".join(parts)
+        getattr(request.state, "audit", {}).setdefault("detail", detail[:500])
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(request: Request, exc: StarletteHTTPException):
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.method} {request.url.path}; see /docs"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} is not allowed on {request.url.path}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    # ---------- open endpoints
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "models": len(registry.entries()), "auth": settings.auth}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prom():
+        return PlainTextResponse(metrics.render({"privmed_models_loaded": registry.loaded}),
+                                 media_type="text/plain; version=0.0.4")
+
+    # ---------- models
+    @app.get("/v1/models")
+    def list_models(request: Request, p: Principal = Depends(require("models"))):
+        return {"models": [_summary(e) for e in registry.entries()]}
+
+    @app.get("/v1/models/{model_ref}")
+    def get_model(model_ref: str, request: Request, p: Principal = Depends(require("models"))):
+        try:
+            e = registry.find(model_ref)
+        except UnknownModel as ex:
+            raise _err(404, str(ex)) from None
+        request.state.audit.update(model_id=e["id"], model_version=e["metadata"].get("weights_sha256"))
+        return model_card(e["metadata"], e["name"])
+
+    # ---------- predict
+    @app.post("/v1/predict")
+    async def predict(request: Request, p: Principal = Depends(require("predict"))):
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise _err(415, f"send images as multipart/form-data (field 'file'), not '{ctype or 'no content type'}'")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
+            raise _err(413, f"request body is {int(declared) / 2**20:.1f} MiB, over the "
+                            f"{settings.max_request_bytes / 2**20:.0f} MiB limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_request_bytes:
+                raise _err(413, f"request body is over the {settings.max_request_bytes / 2**20:.0f} MiB limit")
+
+        async def replay():
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=settings.max_files, max_fields=10)
+        except StarletteHTTPException as e:
+            if "too many files" in str(e.detail).lower():
+                raise _err(413, f"too many files in one request; the limit is {settings.max_files}") from None
+            raise _err(400, f"malformed multipart body: {e.detail}") from None
+        except Exception as e:
+            raise _err(400, f"malformed multipart body ({type(e).__name__}); send multipart/form-data") from None
+        unknown = sorted(set(form.keys()) - set(FILE_FIELDS) - set(TEXT_FIELDS))
+        uploads = [v for k in FILE_FIELDS for v in form.getlist(k)]
+        if unknown and not uploads:
+            raise _err(400, f"unknown form field(s) {', '.join(repr(u) for u in unknown)}; send the image(s) in "
+                            "the field 'file' (and optionally 'model', 'format', 'explain')")
+        if unknown:
+            raise _err(400, f"unknown form field(s) {', '.join(repr(u) for u in unknown)}; allowed: "
+                            f"{', '.join(FILE_FIELDS + TEXT_FIELDS)}")
+        if not uploads:
+            raise _err(400, "no image: send one or more files in the multipart field 'file'")
+        if any(not isinstance(u, UploadFile) for u in uploads):
+            raise _err(400, "the field 'file' must be a file upload, not a text value")
+        if len(uploads) > settings.max_files:
+            raise _err(413, f"{len(uploads)} files in one request; the limit is {settings.max_files}")
+        fmt = str(form.get("format") or "json").lower()
+        if fmt not in ("json", "fhir"):
+            raise _err(400, f"format must be 'json' or 'fhir', got '{fmt}'")
+        explain_raw = str(form.get("explain") or "false").lower()
+        if explain_raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise _err(400, f"explain must be true or false, got '{explain_raw}'")
+        explain = explain_raw in ("1", "true", "yes", "on")
+        model_ref = form.get("model")
+        if model_ref is not None and not isinstance(model_ref, str):
+            raise _err(400, "the field 'model' must be text (a model id or name)")
+        try:
+            entry = registry.find(model_ref)
+        except UnknownModel as e:
+            raise _err(404 if model_ref else 400, str(e)) from None
+        model = await run_in_threadpool(registry.model, entry)
+        meta = model.metadata
+        audit = request.state.audit
+        audit.update(model_id=entry["id"], model_version=meta.get("weights_sha256"),
+                     epsilon=(meta.get("privacy") or {}).get("epsilon"))
+        datas = [await u.read() for u in uploads]
+        audit["input_sha256"] = [_sha(d) for d in datas]
+        results = []
+        for i, (u, data) in enumerate(zip(uploads, datas)):
+            try:
+                res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
+                                                 max_bytes=settings.max_file_bytes)
+            except InputError as e:
+                prefix = f"file {i + 1} of {len(uploads)}: " if len(uploads) > 1 else ""
+                raise _err(e.status, prefix + e.detail) from None
+            results.append(res)
+            metrics.observe_prediction(entry["id"], res["label"], res["abstain"])
+        audit["output"] = [{"label": r["label"], "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()},
+                            "abstain": r["abstain"], "ood_score": r.get("ood_score")} for r in results]
+        card = model_card(meta, entry["name"])
+        if fmt == "fhir":
+            return JSONResponse(fhir(results, card), media_type="application/fhir+json")
+        return {"model": {k: card[k] for k in ("id", "name", "task", "version", "classes", "privacy")},
+                "backend": getattr(model, "backend", "torch"), "results": results}
+
+    # ---------- audit
+    @app.get("/v1/audit")
+    def audit_rows(request: Request, after_seq: int = 0, limit: int = 100, p: Principal = Depends(require("audit"))):
+        if not 1 <= limit <= 1000:
+            raise _err(400, "limit must be between 1 and 1000")
+        rows = store.rows(after_seq, limit)
+        for r in rows:
+            for k in ("input_sha256", "output"):
+                if r.get(k):
+                    r[k] = json.loads(r[k])
+        return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after_seq}
+
+    @app.get("/v1/audit/verify")
+    def audit_verify(request: Request, p: Principal = Depends(require("audit"))):
+        return store.verify()
+
+    # ---------- keys
+    @app.post("/v1/keys", status_code=201)
+    async def create_key(request: Request, p: Principal = Depends(require("keys"))):
+        try:
+            body = await request.json()
+        except Exception:
+            raise _err(400, "send a JSON body like {\"role\": \"clinician\", \"label\": \"ward 3\"}") from None
+        if not isinstance(body, dict) or body.get("role") not in ROLES:
+            raise _err(400, f"'role' must be one of {', '.join(ROLES)}")
+        label = body.get("label")
+        if label is not None and (not isinstance(label, str) or len(label) > 200):
+            raise _err(400, "'label' must be text of at most 200 characters")
+        key_id, key = store.create_key(body["role"], label)
+        request.state.audit["output"] = {"created_key_id": key_id, "role": body["role"]}
+        return {"key_id": key_id, "role": body["role"], "key": key,
+                "note": "store this key now: it is not kept and cannot be shown again"}
+
+    @app.get("/v1/keys")
+    def list_keys(request: Request, p: Principal = Depends(require("keys"))):
+        return {"keys": store.list_keys()}
+
+    @app.delete("/v1/keys/{key_id}")
+    def revoke_key(key_id: str, request: Request, p: Principal = Depends(require("keys"))):
+        if not store.revoke_key(key_id):
+            raise _err(404, f"no key with id '{key_id}'")
+        request.state.audit["output"] = {"revoked_key_id": key_id}
+        return {"key_id": key_id, "revoked": True}
+
+    return app
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _summary(e: dict) -> dict:
+    m = e["metadata"]
+    p = m.get("privacy") or {}
+    return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
+            "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
+            "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+            "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster"))}
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info"):
+    import uvicorn
+
+    if os.environ.get("PRIVMED_TORCH_THREADS"):  # on shared CPUs one intra-op thread often serves better
+        import torch
+
+        torch.set_num_threads(int(os.environ["PRIVMED_TORCH_THREADS"]))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)

@@ -1,0 +1,61 @@
+"""Bytes in, result out: the prediction step shared by the REST API and the in-process app.
+No web framework here. Every way an upload can be wrong becomes an ``InputError`` with an HTTP
+status (413 too large, 415 not an image type, 422 an image that cannot be used) and a message."""
+from __future__ import annotations
+
+import threading
+
+from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
+from privmed.errors import ImageReadError
+from privmed.inference.report import check_modality, result_dict, sha256_hex
+
+IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
+_PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
+
+
+class InputError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image:
+    if not data:
+        raise InputError(400, "the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
+    if len(data) > max_bytes:
+        raise InputError(413, f"the file is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    kind = sniff_format(data)
+    if kind not in IMAGE_KINDS:
+        what = {"gif": "a GIF", "zip": "a ZIP archive", "pdf": "a PDF", "html": "an HTML page", "text": "plain text",
+                "unknown": "not a recognised image"}.get(kind, kind)
+        raise InputError(415, f"the content is {what}, not an image privmed reads (the type is sniffed from the "
+                              "bytes, not the file name); upload a PNG, JPEG or DICOM file")
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except ImageReadError as e:
+        msg = str(e)
+        raise InputError(413 if "limit" in msg and "pixels" in msg else 422, msg) from None
+    except (MemoryError, OverflowError):
+        raise InputError(413, "the image is too large to decode; downscale it before upload") from None
+    except Exception as e:  # a decoder failure we did not foresee is still the upload's fault
+        raise InputError(422, f"could not decode the {kind.upper()} file ({type(e).__name__}); "
+                              "it may be damaged; re-export it") from None
+
+
+def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
+            max_bytes: int = MAX_BYTES) -> tuple[dict, Image]:
+    """Decode, check modality, predict. Returns the JSON-able result and the decoded image."""
+    digest = sha256_hex(data) if data else sha256_hex(b"")
+    img = decode_upload(data, max_bytes=max_bytes)
+    try:
+        check_modality(img.meta, model.metadata)
+    except ImageReadError as e:
+        raise InputError(422, str(e)) from None
+    if min(img.pixels.shape) < 2:
+        raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
+    with _PREDICT_LOCK:
+        try:
+            pred = model.predict(img, explain=explain)
+        except ImageReadError as e:
+            raise InputError(422, str(e)) from None
+    return result_dict(pred, filename=filename, input_sha256=digest, image_meta=img.meta, heatmap=explain), img

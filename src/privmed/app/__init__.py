@@ -1,0 +1,1 @@
+"""Clinician app (Streamlit). ``privmed app`` starts it; ``backend`` holds the non-UI logic."""

@@ -1,0 +1,115 @@
+"""Where the clinician app gets predictions: in-process (default) or a privmed REST API
+(``PRIVMED_API_URL`` + ``PRIVMED_API_KEY``). No Streamlit import here, so it is testable alone."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+TASK_LABELS = {"pneumonia": "Pneumonia (paediatric chest X-ray)", "brain_tumor": "Brain tumour (MRI)",
+               "covid19": "COVID-19 (chest X-ray)"}
+
+
+def task_label(task: str | None) -> str:
+    return TASK_LABELS.get(task or "", task or "unknown task")
+
+
+class BackendError(Exception):
+    """A refused upload or unreachable service, with a message to show the user."""
+
+
+def extra_bundles() -> list[Path]:
+    raw = os.environ.get("PRIVMED_APP_BUNDLES", "")
+    return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+
+
+class LocalBackend:
+    name = "in-process"
+
+    def __init__(self, bundles: list[Path] | None = None):
+        from privmed.api.registry import Registry
+
+        self.registry = Registry(bundles if bundles is not None else extra_bundles())
+
+    def models(self) -> list[dict]:
+        from privmed.inference.report import model_card
+
+        return [model_card(e["metadata"], e["name"]) for e in self.registry.entries()]
+
+    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool) -> dict:
+        from privmed.api.registry import UnknownModel
+        from privmed.api.service import InputError, analyse
+
+        try:
+            entry = self.registry.find(model_id)
+        except UnknownModel as e:
+            raise BackendError(str(e)) from None
+        model = self.registry.model(entry)
+        try:
+            result, _ = analyse(model, data, filename=filename, explain=explain)
+        except InputError as e:
+            raise BackendError(e.detail) from None
+        return result
+
+
+class RemoteBackend:
+    name = "REST API"
+
+    def __init__(self, url: str, key: str | None, timeout: float = 60.0):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def _get(self, path: str) -> dict:
+        import httpx
+
+        try:
+            r = self.client.get(path)
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot reach the privmed API at {self.url} ({type(e).__name__})") from None
+        if r.status_code >= 400:
+            raise BackendError(_detail(r))
+        return r.json()
+
+    def models(self) -> list[dict]:
+        return [self._get(f"/v1/models/{m['id']}") for m in self._get("/v1/models")["models"]]
+
+    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool) -> dict:
+        import httpx
+
+        try:
+            r = self.client.post("/v1/predict", files={"file": (filename, data, "application/octet-stream")},
+                                 data={"model": model_id, "explain": "true" if explain else "false"})
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot reach the privmed API at {self.url} ({type(e).__name__})") from None
+        if r.status_code >= 400:
+            raise BackendError(_detail(r))
+        return r.json()["results"][0]
+
+
+def _detail(r) -> str:
+    try:
+        return str(r.json().get("detail"))
+    except Exception:
+        return f"HTTP {r.status_code}"
+
+
+def make_backend():
+    url = os.environ.get("PRIVMED_API_URL")
+    if url:
+        return RemoteBackend(url, os.environ.get("PRIVMED_API_KEY"))
+    return LocalBackend()
+
+
+def display_pixels(data: bytes) -> np.ndarray | None:
+    """Grey pixels for display (decoded locally; None if the bytes are not an image)."""
+    from privmed.data.read import load_image
+    from privmed.errors import ImageReadError
+
+    try:
+        return load_image(data).pixels
+    except (ImageReadError, Exception):
+        return None

@@ -1,0 +1,154 @@
+"""privmed clinician app (Streamlit). Run with ``privmed app``.
+
+Choose a task, upload PNG/JPEG/DICOM images (or take a camera frame), and see the quality verdict,
+the calibrated prediction, the abstain message, an optional Grad-CAM overlay, the model card with
+its privacy ledger, and download the report as JSON or FHIR R4.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+import streamlit as st
+
+from privmed.app.backend import BackendError, display_pixels, make_backend, task_label
+from privmed.inference.report import ABSTAIN_MESSAGE, fhir
+
+st.set_page_config(page_title="privmed: private medical image classification", layout="wide")
+
+
+def password_gate() -> None:
+    want = os.environ.get("PRIVMED_APP_PASSWORD")
+    if not want or st.session_state.get("authenticated"):
+        return
+    st.title("privmed")
+    pw = st.text_input("Password", type="password", key="password")
+    if pw and hmac.compare_digest(pw.encode(), want.encode()):
+        st.session_state["authenticated"] = True
+        st.rerun()
+    if pw:
+        st.error("wrong password")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _backend(config: tuple):
+    return make_backend()
+
+
+def backend():
+    """One backend per configuration (the settings are read from the environment)."""
+    return _backend(tuple(os.environ.get(k) for k in ("PRIVMED_API_URL", "PRIVMED_API_KEY", "PRIVMED_APP_BUNDLES",
+                                                      "PRIVMED_BUNDLES")))
+
+
+def ledger_rows(card: dict) -> list[dict]:
+    p = card.get("privacy") or {}
+    names = [("mechanism", "mechanism"), ("epsilon", "epsilon (spent)"), ("delta", "delta"),
+             ("noise_multiplier", "noise multiplier"), ("max_grad_norm", "clipping norm"),
+             ("sample_rate", "sample rate"), ("steps", "steps"), ("epochs", "epochs"),
+             ("accountant", "accountant"), ("unit_of_privacy", "unit of privacy")]
+    return [{"field": label, "value": str(p.get(k))} for k, label in names if k in p]
+
+
+def show_card(card: dict) -> None:
+    st.subheader("Model card")
+    st.markdown(f"**{card.get('id')}**: {task_label(card.get('task'))}, trained on `{card.get('dataset')}`, "
+                f"architecture `{card.get('architecture')}`; classes: {', '.join(card.get('classes') or [])}")
+    st.caption(f"version (weights SHA-256): {card.get('version')}")
+    st.markdown("**Privacy ledger**")
+    st.table(ledger_rows(card))
+    vm = card.get("validation_metrics") or {}
+    if vm:
+        st.markdown("**Validation metrics**")
+        st.table([{"metric": k, "value": f"{v:.3f}" if isinstance(v, float) else str(v)} for k, v in vm.items()])
+    ood = card.get("ood") or {}
+    if ood:
+        st.caption(f"Out-of-distribution check: {ood.get('method')} on a {ood.get('embedding_dims')}-d embedding, "
+                   f"threshold {ood.get('threshold'):.2f} (refuses <= {100 * ood.get('target_refusal', 0):.1f} % "
+                   "of validation images)")
+    st.caption(card.get("intended_use", ""))
+
+
+def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -> None:
+    st.markdown(f"### {name}")
+    left, right = st.columns([1, 1])
+    pixels = display_pixels(data)
+    with left:
+        if pixels is not None:
+            if show_cam and res.get("heatmap") is not None:
+                import numpy as np
+
+                from privmed.inference.explain import overlay
+
+                st.image(overlay(pixels, np.asarray(res["heatmap"], np.float32)), caption="Grad-CAM overlay",
+                         width="stretch")
+            else:
+                st.image(pixels, caption="uploaded image", clamp=True, width="stretch")
+    with right:
+        q = res.get("quality") or {}
+        if q.get("ok", True):
+            st.success("Image quality: OK")
+        else:
+            st.error("Image quality: " + "; ".join(r["message"] for r in q.get("reasons", [])))
+        if res.get("abstain"):
+            st.warning(f"**{ABSTAIN_MESSAGE}**  \n" + "  \n".join(res.get("abstain_reasons") or []))
+        p = res["probabilities"]
+        st.metric("Model output" + (" (not reliable: abstained)" if res.get("abstain") else ""), str(res.get("label")))
+        st.caption(f"calibrated probability {p.get(res.get('label'), 0):.2f}; all classes:")
+        st.bar_chart({"probability": p}, horizontal=True, height=60 + 35 * len(p))
+        report = {k: v for k, v in res.items() if k != "heatmap"}
+        report["model"] = {k: card.get(k) for k in ("id", "task", "version", "privacy")}
+        c1, c2 = st.columns(2)
+        base = name.rsplit(".", 1)[0]
+        c1.download_button("Download JSON report", json.dumps(report, indent=2), f"{base}.privmed.json",
+                           "application/json", key=f"json-{res['input_sha256']}-{name}")
+        c2.download_button("Download FHIR report", json.dumps(fhir([res], card), indent=2), f"{base}.fhir.json",
+                           "application/fhir+json", key=f"fhir-{res['input_sha256']}-{name}")
+
+
+def main() -> None:
+    password_gate()
+    st.title("privmed: differentially private image classification")
+    st.caption("Research prototype, not a medical device. Every output is a suggestion for a qualified reader.")
+    be = backend()
+    try:
+        cards = be.models()
+    except BackendError as e:
+        st.error(str(e))
+        st.stop()
+    if not cards:
+        st.error("No model bundles found. Train one with `privmed train` (they go to bundles/<dataset>) "
+                 "or start the app with `privmed app --bundle PATH`.")
+        st.stop()
+    with st.sidebar:
+        labels = {f"{task_label(c.get('task'))}: {c['id']}": c for c in cards}
+        choice = st.selectbox("Task", list(labels), key="task")
+        card = labels[choice]
+        show_cam = st.toggle("Show Grad-CAM overlay", value=False, key="gradcam")
+        st.caption(f"backend: {be.name}")
+    tab_up, tab_cam, tab_card = st.tabs(["Upload images", "Camera", "Model card"])
+    with tab_card:
+        show_card(card)
+    with tab_up:
+        files = st.file_uploader("PNG, JPEG or DICOM images", accept_multiple_files=True, key="upload",
+                                 type=["png", "jpg", "jpeg", "dcm", "dicom"])
+    with tab_cam:
+        shot = st.camera_input("Photograph a film or screen (quality is checked)", key="camera")
+    items = [(f.name, f.getvalue()) for f in files or []]
+    if shot is not None:
+        items.append(("camera.jpg", shot.getvalue()))
+    if not items:
+        st.info("Upload one or more images (or take a camera frame) to classify them with the selected model.")
+    for name, data in items:
+        try:
+            with st.spinner(f"analysing {name}"):
+                res = be.analyse(card["id"], data, name, explain=show_cam)
+        except BackendError as e:
+            st.error(f"{name}: {e}")
+            continue
+        show_result(name, data, res, card, show_cam)
+
+
+main()

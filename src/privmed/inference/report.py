@@ -1,0 +1,162 @@
+"""Reports shared by the REST API and the clinician app: JSON results and FHIR R4.
+
+A FHIR ``DiagnosticReport`` carries one contained ``Observation`` per class (the calibrated
+probability), a contained ``Device`` naming the model and its weights checksum, and the HL7
+AI transparency label ``AIAST`` (artificial-intelligence asserted) in ``meta.security``. No patient
+identifier is ever written: the report has no ``subject`` (the receiving system links it to the
+study) and names the input only by its SHA-256.
+
+No web framework is imported here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+
+from privmed.errors import ImageReadError
+
+AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
+         "display": "Artificial Intelligence asserted"}
+ABSTAIN_MESSAGE = "The model abstains: refer this image to a radiologist."
+
+# task -> DICOM modalities the model was trained on (X-ray: CR, DX, DR; MRI: MR); OT/absent pass
+MODALITIES = {"pneumonia": ("CR", "DX", "DR", "RG"), "covid19": ("CR", "DX", "DR", "RG"), "brain_tumor": ("MR",)}
+_MODALITY_NAMES = {"CR": "computed radiography", "DX": "digital X-ray", "DR": "digital radiography",
+                   "RG": "radiographic imaging", "MR": "MRI", "CT": "CT", "US": "ultrasound",
+                   "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "angiography"}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_modality(image_meta: dict, model_metadata: dict) -> None:
+    """Refuse a DICOM whose Modality tag says it is not what the model reads (MR to an X-ray model)."""
+    modality = (image_meta or {}).get("modality")
+    allowed = MODALITIES.get((model_metadata or {}).get("task") or "")
+    if not modality or not allowed or modality in allowed or modality == "OT":
+        return
+    name = _MODALITY_NAMES.get(modality, modality)
+    raise ImageReadError(
+        f"the DICOM Modality is {modality} ({name}) but this model reads {'/'.join(allowed)} images "
+        f"({model_metadata.get('task')}); choose a model for this modality"
+    )
+
+
+def safe_image_meta(meta: dict) -> dict:
+    """The technical image description that may be shown or stored: no patient-derived values."""
+    keep = ("format", "width", "height", "mode", "modality", "photometric_interpretation", "bits_stored",
+            "transfer_syntax", "voi", "inverted", "converted_to_gray_from")
+    return {k: meta[k] for k in keep if k in (meta or {})}
+
+
+def model_card(metadata: dict, name: str | None = None) -> dict:
+    """What a clinician or auditor needs to judge a bundle; the full privacy ledger included."""
+    p = metadata.get("privacy") or {}
+    ledger_keys = ("mechanism", "epsilon", "epsilon_target", "delta", "noise_multiplier", "max_grad_norm",
+                   "sample_rate", "steps", "epochs", "accountant", "unit_of_privacy", "opacus_version")
+    val = (metadata.get("metrics") or {}).get("validation") or {}
+    return {
+        "id": metadata.get("model_id") or name, "name": name, "task": metadata.get("task"),
+        "dataset": metadata.get("dataset"), "classes": metadata.get("classes"),
+        "architecture": (metadata.get("model") or {}).get("name"), "backbone": metadata.get("backbone"),
+        "version": metadata.get("weights_sha256"), "created_at": metadata.get("created_at"),
+        "input": metadata.get("input"), "preprocessing": metadata.get("preprocessing"),
+        "privacy": {k: p.get(k) for k in ledger_keys if k in p} or {"mechanism": "none (non-private)"},
+        "calibration": {k: v for k, v in (metadata.get("calibration") or {}).items()},
+        "ood": {k: v for k, v in (metadata.get("ood") or {}).items()
+                if k not in ("means", "components", "variances")} or None,
+        "validation_metrics": {k: v for k, v in val.items() if isinstance(v, (int, float, str))},
+        "dataset_fingerprint": metadata.get("dataset_fingerprint"),
+        "versions": metadata.get("versions"),
+        "intended_use": "research decision support only; not a medical device. Trained on public research "
+                        "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",
+    }
+
+
+def result_dict(pred, *, filename: str | None, input_sha256: str, image_meta: dict | None = None,
+                heatmap: bool = False) -> dict:
+    d = pred.to_dict(heatmap=heatmap)
+    d.pop("model", None)
+    if not heatmap:
+        d.pop("heatmap", None)
+    out = {"filename": filename, "input_sha256": input_sha256, **d,
+           "image": safe_image_meta(image_meta or {})}
+    if pred.abstain:
+        out["message"] = ABSTAIN_MESSAGE
+    return out
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def diagnostic_report(result: dict, card: dict, issued: str | None = None) -> dict:
+    """FHIR R4 DiagnosticReport for one ``result_dict``; Observations and Device contained."""
+    issued = issued or _now()
+    security = [dict(AIAST)]
+    device = {
+        "resourceType": "Device", "id": "model",
+        "deviceName": [{"name": str(card.get("id")), "type": "model-name"}],
+        "version": [{"type": {"text": "weights sha256"}, "value": str(card.get("version"))}],
+        "type": {"text": "AI image classifier (differentially private)"},
+        "note": [{"text": _privacy_note(card)}],
+    }
+    observations, refs = [], []
+    for i, (cls, p) in enumerate((result.get("probabilities") or {}).items()):
+        oid = f"obs-{i}"
+        observations.append({
+            "resourceType": "Observation", "id": oid, "meta": {"security": security},
+            "status": "preliminary" if result.get("abstain") else "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "imaging", "display": "Imaging"}]}],
+            "code": {"text": f"probability of {cls}"},
+            "valueQuantity": {"value": round(float(p), 6), "unit": "probability",
+                              "system": "http://unitsofmeasure.org", "code": "1"},
+            "device": {"reference": "#model"},
+            "issued": issued,
+        })
+        refs.append({"reference": f"#{oid}"})
+    if result.get("abstain"):
+        conclusion = ABSTAIN_MESSAGE + " Reasons: " + "; ".join(result.get("abstain_reasons") or [])
+    else:
+        p = (result.get("probabilities") or {}).get(result.get("label"), 0.0)
+        conclusion = f"AI finding: {result.get('label')} (calibrated probability {p:.2f}). Not a diagnosis."
+    report = {
+        "resourceType": "DiagnosticReport", "id": str(uuid.uuid4()),
+        "meta": {"security": security},
+        "identifier": [{"system": "urn:privmed:input-sha256", "value": result.get("input_sha256")}],
+        "status": "preliminary" if result.get("abstain") else "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
+                                  "display": "Radiology"}]}],
+        "code": {"text": f"AI image classification: {card.get('task')}"},
+        "issued": issued, "effectiveDateTime": issued,
+        "performer": [{"reference": "#model", "display": str(card.get("id"))}],
+        "contained": [device, *observations],
+        "result": refs,
+        "conclusion": conclusion,
+    }
+    if not result.get("abstain") and result.get("label") is not None:
+        report["conclusionCode"] = [{"text": str(result["label"])}]
+    return report
+
+
+def fhir_bundle(reports: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "collection", "timestamp": _now(),
+            "meta": {"security": [dict(AIAST)]}, "entry": [{"resource": r} for r in reports]}
+
+
+def fhir(results: list[dict], card: dict) -> dict:
+    """One DiagnosticReport for one image, a collection Bundle of them for several."""
+    issued = _now()
+    reports = [diagnostic_report(r, card, issued) for r in results]
+    return reports[0] if len(reports) == 1 else fhir_bundle(reports)
+
+
+def _privacy_note(card: dict) -> str:
+    p = card.get("privacy") or {}
+    if p.get("epsilon") is None:
+        return f"privacy: {p.get('mechanism', 'none')}"
+    return (f"privacy: {p.get('mechanism')}; epsilon={p.get('epsilon')}, delta={p.get('delta')}, "
+            f"unit={p.get('unit_of_privacy')}, accountant={p.get('accountant')}")

@@ -1,0 +1,183 @@
+"""Core pipeline on real data: reading, patient-grouped splits, transforms, DP training with a
+strict budget, kill-and-resume, bundles (tamper detection), evaluation and the CLI's errors."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from privmed.cli import main
+from privmed.config import TrainConfig
+from privmed.data.datasets import open_dataset, patient_id_from_name, train_val_split
+from privmed.data.read import load_image
+from privmed.data.transforms import Augment, Preprocess
+from privmed.errors import BundleError, DatasetError, ImageReadError, PrivacyBudgetError
+from privmed.privacy import check_budget, epsilon_for, sigma_for
+
+
+def test_patient_ids_and_grouped_split(data_root):
+    ds = open_dataset("chest_xray_pneumonia", data_root)
+    train = ds.records("train")
+    assert len(train) == 5216 and ds.classes == ["normal", "pneumonia"]
+    assert all(r.patient_id for r in train)
+    pneu = {r.patient_id for r in train if r.label == 1}
+    assert len(pneu) == 1635  # the dataset README's count
+    tr, va = train_val_split(train, 0.1, seed=0)
+    assert len(tr) + len(va) == len(train)
+    assert not {r.patient_id for r in tr} & {r.patient_id for r in va}
+    for label in (0, 1):  # stratified: class shares stay within two points
+        share_all = np.mean([r.label == label for r in train])
+        assert abs(np.mean([r.label == label for r in va]) - share_all) < 0.02
+    assert train_val_split(train, 0.1, seed=0)[1] == va  # seeded
+
+
+def test_patient_id_patterns():
+    assert patient_id_from_name("person1000_bacteria_2931.jpeg") == "person1000"
+    assert patient_id_from_name("NORMAL2-IM-0381-0001.jpeg") == "NORMAL2-IM-0381"
+    assert patient_id_from_name("IM-0011-0001-0002.jpeg") == "IM-0011"
+    assert patient_id_from_name("Tr-glTr_0000.jpg") is None
+
+
+def test_read_real_jpeg_png_and_errors(data_root):
+    img = load_image(next((data_root / "chest_xray_pneumonia/test/normal").glob("*.jpeg")))
+    assert img.pixels.shape == (224, 224) and img.pixels.dtype == np.float32
+    assert 0 <= img.pixels.min() < img.pixels.max() <= 1
+    png = next((data_root / "covid19_xray/train/covid").glob("*.png"))
+    assert load_image(png.read_bytes()).meta["format"] == "png"
+    with pytest.raises(ImageReadError, match="empty"):
+        load_image(b"")
+    with pytest.raises(ImageReadError, match="not an image"):
+        load_image(b"hello, this is text renamed to .png")
+    buf = io.BytesIO()
+    PILImage.fromarray((np.arange(64 * 64).reshape(64, 64) % 65535).astype(np.uint16)).save(buf, "PNG")
+    assert load_image(buf.getvalue()).pixels.max() <= 1.0  # 16-bit PNG scales by its range
+
+
+def test_preprocess_and_augment_shapes():
+    x = np.random.default_rng(0).random((300, 280)).astype(np.float32)
+    out = Preprocess()(x)
+    assert out.shape == (224, 224) and 0 <= out.min() and out.max() <= 1
+    from privmed.config import PreprocessConfig
+
+    assert Preprocess(PreprocessConfig(size=64, clahe=True, denoise=True))(x).shape == (64, 64)
+    batch = torch.rand(4, 1, 64, 64)
+    aug = Augment(seed=0)(batch)
+    assert aug.shape == batch.shape and not torch.equal(aug, batch)
+    from privmed.config import AugmentConfig
+
+    assert torch.equal(Augment(AugmentConfig(enabled=False))(batch), batch)
+
+
+def test_accounting_matches_opacus_and_budget_checks():
+    q, steps, delta = 0.05, 400, 1e-5
+    sigma = sigma_for(2.0, delta, q, steps)
+    eps = epsilon_for(sigma, q, steps, delta)
+    assert eps <= 2.0 and eps > 1.95  # calibrated from above, tight
+    assert epsilon_for(sigma, q, steps * 2, delta) > eps  # more steps, more epsilon
+    with pytest.raises(PrivacyBudgetError, match="delta"):
+        check_budget(2.0, 1 / 1000, 1000)
+    with pytest.raises(PrivacyBudgetError, match="epsilon"):
+        check_budget(0.0, 1e-6, 1000)
+
+
+def _cfg(data_root, **kw):
+    base = dict(dataset="covid19_xray", model="cnn", epochs=3, batch_size=32, data_root=data_root,
+                preprocess={"size": 32}, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_dp_training_respects_budget_and_resumes_identically(data_root, tmp_path, monkeypatch):
+    from privmed.training import trainer
+
+    full = trainer.train(_cfg(data_root), checkpoint_dir=tmp_path / "a", progress=False)
+    assert full.privacy["epsilon"] <= 2.0
+    assert full.privacy["delta"] < 1 / len(full.splits.train)
+    assert full.privacy["steps"] == 3 * round(len(full.splits.train) / 32)
+    assert [h["epsilon"] for h in full.history] == sorted(h["epsilon"] for h in full.history)
+
+    # kill the run right after the first checkpoint is written, then resume it
+    real_save, calls = trainer._save_checkpoint, []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(_cfg(data_root), checkpoint_dir=tmp_path / "b", progress=False)
+    resumed = trainer.train(_cfg(data_root), checkpoint_dir=tmp_path / "b", progress=False)
+    assert resumed.privacy["steps"] == full.privacy["steps"]  # none forgotten, none twice
+    assert resumed.privacy["epsilon"] == full.privacy["epsilon"]
+    for a, b in zip(full.model.trainable.state_dict().values(), resumed.model.trainable.state_dict().values()):
+        assert torch.allclose(a, b)
+
+
+def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root):
+    import privmed
+
+    meta = json.loads((small_bundle / "metadata.json").read_text())
+    p = meta["privacy"]
+    for key in ("mechanism", "epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps",
+                "epochs", "accountant", "unit_of_privacy", "opacus_version"):
+        assert key in p
+    assert p["epsilon"] <= 2.0 and p["delta"] < 1 / meta["dataset_fingerprint"]["n_train"]
+    model = privmed.load_model(small_bundle)
+    img = next((data_root / "covid19_xray/test/normal").glob("*"))
+    pred = model.predict(img)
+    assert pred.label in model.classes
+    assert abs(sum(pred.probabilities.values()) - 1) < 1e-5
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(small_bundle, bad)
+    raw = bytearray((bad / "weights.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (bad / "weights.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="checksum"):
+        privmed.load_model(bad)
+
+    from privmed.evaluation.evaluate import evaluate
+
+    r = evaluate(small_bundle, "covid19_xray", "test", data_root, progress=False)
+    assert r["n"] + r["leaked_test_images_removed"] == 66
+    assert 0 <= r["accuracy"] <= 1 and len(r["confusion_matrix"]) == 3
+    with pytest.raises(BundleError, match="classes"):
+        evaluate(small_bundle, "chest_xray_pneumonia", "test", data_root, progress=False)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path, data_root):
+    assert main(["train", "--dataset", "no_such_set", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(["train", "--dataset", "covid19_xray", "--epsilon", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "epsilon" in capsys.readouterr().err
+    assert main(["train", "--dataset", "covid19_xray", "--delta", "0.5", "--epochs", "1", "--set",
+                 "preprocess.size=32", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "delta must be" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing half-written
+    assert main(["evaluate", str(tmp_path), "--dataset", "covid19_xray"]) == 2
+    assert "not a privmed bundle" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_empty_class_folder_is_a_clear_error(tmp_path, data_root):
+    src = next((data_root / "covid19_xray/train/covid").glob("*.jpeg"))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir(parents=True)
+    shutil.copy(src, tmp_path / "train" / "a" / "x.jpeg")
+    with pytest.raises(DatasetError, match="holds no images"):
+        open_dataset(tmp_path).records("train")
+
+
+def test_privacy_account_cli(capsys):
+    assert main(["privacy", "account", "--sigma", "1.0", "--sample-rate", "0.01", "--steps", "1000",
+                 "--delta", "1e-5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accountant"] == "prv" and 0 < out["epsilon"] < 10
