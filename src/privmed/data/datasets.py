@@ -140,7 +140,9 @@ def open_dataset(name_or_path: str | Path, data_root: Path | None = None):
     """A shared dataset by name (``chest_xray_pneumonia``...), a folder, or an ``.npz`` file."""
     p = Path(name_or_path)
     if p.suffix == ".npz":
-        return NpzDataset(p)
+        from privmed.data.medmnist import classes_for
+
+        return NpzDataset(p, classes_for(p))
     if p.is_dir():
         return FolderDataset(p)
     name = str(name_or_path)

@@ -17,7 +17,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

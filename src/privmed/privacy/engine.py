@@ -53,7 +53,8 @@ class DPSession:
 
     def load_state_dict(self, state: dict) -> None:
         if abs(state["noise_multiplier"] - self.noise_multiplier) > 1e-9 or state["sample_rate"] != self.sample_rate:
-            raise ValueError("checkpoint was trained with another noise multiplier or sample rate; start a new run")
+            raise ValueError("checkpoint was trained with another noise multiplier or sample rate; delete the "
+                             "checkpoint folder (<out>.partial) to start a new run")
         self.engine.accountant.load_state_dict(state["accountant"])
 
     def ledger(self, epochs: int) -> dict:

@@ -72,12 +72,15 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     net = model.trainable
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = torch.Generator()
-    loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=min(cfg.batch_size, n), shuffle=True, generator=gen)
+    # Small sets (covid19_xray: 226 images) would otherwise sample everything each step (q = 1),
+    # where DP-SGD's subsampling amplification is lost; keep q <= 1/4.
+    batch = min(cfg.batch_size, max(1, n // 4))
+    loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=batch, shuffle=True, generator=gen)
 
     session = None
     if cfg.privacy.enabled:
         delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(n)
-        session = DPSession(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n, min(cfg.batch_size, n),
+        session = DPSession(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n, batch,
                             cfg.epochs, cfg.privacy.accountant)
         net, optimizer, loader = session.make_private(net, optimizer, loader)
 
@@ -107,9 +110,10 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
         for xb, yb in loader:
             if session and not session.can_step():
                 break
-            if len(xb) == 0:  # Poisson sampling can draw an empty batch; it still counts as a step
+            if len(xb) == 0:  # Poisson sampling can draw an empty batch: a noise-only step, still counted
                 optimizer.zero_grad()
-                optimizer.step() if session else None
+                net(xb).sum().backward()
+                optimizer.step()
                 continue
             if augment:
                 xb = augment(xb)

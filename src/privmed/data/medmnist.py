@@ -1,0 +1,59 @@
+"""MedMNIST downloads for users who are online: the official Zenodo record, MD5-checked.
+
+Offline (as on CI), point ``open_dataset`` at a local ``.npz`` instead; nothing here runs then.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from privmed.errors import DatasetError
+
+RECORD = "https://zenodo.org/records/10519652/files"
+# name -> (file, MD5 of the official file, class names)
+FILES = {
+    "pneumoniamnist": ("pneumoniamnist.npz", "28209eda62fecd6e6a2d98b1501bb15f", ["normal", "pneumonia"]),
+    "pneumoniamnist_64": ("pneumoniamnist_64.npz", "8f4eceb4ccffa70c672198ea285246c6", ["normal", "pneumonia"]),
+}
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(name: str, root: Path) -> Path:
+    """Fetch ``name`` into ``root`` unless a file with the right MD5 is already there."""
+    if name not in FILES:
+        raise DatasetError(f"unknown MedMNIST file '{name}'; known: {', '.join(FILES)}")
+    fname, want, _ = FILES[name]
+    dest = Path(root) / fname
+    if dest.is_file() and md5(dest) == want:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    os.close(fd)
+    try:
+        urllib.request.urlretrieve(f"{RECORD}/{fname}?download=1", tmp)
+    except OSError as e:
+        os.unlink(tmp)
+        raise DatasetError(f"could not download {fname} ({e}); download it by hand and pass the .npz path") from None
+    if md5(Path(tmp)) != want:
+        os.unlink(tmp)
+        raise DatasetError(f"{fname} downloaded with a wrong MD5 (truncated or an error page); try again")
+    os.replace(tmp, dest)
+    return dest
+
+
+def classes_for(path: Path) -> list[str] | None:
+    """Class names when ``path`` is a known MedMNIST file (by name)."""
+    for fname, _, classes in FILES.values():
+        if Path(path).name == fname:
+            return classes
+    return None
