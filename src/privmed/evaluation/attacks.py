@@ -1,0 +1,225 @@
+"""Membership-inference attacks and ROC utilities.
+
+* ``loss_scores``: the loss-threshold attack (Yeom et al. 2018): a low loss says "member".
+* ``lira_offline_scores``: offline LiRA (Carlini et al. 2022): per example, the logit-scaled
+  confidence phi = log(p_y / (1 - p_y)) under the audited model is compared with its
+  distribution under K reference models that never saw the example (OUT models); score =
+  how far phi sits above that Gaussian, in standard deviations.
+* ``train_reference_heads``: reference models trained with the audited bundle's own recipe
+  (optimizer, learning rate, class weights, epochs, and DP-SGD with the same noise multiplier,
+  clipping norm and sample rate) on data disjoint from the audited examples.
+* ROC helpers: ``roc_curve``, ``tpr_at_fpr`` (no interpolation: the best TPR among thresholds
+  whose FPR does not exceed the target), ``downsample_roc`` (log-spaced in FPR so the low-FPR
+  region that matters survives).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from privmed.evaluation.metrics import roc_auc
+
+__all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confidence", "ce_loss",
+           "loss_scores", "lira_offline_scores", "Recipe", "train_reference", "attack_summary"]
+
+
+# --------------------------------------------------------------------------- ROC
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds): one point per distinct score, from (0, 0) to (1, 1); "member" means
+    score >= threshold. Ties are kept together (no optimistic splitting)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=float)
+    if y.all() or (~y).all():
+        raise ValueError("ROC needs both members and non-members")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each tie group
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / y.sum()]
+    fpr = np.r_[0.0, fps / (~y).sum()]
+    thr = np.r_[np.inf, s[last]]
+    return fpr, tpr, thr
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """Highest TPR among operating points with FPR <= target. With n non-members an FPR below
+    1/n can only be reached at FPR = 0, so small samples report conservatively."""
+    ok = np.asarray(fpr) <= target + 1e-12
+    return float(np.max(np.asarray(tpr)[ok])) if ok.any() else 0.0
+
+
+def downsample_roc(fpr: np.ndarray, tpr: np.ndarray, points: int = 120) -> dict:
+    """At most ~``points`` ROC points, log-spaced in FPR from 1e-4 (keeps the low-FPR part);
+    each kept point is a real operating point (the best TPR at or below that FPR)."""
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    grid = np.unique(np.r_[0.0, np.logspace(-4, 0, points - 1)])
+    out_f, out_t = [], []
+    for g in grid:
+        ok = fpr <= g + 1e-12
+        if ok.any():
+            i = np.nonzero(ok)[0][np.argmax(tpr[ok])]
+            out_f.append(float(fpr[i]))
+            out_t.append(float(tpr[i]))
+    pairs = sorted(set(zip(out_f, out_t)))
+    return {"fpr": [round(p[0], 6) for p in pairs], "tpr": [round(p[1], 6) for p in pairs]}
+
+
+def attack_summary(member_scores, nonmember_scores, fprs=(0.001, 0.01), roc_points: int = 120) -> dict:
+    """AUC, TPR at the given FPRs and a downsampled ROC for one attack."""
+    pos, neg = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    scores = np.r_[pos, neg]
+    fpr, tpr, _ = roc_curve(labels, scores)
+    from privmed.evaluation.dp_bounds import auc_confidence_interval
+
+    auc = roc_auc(labels, scores)
+    lo, hi = auc_confidence_interval(auc, len(pos), len(neg))
+    return {"auc": auc, "auc_ci95": [lo, hi], "n_members": int(len(pos)), "n_nonmembers": int(len(neg)),
+            "tpr_at_fpr": {str(f): tpr_at_fpr(fpr, tpr, f) for f in fprs},
+            "min_resolvable_fpr": 1.0 / len(neg), "roc": downsample_roc(fpr, tpr, roc_points)}
+
+
+# --------------------------------------------------------------------------- scores
+
+def logit_confidence(logits: torch.Tensor | np.ndarray, labels) -> np.ndarray:
+    """phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j (stable for any margin)."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    zy = z.gather(1, y[:, None])[:, 0]
+    others = z.clone()
+    others.scatter_(1, y[:, None], -math.inf)
+    return (zy - torch.logsumexp(others, 1)).numpy()
+
+
+def ce_loss(logits, labels) -> np.ndarray:
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return nn.functional.cross_entropy(z, y, reduction="none").numpy()
+
+
+def loss_scores(logits, labels) -> np.ndarray:
+    """Loss-threshold attack score: -loss (higher = more likely a member)."""
+    return -ce_loss(logits, labels)
+
+
+def lira_offline_scores(target_phi: np.ndarray, ref_phi: np.ndarray, fixed_variance: bool = True) -> np.ndarray:
+    """Offline LiRA. ``ref_phi`` is (K, N): phi of each example under K OUT reference models.
+
+    Score = (phi - mu_out) / sigma_out; with few references the variance is pooled over all
+    examples ("fixed variance", recommended by Carlini et al. for small K)."""
+    ref_phi = np.atleast_2d(np.asarray(ref_phi, float))
+    mu = ref_phi.mean(0)
+    if fixed_variance or ref_phi.shape[0] < 2:
+        sd = np.full_like(mu, np.std(ref_phi - mu, ddof=1 if ref_phi.shape[0] > 1 else 0) if ref_phi.size > 1 else 1.0)
+    else:
+        sd = ref_phi.std(0, ddof=1)
+    sd = np.maximum(sd, 1e-6)
+    return (np.asarray(target_phi, float) - mu) / sd
+
+
+# --------------------------------------------------------------------------- reference models
+
+@dataclass
+class Recipe:
+    """How the audited model was trained: what a reference model must repeat."""
+    epochs: int
+    lr: float
+    batch_size: int
+    class_weights: bool
+    dp: bool
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    sample_rate: float | None = None  # DP: Poisson rate q (the bundle's); batch = q * n
+    augment: dict | None = None       # pixel models: the bundle's augmentation settings
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "Recipe":
+        t, p = meta["training"], meta.get("privacy") or {}
+        dp = bool((t.get("privacy") or {}).get("enabled")) and p.get("noise_multiplier") is not None
+        epochs = int(meta.get("best_epoch") or t["epochs"])  # the released weights are from best_epoch
+        aug = t.get("augment") if (t.get("augment") or {}).get("enabled") else None
+        return cls(epochs=epochs, lr=float(t["lr"]), batch_size=int(t["batch_size"]),
+                   class_weights=bool(t.get("class_weights", True)), dp=dp,
+                   noise_multiplier=float(p.get("noise_multiplier") or 0.0),
+                   max_grad_norm=float(p.get("max_grad_norm") or (t.get("privacy") or {}).get("max_grad_norm", 1.0)),
+                   sample_rate=float(p["sample_rate"]) if dp else None, augment=aug)
+
+
+def train_reference(build, x: torch.Tensor, y: torch.Tensor, num_classes: int, recipe: Recipe, seed: int,
+                    augment: bool = False) -> nn.Module:
+    """Train one reference ``trainable`` module (fresh from ``build()``) on (x, y) with ``recipe``.
+
+    Mirrors ``privmed.training.trainer.train``: Adam, cross entropy (class-weighted if the bundle
+    was), DP-SGD through Opacus with the bundle's noise multiplier, clipping norm and sample rate;
+    no early stopping: it runs the number of epochs the released weights had seen."""
+    torch.manual_seed(seed)
+    net = build()
+    threads = torch.get_num_threads()
+    if sum(p.numel() for p in net.parameters()) < 50_000:
+        torch.set_num_threads(1)  # a linear head: thread sync costs more than it saves (and 2 shared cores)
+    try:
+        return _train(net, x, y, num_classes, recipe, seed, augment)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(net, x, y, num_classes, recipe, seed, augment) -> nn.Module:
+    import warnings
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    n = len(x)
+    weight = None
+    if recipe.class_weights:
+        counts = torch.bincount(y, minlength=num_classes).float()
+        weight = counts.sum() / (num_classes * counts.clamp(min=1))
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
+    gen = torch.Generator().manual_seed(seed)
+    bs = max(1, round(recipe.sample_rate * n)) if recipe.dp else min(recipe.batch_size, n)
+    loader = DataLoader(TensorDataset(x, y), batch_size=min(bs, n), shuffle=True, generator=gen)
+    if recipe.dp:
+        from opacus import PrivacyEngine
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant="rdp")
+            net, opt, loader = engine.make_private(module=net, optimizer=opt, data_loader=loader,
+                                                   noise_multiplier=recipe.noise_multiplier,
+                                                   max_grad_norm=recipe.max_grad_norm, poisson_sampling=True)
+    aug = None
+    if augment and recipe.augment:
+        from privmed.config import AugmentConfig
+        from privmed.data.transforms import Augment
+
+        aug = Augment(AugmentConfig(**recipe.augment), seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(recipe.epochs):
+            net.train()
+            for xb, yb in loader:
+                opt.zero_grad()
+                if len(xb) == 0:  # Poisson sampling drew no example: DP-SGD still adds noise
+                    if recipe.dp:
+                        (net(xb).sum() * 0.0).backward()
+                        opt.step()
+                    continue
+                if aug:
+                    xb = aug(xb)
+                loss_fn(net(xb), yb).backward()
+                opt.step()
+    net = getattr(net, "_module", net)
+    return net.eval()
+
+
+def logits_of(net: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Logits of a trainable module (eval mode, batched)."""
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.empty(0)

@@ -1,0 +1,321 @@
+"""Membership-inference audit of a bundle: does the model leak more than its epsilon allows?
+
+Members are the bundle's training images, rebuilt from its recorded training config (the split
+is deterministic by seed; the dataset fingerprint must match or the audit refuses). Non-members
+are held-out images of the same distribution: validation images first (split from the training
+folder by patient), then the official test split (leaked test images removed); members are drawn
+to the same count per class. (On chest X-ray the official test split is shifted from train:
+validation accuracy ~0.94 vs test ~0.75; a loss attack against test images measures that shift,
+not membership.)
+
+Two attacks: loss threshold, and offline LiRA with K reference models trained with the bundle's
+own recipe (DP noise multiplier, clipping norm, sample rate, epochs) on training images that are
+not audited targets (so every reference model is OUT for every target). For head models the
+reference models are linear heads on cached frozen features: seconds each.
+
+The result goes into the bundle's ``audit`` metadata block: AUCs, TPR at 0.1 % and 1 % FPR, ROC
+points, an empirical epsilon lower bound (95 % over both attacks), the theoretical ceiling from
+(epsilon, delta) and a loud ``exceeds_ceiling`` flag: a measured leak that is *significantly*
+above what (epsilon, delta) allows means a bug in training or accounting, never "bad luck".
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privmed.config import TrainConfig
+from privmed.data.datasets import file_sha256
+from privmed.errors import BundleError
+from privmed.evaluation import attacks as A
+from privmed.evaluation import dp_bounds as B
+from privmed.inference.bundle import load_bundle, read_metadata, update_metadata
+from privmed.models import get_model
+from privmed.training.data import load_pixels, model_inputs, split_records, test_records
+
+log = logging.getLogger("privmed.audit")
+FPRS = (0.001, 0.01)
+GOAL = {"max_auc": 0.55, "max_tpr_at_1pct_fpr": 0.02, "applies_to_epsilon_at_most": 2.0}
+
+
+def recipe_block(meta: dict) -> dict:
+    p, t = meta.get("privacy") or {}, meta["training"]
+    return {"dp": p.get("epsilon") is not None, "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+            "noise_multiplier": p.get("noise_multiplier"), "max_grad_norm": p.get("max_grad_norm"),
+            "sample_rate": p.get("sample_rate"), "steps": p.get("steps"), "epochs_run": p.get("epochs"),
+            "best_epoch": meta.get("best_epoch"), "accountant": p.get("accountant"),
+            "unit_of_privacy": p.get("unit_of_privacy", (t.get("privacy") or {}).get("unit")),
+            "batch_size": t.get("batch_size"), "lr": t.get("lr"), "model": t.get("model")}
+
+
+def _config(meta: dict, data_root: Path | None) -> TrainConfig:
+    cfg = TrainConfig(**meta["training"])
+    if data_root:
+        cfg = cfg.model_copy(update={"data_root": Path(data_root)})
+    return cfg
+
+
+def audit_data(meta: dict, model, cfg: TrainConfig, progress: bool = False):
+    """(x_train, y_train, train_records, x_non, y_non, non_sources, non_records) for a bundle."""
+    splits = split_records(cfg)
+    want = (meta.get("dataset_fingerprint") or {}).get("train")
+    if want and splits.fingerprint["train"] != want:
+        raise BundleError("the dataset on disk differs from the one this bundle was trained on (train fingerprint "
+                          "mismatch): its members cannot be reconstructed, so it cannot be audited")
+    x_tr = model_inputs(model, load_pixels(splits.train, cfg, progress), progress)
+    y_tr = torch.tensor([r.label for r in splits.train])
+    test, _ = test_records(cfg)
+    x_te = model_inputs(model, load_pixels(test, cfg, progress), progress)
+    x_va = model_inputs(model, load_pixels(splits.val, cfg, progress), progress)
+    x_non = torch.cat([x_te, x_va])
+    y_non = torch.tensor([r.label for r in test] + [r.label for r in splits.val])
+    src = np.array(["test"] * len(test) + ["validation"] * len(splits.val))
+    return x_tr, y_tr, splits.train, x_non, y_non, src, list(test) + list(splits.val)
+
+
+def _hash(r) -> str:
+    return file_sha256(r.path) if r.index is None else f"{r.path}#{r.split}#{r.index}"
+
+
+def choose_targets(y_members: np.ndarray, y_non: np.ndarray, src: np.ndarray, n_per_side: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Non-members: validation images first (a patient-grouped random part of the same training
+    folder: the same distribution), then test images. Members: drawn class by class to the same
+    counts, so that neither class mix nor a train/test shift can pass for membership."""
+    order = np.r_[rng.permutation(np.nonzero(src == "validation")[0]), rng.permutation(np.nonzero(src == "test")[0])]
+    n = min(n_per_side, len(y_members), len(y_non))
+    non, need = [], {}
+    for i in order:  # take non-members in preference order while members of that class remain
+        c = int(y_non[i])
+        if len(non) >= n:
+            break
+        if need.get(c, 0) < int((y_members == c).sum()):
+            non.append(i)
+            need[c] = need.get(c, 0) + 1
+    if len(non) < 10:
+        raise BundleError(f"too few images to audit ({len(non)} per side); need at least 10")
+    mem = np.concatenate([rng.choice(np.nonzero(y_members == c)[0], k, replace=False) for c, k in sorted(need.items())])
+    return np.sort(mem), np.sort(np.array(non))
+
+
+def run_attacks(target_logits, y, is_member, ref_logits: list, delta: float | None, seed: int = 0) -> dict:
+    """Attack summaries + a combined 95 % eps lower bound (Bonferroni over attacks)."""
+    y = np.asarray(y)
+    is_member = np.asarray(is_member, bool)
+    scores = {"loss": A.loss_scores(target_logits, y)}
+    if ref_logits:
+        phi = A.logit_confidence(target_logits, y)
+        ref_phi = np.stack([A.logit_confidence(r, y) for r in ref_logits])
+        scores["lira_offline"] = A.lira_offline_scores(phi, ref_phi)
+    out = {}
+    conf = 1 - 0.05 / len(scores)
+    for name, s in scores.items():
+        summ = A.attack_summary(s[is_member], s[~is_member], FPRS)
+        lb = B.eps_lower_bound(s[is_member], s[~is_member], delta=delta or 0.0, confidence=conf, seed=seed)
+        summ["eps_lower_bound"] = lb.to_dict()
+        out[name] = summ
+    return out
+
+
+def one_run_eps_lower_bound(correct: int, guesses: int, confidence: float = 0.95) -> float:
+    """Steinke, Nasr & Jagielski (2023), pure-DP form: under eps-DP the number of correct guesses
+    among ``guesses`` is dominated by Binomial(guesses, e^eps / (1 + e^eps)). The bound is the
+    largest eps that this observation rejects at ``confidence`` (0 if none)."""
+    from scipy.stats import binom
+
+    if guesses == 0 or binom.sf(correct - 1, guesses, 0.5) > 1 - confidence:
+        return 0.0
+    lo, hi = 0.0, 50.0
+    for _ in range(60):  # p-value rises with eps: bisect for p-value = 1 - confidence
+        mid = (lo + hi) / 2
+        p = math.exp(mid) / (1 + math.exp(mid))
+        if binom.sf(correct - 1, guesses, p) <= 1 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def canary_audit(model, meta: dict, x_tr, y_tr, x_non, y_non, m: int = 500, guess_fraction: float = 0.2,
+                 seed: int = 0) -> dict:
+    """One-run canary audit of the bundle's *recipe* (head models: one training, seconds).
+
+    m held-out images get a wrong label (canaries); each is added to the training set with
+    probability 1/2; one model is trained with the bundle's recipe (same noise multiplier, clip,
+    sample rate, epochs); the attacker guesses IN for the canaries it finds most confident in
+    their wrong label and OUT for the least, abstaining on the rest."""
+    rng = np.random.default_rng(seed + 7)
+    k = len(meta["classes"])
+    m = min(m, len(x_non))
+    idx = rng.choice(len(x_non), m, replace=False)
+    wrong = (y_non[idx] + torch.from_numpy(rng.integers(1, k, m))) % k
+    inside = rng.random(m) < 0.5
+    x = torch.cat([x_tr, x_non[idx][torch.from_numpy(inside)]])
+    y = torch.cat([y_tr, wrong[torch.from_numpy(inside)]])
+    recipe = A.Recipe.from_metadata(meta)
+    build = lambda: get_model(meta["model"]["name"], k, **meta["model"].get("kwargs", {})).trainable  # noqa: E731
+    net = A.train_reference(build, x, y, k, recipe, seed + 11)
+    score = A.logit_confidence(A.logits_of(net, x_non[idx]), wrong.numpy())
+    r = max(1, int(guess_fraction * m / 2))
+    order = np.argsort(-score)
+    top, bottom = order[:r], order[-r:]
+    correct = int(inside[top].sum() + (~inside[bottom]).sum())
+    return {"canaries": m, "inserted": int(inside.sum()), "guesses": 2 * r, "correct": correct,
+            "eps_lower_bound": one_run_eps_lower_bound(correct, 2 * r), "confidence": 0.95,
+            "canary": "held-out image with a wrong label", "audits": "the training recipe (a fresh model), not "
+            "the released weights", "note": "pure-DP form of the one-run bound; with delta > 0 it is approximate "
+            "(about m * delta extra failure probability)"}
+
+
+def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, seed: int = 0,
+                 data_root: Path | None = None, progress: bool = False, store: bool = True,
+                 canaries: int = 0) -> dict:
+    """Audit one bundle; returns (and, with ``store``, writes into its metadata) the ``audit`` block."""
+    t0 = time.time()
+    path = Path(path)
+    model, meta = load_bundle(path)
+    cfg = _config(meta, data_root)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x_tr, y_tr, train_recs, x_non, y_non, src, non_recs = audit_data(meta, model, cfg, progress)
+    train_hash = [_hash(r) for r in train_recs]
+    # a held-out image with a byte-identical copy in train is a member in all but name
+    dup = np.array([_hash(r) in set(train_hash) for r in non_recs]) if non_recs else np.zeros(0, bool)
+    src = np.where(dup, "duplicate_of_member", src)
+    mem, non = choose_targets(y_tr.numpy(), y_non.numpy(), src, n_per_side, rng)
+    n = len(mem)
+    x_t = torch.cat([x_tr[mem], x_non[non]])
+    y_t = torch.cat([y_tr[mem], y_non[non]])
+    is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    target_logits = A.logits_of(model.trainable, x_t)
+
+    # reference pool: training images that are not targets, and no byte-identical copy of one
+    target_hashes = {train_hash[i] for i in mem}
+    pool = np.array([i for i in np.setdiff1d(np.arange(len(x_tr)), mem) if train_hash[i] not in target_hashes])
+    recipe = A.Recipe.from_metadata(meta)
+    ref_logits, ref_seconds = [], 0.0
+    pixel_model = isinstance(model.frozen, torch.nn.Identity)
+    for k in range(k_reference):
+        t1 = time.time()
+        ref_seed = seed * 1000 + k + 1
+        torch.manual_seed(ref_seed)
+        build = lambda: get_model(meta["model"]["name"], len(meta["classes"]), **meta["model"].get("kwargs", {})).trainable  # noqa: E731
+        ref = A.train_reference(build, x_tr[pool], y_tr[pool], len(meta["classes"]), recipe, ref_seed,
+                                augment=pixel_model)
+        ref_logits.append(A.logits_of(ref, x_t))
+        ref_seconds += time.time() - t1
+        if progress:
+            print(f"reference model {k + 1}/{k_reference}: {time.time() - t1:.1f}s", file=sys.stderr)
+
+    priv = meta.get("privacy") or {}
+    eps, delta = priv.get("epsilon"), priv.get("delta")
+    results = run_attacks(target_logits, y_t.numpy(), is_member, ref_logits, delta, seed)
+    ceiling = B.ceiling_summary(eps, delta, FPRS)
+    best = max(results.values(), key=lambda r: float(r["eps_lower_bound"]["eps_lb"]))
+    eps_lb = float(best["eps_lower_bound"]["eps_lb"])
+    max_cert = B.max_certifiable_eps(n - n // 2, n - n // 2, delta or 0.0, 1 - 0.05 / len(results))
+
+    problems, notes = [], []
+    if eps is not None:
+        if eps_lb > eps + 1e-9:
+            problems.append(f"certified empirical eps lower bound {eps_lb:.3f} > claimed epsilon {eps}")
+        for name, r in results.items():
+            if r["auc_ci95"][0] > ceiling["auc"]:
+                problems.append(f"{name}: AUC 95% interval [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}] lies "
+                                f"above the ceiling {ceiling['auc']:.3f}")
+            for f in FPRS:
+                if r["tpr_at_fpr"][str(f)] > ceiling["tpr_at_fpr"][str(f)]:
+                    notes.append(f"{name}: TPR@{f:g} FPR point estimate {r['tpr_at_fpr'][str(f)]:.4f} is above the "
+                                 f"ceiling {ceiling['tpr_at_fpr'][str(f)]:.4f} (not significant at n={n}; "
+                                 "see eps_lower_bound)")
+            if r["auc"] > ceiling["auc"]:
+                notes.append(f"{name}: AUC point estimate {r['auc']:.4f} is above the ceiling {ceiling['auc']:.4f} "
+                             "(within sampling error)")
+    goal = None
+    if eps is not None and eps <= GOAL["applies_to_epsilon_at_most"]:
+        goal = {**GOAL, "met": all(r["auc"] <= GOAL["max_auc"] and r["tpr_at_fpr"]["0.01"] <= GOAL["max_tpr_at_1pct_fpr"]
+                                   for r in results.values())}
+    block = {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": "loss-threshold and offline LiRA (fixed variance) membership inference",
+        "members": {"n": n, "source": "training images of the bundle (rebuilt from its training config)"},
+        "nonmembers": {"n": n, "source": {s: int((src[non] == s).sum()) for s in ("validation", "test")},
+                       "excluded_copies_of_training_images": int(dup.sum()),
+                       "note": "held-out images: validation (same distribution, patient-disjoint) first, then "
+                                "test (leaked images removed); members matched per class"},
+        "reference_models": {"k": k_reference, "trained_on": f"{len(pool)} training images that are not audit "
+                             "targets (every reference is OUT for every target)", "recipe": recipe.__dict__,
+                             "seconds": round(ref_seconds, 1)},
+        "seed": seed,
+        "attacks": results,
+        "best_attack": max(results, key=lambda k: results[k]["auc"]),
+        "max_auc": max(r["auc"] for r in results.values()),
+        "max_tpr_at_fpr": {str(f): max(r["tpr_at_fpr"][str(f)] for r in results.values()) for f in FPRS},
+        "empirical_epsilon": {"lower_bound": eps_lb, "confidence": 0.95, "attack": next(
+            k for k, r in results.items() if r is best), "max_certifiable_at_this_n": max_cert,
+            "method": "best attack threshold chosen on half the targets, Clopper-Pearson on the other half; "
+                      "Bonferroni over attacks"},
+        "ceiling": ceiling,
+        "exceeds_ceiling": bool(problems),
+        "problems": problems,
+        "notes": notes,
+        "goal": goal,
+        "recipe": recipe_block(meta),
+        "dataset_fingerprint": (meta.get("dataset_fingerprint") or {}).get("train"),
+        "seconds": round(time.time() - t0, 1),
+    }
+    if canaries:
+        if pixel_model:
+            block["canary_audit"] = {"skipped": "one-run canary audit is implemented for head models only"}
+        else:
+            pool_non = np.setdiff1d(np.arange(len(x_non)), non)  # canaries are not audit targets
+            ca = canary_audit(model, meta, x_tr, y_tr, x_non[pool_non], y_non[pool_non], canaries, seed=seed)
+            block["canary_audit"] = ca
+            if eps is not None and ca["eps_lower_bound"] > eps + 1e-9:
+                problems.append(f"one-run canary audit bound {ca['eps_lower_bound']:.3f} > claimed epsilon {eps}")
+                block["exceeds_ceiling"] = True
+    if problems:
+        msg = ("PRIVACY AUDIT FAILED - this is a bug (training, sampling or accounting), not bad luck: "
+               + "; ".join(problems) + f" [bundle {path}]")
+        log.error(msg)
+        print(f"ERROR: {msg}", file=sys.stderr)
+    if store:
+        update_metadata(path, audit=block)
+    return block
+
+
+def format_audit(block: dict) -> str:
+    c, e = block["ceiling"], block["empirical_epsilon"]
+    r = block["recipe"]
+    lines = [f"membership-inference audit ({block['members']['n']} members vs {block['nonmembers']['n']} "
+             f"non-members, {block['reference_models']['k']} reference models)"]
+    if r["dp"]:
+        lines.append(f"  recipe: eps={r['epsilon']} delta={r['delta']:.3g} sigma={r['noise_multiplier']:.4g} "
+                     f"clip={r['max_grad_norm']} q={r['sample_rate']:.4g} steps={r['steps']} "
+                     f"accountant={r['accountant']} unit={r['unit_of_privacy']}")
+    else:
+        lines.append("  recipe: non-private (no DP)")
+    for name, a in block["attacks"].items():
+        lines.append(f"  {name:13} AUC {a['auc']:.4f} [{a['auc_ci95'][0]:.3f}, {a['auc_ci95'][1]:.3f}]  "
+                     f"TPR@0.1%FPR {a['tpr_at_fpr']['0.001']:.4f}  TPR@1%FPR {a['tpr_at_fpr']['0.01']:.4f}")
+    lines.append(f"  ceiling from (eps, delta): AUC <= {c['auc']:.4f}, TPR@0.1% <= {c['tpr_at_fpr']['0.001']:.4f}, "
+                 f"TPR@1% <= {c['tpr_at_fpr']['0.01']:.4f}")
+    lines.append(f"  empirical eps lower bound (95%): {e['lower_bound']:.3f} (at most {e['max_certifiable_at_this_n']:.2f} "
+                 "is certifiable with this many images)")
+    if block.get("goal"):
+        lines.append(f"  goal (AUC <= 0.55, TPR@1% <= 2%): {'met' if block['goal']['met'] else 'NOT met'}")
+    lines.append("  ERROR: exceeds the theoretical ceiling: " + "; ".join(block["problems"]) if block["exceeds_ceiling"]
+                 else "  below the theoretical ceiling: OK")
+    if "canary_audit" in block:
+        ca = block["canary_audit"]
+        lines.append(f"  one-run canary audit: {ca}" if "skipped" in ca else
+                     f"  one-run canary audit: {ca['correct']}/{ca['guesses']} correct guesses on {ca['canaries']} "
+                     f"canaries -> eps >= {ca['eps_lower_bound']:.3f} (95%)")
+    lines += [f"  note: {n}" for n in block["notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Evaluation subcommands, registered by ``privmed.cli._extensions``:
+
+* ``privmed privacy audit BUNDLE [--json] [--k N] [--n N] [--seed S] [--canaries M]``
+* ``privmed report BUNDLE_OR_RUN --out DIR``
+* ``privmed bench paper [--quick] [--out docs/RESULTS.md] [--run-dir DIR]``
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def cmd_audit(a) -> int:
+    from privmed.evaluation.audit import audit_bundle, format_audit
+    from privmed.inference.predictor import resolve_bundle
+
+    block = audit_bundle(resolve_bundle(a.bundle), k_reference=a.k, n_per_side=a.n, seed=a.seed,
+                         data_root=a.data_root, progress=not a.json, store=not a.no_store, canaries=a.canaries)
+    print(json.dumps(block, indent=2, default=str) if a.json else format_audit(block))
+    return 3 if block["exceeds_ceiling"] else 0
+
+
+def cmd_report(a) -> int:
+    from privmed.evaluation.report import write_report
+
+    out = write_report(a.target, a.out, data_root=a.data_root, progress=not a.quiet)
+    print(f"report written: {out['html']} and {out['markdown']}")
+    return 0
+
+
+def cmd_bench_paper(a) -> int:
+    from privmed.evaluation.paper import run_paper
+
+    res = run_paper(quick=a.quick, out=a.out, run_dir=a.run_dir, only=a.only, progress=not a.quiet)
+    print(f"results written to {res['markdown']} (raw results in {res['run_dir']})")
+    for k, v in res["failed"].items():
+        print(f"error: {k}: {v}")
+    return 1 if res["failed"] else 0
+
+
+def register(sub, privacy_sub) -> None:
+    pa = privacy_sub.add_parser("audit", help="membership-inference audit of a bundle against its (eps, delta) ceiling")
+    pa.add_argument("bundle")
+    pa.add_argument("--k", type=int, default=4, help="reference models for offline LiRA (0: loss attack only)")
+    pa.add_argument("--n", type=int, default=500, help="members (and as many non-members) to audit")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--canaries", type=int, default=0, metavar="M",
+                    help="also run the one-run canary audit of the recipe with M canaries (head models)")
+    pa.add_argument("--data-root", type=Path)
+    pa.add_argument("--no-store", action="store_true", help="do not write the result into the bundle metadata")
+    pa.add_argument("--json", action="store_true")
+    pa.set_defaults(fn=cmd_audit)
+
+    r = sub.add_parser("report", help="HTML + Markdown report of a bundle or a bench run directory")
+    r.add_argument("target", help="bundle directory, or a `bench paper` run directory")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--data-root", type=Path)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(fn=cmd_report)
+
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True)
+    bp = b.add_parser("paper", help="the paper's comparison tables, ablation, robustness, privacy-utility curve")
+    bp.add_argument("--quick", action="store_true", help="the cheap subset (~30-60 min on 2 CPU cores)")
+    bp.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
+    bp.add_argument("--run-dir", type=Path, help="where bundles and raw results go (default runs/paper[-quick], git-ignored)")
+    bp.add_argument("--only", action="append", help="run only entries whose id starts with this (repeatable)")
+    bp.add_argument("--quiet", action="store_true")
+    bp.set_defaults(fn=cmd_bench_paper)

@@ -1,0 +1,329 @@
+"""``privmed bench paper``: the comparison the paper reports, reproduced with privmed's own commands.
+
+Every entry trains a bundle with ``train_bundle`` (the code path of ``privmed train``), evaluates
+it on the official test split with ``evaluate`` (leaked test images removed), times inference,
+optionally audits it (``privmed privacy audit``) and measures robustness. Each entry's raw
+result is ``RUN/<id>/result.json`` (a rerun skips finished entries) and docs/RESULTS.md shows the
+exact command next to every number.
+
+``--quick`` is the subset that fits ~30-60 minutes on 2 CPU cores once the chest X-ray backbone
+features are cached (otherwise add ~7 minutes for extracting them): the head model's
+privacy-utility curve with audits, its robustness on a test subset, and the COVID-19 set.
+The full run (``privmed bench paper``) adds the from-scratch CNNs, ResNet-50, VGG, the ablation
+and brain MRI; it takes many hours on 2 cores and was not run here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from privmed.config import REPO_ROOT, TrainConfig
+
+CHEST, BRAIN, COVID = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray"
+QUICK_ROBUSTNESS_IMAGES = 150
+
+
+def _e(id, table, label, dataset, model, epsilon, *, epochs=30, batch_size=256, size=None, augment=True,
+       clahe=False, lr=None, audit_k=None, robustness=None, quick=False):
+    return {"id": id, "table": table, "label": label, "dataset": dataset, "model": model, "epsilon": epsilon,
+            "epochs": epochs, "batch_size": batch_size, "size": size, "augment": augment, "clahe": clahe, "lr": lr,
+            "audit_k": audit_k, "robustness": robustness, "quick": quick}
+
+
+def entries() -> list[dict]:
+    """The full plan; ``quick`` marks the subset run by ``--quick``."""
+    e = []
+    # main table, chest X-ray (official test set, 624 images)
+    e += [
+        _e("chest-resnet50-nodp", "main", "ResNet-50, no DP (64 px, 5 epochs)", CHEST, "resnet50", None,
+           epochs=5, batch_size=64, size=64, audit_k=0),
+        _e("chest-vgg-nodp", "main", "VGG-style, no DP (64 px, 5 epochs)", CHEST, "vgg", None,
+           epochs=5, batch_size=64, size=64, audit_k=0),
+        _e("chest-cnn-eps5", "main", "CNN, DP eps=5 (128 px)", CHEST, "cnn", 5.0, epochs=15, batch_size=128,
+           size=128, audit_k=2),
+        _e("chest-cnn-eps2", "main", "CNN, DP eps=2 (128 px)", CHEST, "cnn", 2.0, epochs=15, batch_size=128,
+           size=128, audit_k=2, robustness=624),
+        _e("chest-head-eps2", "main", "privmed best: EfficientNet-Lite0 head, DP eps=2", CHEST, "effnet_lite0_head",
+           2.0, audit_k=4, robustness=624, quick=True),
+    ]
+    # privacy-utility curve of the head model (cheap: linear heads on cached features); eps=2 is above
+    for eps in (0.5, 1.0, 5.0, 8.0, None):
+        tag = f"eps{eps:g}" if eps else "nodp"
+        e.append(_e(f"chest-head-{tag}", "privacy_utility", f"EfficientNet-Lite0 head, {'DP eps=%g' % eps if eps else 'no DP'}",
+                    CHEST, "effnet_lite0_head", eps, audit_k=4, quick=True))
+    # ablation of the DP CNN (augmentation, CLAHE, DP) and of the head model (CLAHE, DP)
+    e += [
+        _e("chest-cnn-eps2-noaug", "ablation", "CNN eps=2, no augmentation", CHEST, "cnn", 2.0, epochs=15,
+           batch_size=128, size=128, augment=False),
+        _e("chest-cnn-eps2-clahe", "ablation", "CNN eps=2, + CLAHE", CHEST, "cnn", 2.0, epochs=15, batch_size=128,
+           size=128, clahe=True),
+        _e("chest-cnn-nodp", "ablation", "CNN, no DP", CHEST, "cnn", None, epochs=15, batch_size=128, size=128,
+           audit_k=0),
+        _e("chest-head-eps2-clahe", "ablation", "head eps=2, + CLAHE", CHEST, "effnet_lite0_head", 2.0, clahe=True),
+    ]
+    # shorter tables: brain MRI (leak-free test) and COVID-19
+    for ds, quick in ((BRAIN, False), (COVID, True)):
+        short = ds.split("_")[0]
+        e += [
+            _e(f"{short}-head-eps2", "datasets", "EfficientNet-Lite0 head, DP eps=2", ds, "effnet_lite0_head", 2.0,
+               audit_k=4, quick=quick),
+            _e(f"{short}-head-nodp", "datasets", "EfficientNet-Lite0 head, no DP", ds, "effnet_lite0_head", None,
+               audit_k=4, quick=quick),
+            _e(f"{short}-cnn-eps2", "datasets", "CNN, DP eps=2 (64 px)", ds, "cnn", 2.0, epochs=15, batch_size=64,
+               size=64, audit_k=0, quick=quick),
+        ]
+    return e
+
+
+def train_command(entry: dict, bundle: str) -> str:
+    parts = ["privmed train", f"--dataset {entry['dataset']}", f"--model {entry['model']}"]
+    parts.append(f"--epsilon {entry['epsilon']:g}" if entry["epsilon"] else "--no-dp")
+    parts += [f"--epochs {entry['epochs']}", f"--batch-size {entry['batch_size']}"]
+    if entry["lr"]:
+        parts.append(f"--lr {entry['lr']}")
+    if not entry["augment"]:
+        parts.append("--no-augment")
+    if entry["clahe"]:
+        parts.append("--clahe")
+    if entry["size"]:
+        parts.append(f"--set preprocess.size={entry['size']}")
+    parts.append(f"--out {bundle}")
+    return " ".join(parts)
+
+
+def entry_config(entry: dict) -> TrainConfig:
+    kw = {"dataset": entry["dataset"], "model": entry["model"], "epochs": entry["epochs"],
+          "batch_size": entry["batch_size"], "privacy": {"enabled": entry["epsilon"] is not None},
+          "augment": {"enabled": entry["augment"]}, "preprocess": {"clahe": entry["clahe"]}}
+    if entry["epsilon"] is not None:
+        kw["privacy"]["epsilon"] = entry["epsilon"]
+    if entry["size"]:
+        kw["preprocess"]["size"] = entry["size"]
+    if entry["lr"]:
+        kw["lr"] = entry["lr"]
+    return TrainConfig(**kw)
+
+
+def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
+    """End-to-end model throughput (preprocessed test image -> calibrated probabilities, batch 32,
+    frozen backbone included), on this machine's CPUs."""
+    import torch
+
+    from privmed.data.datasets import open_dataset
+    from privmed.inference.predictor import load_model
+    from privmed.training.data import load_pixels
+
+    model = load_model(bundle)
+    cfg = TrainConfig(dataset=dataset, preprocess=model.metadata.get("preprocessing", {}))
+    recs = open_dataset(dataset, cfg.data_root).records("test")  # any test images: only speed is measured
+    px = load_pixels(recs[:n], cfg, progress=False)
+    x = torch.from_numpy(px).float().div_(255).unsqueeze(1)
+    with torch.no_grad():
+        model.net(x[:4])  # warm-up
+        t = time.perf_counter()
+        for i in range(0, len(x), 32):
+            torch.softmax(model.net(x[i:i + 32]) / model.temperature, 1)
+        return len(x) / (time.perf_counter() - t)
+
+
+def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
+    from privmed.evaluation.evaluate import evaluate
+    from privmed.inference.bundle import read_metadata
+    from privmed.pipeline import train_bundle
+
+    d = run_dir / entry["id"]
+    res_path = d / "result.json"
+    if res_path.is_file():
+        return json.loads(res_path.read_text())
+    bundle = d / "bundle"
+    rel = _rel(bundle)
+    t0 = time.time()
+    if not (bundle / "metadata.json").is_file():
+        train_bundle(entry_config(entry), bundle, progress=progress)
+    meta = read_metadata(bundle)
+    test = evaluate(bundle, progress=progress)
+    res = {**entry, "bundle": str(bundle), "commands": {"train": train_command(entry, rel),
+                                                        "evaluate": f"privmed evaluate {rel} --json"},
+           "test": {k: v for k, v in test.items() if k != "per_class"}, "validation_accuracy":
+           meta["metrics"]["validation"]["accuracy"], "training_seconds": meta.get("training_seconds"),
+           "privacy": meta.get("privacy"), "epsilon": (meta.get("privacy") or {}).get("epsilon"),
+           "delta": (meta.get("privacy") or {}).get("delta")}
+    res["images_per_s"] = images_per_second(bundle, entry["dataset"])
+    if entry["audit_k"] is not None:
+        from privmed.evaluation.audit import audit_bundle
+
+        res["audit"] = audit_bundle(bundle, k_reference=entry["audit_k"], progress=progress)
+        res["commands"]["audit"] = f"privmed privacy audit {rel} --k {entry['audit_k']} --json"
+    if entry["robustness"]:
+        from privmed.evaluation.robustness import robustness
+
+        res["robustness"] = robustness(bundle, max_images=entry["robustness"], progress=progress)
+        res["commands"]["robustness"] = (f"python -c \"from privmed.evaluation.robustness import robustness; "
+                                         f"print(robustness('{rel}', max_images={entry['robustness']}))\"")
+    res["seconds"] = round(time.time() - t0, 1)
+    d.mkdir(parents=True, exist_ok=True)
+    res_path.write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(p)
+
+
+def load_results(run_dir: Path) -> list[dict]:
+    order = {e["id"]: i for i, e in enumerate(entries())}
+    res = [json.loads(p.read_text()) for p in Path(run_dir).glob("*/result.json")]
+    return sorted(res, key=lambda r: order.get(r["id"], 1e9))
+
+
+def _f(x, nd=3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float) and np.isnan(x):
+        return "n/a"
+    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _mia(r: dict) -> tuple[str, str, str]:
+    a = r.get("audit")
+    if not a:
+        return "—", "—", "—"
+    return _f(a["max_auc"]), _f(a["max_tpr_at_fpr"]["0.01"]), _f(a["empirical_epsilon"]["lower_bound"], 2)
+
+
+def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bool = False,
+                     with_commands: bool = True) -> str:
+    by_table: dict[str, list[dict]] = {}
+    for r in results:
+        by_table.setdefault(r["table"], []).append(r)
+    L = ["# Results", "",
+         f"Generated by `privmed bench paper{' --quick' if quick else ''}` on "
+         f"{dt.datetime.now(dt.timezone.utc).date()} ({platform.machine()}, {_cpu()} CPU cores, CPU only). "
+         f"Raw results: `{_rel(run_dir) if run_dir else 'RUN'}/<id>/result.json`. "
+         "Every number comes from the commands in its row; `RUN` is the run directory.", "",
+         "Test metrics are on each dataset's official test split (`privmed evaluate`; brain MRI with the 216 "
+         "test images that also occur in train removed). Precision, recall and F1 are macro averages; AUC is "
+         "the finding's (binary) or the mean one-vs-rest AUC. images/s: end-to-end CPU throughput of the model "
+         "on preprocessed images, batch 32, frozen backbone included. MIA: best of the loss-threshold and "
+         "offline-LiRA attacks of `privmed privacy audit` (up to 500 members = training images vs as many "
+         "non-members = validation images, then test images, matched per class; 4 reference models for head "
+         "models); TPR@1%FPR is a point estimate; eps_lb: certified 95% empirical epsilon lower bound. eps: the "
+         "epsilon actually spent (early stopping can end a run below its target). images/s was measured on 2 "
+         "CPU cores shared with other jobs: treat it as +-50%. A dash: not measured.", "",
+         "The full run is `privmed bench paper` (many hours on 2 CPU cores; not yet run: rows missing below). "
+         "The quick subset is `privmed bench paper --quick`.", ""]
+    cols = "| model | acc | prec | rec | F1 | AUC | img/s | eps | MIA AUC | TPR@1%FPR | eps_lb | commands |"
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+
+    def row(r):
+        t = r["test"]
+        cmds = "<br>".join(f"`{c}`" for c in r["commands"].values()) if with_commands else ""
+        return (f"| {r['label']} | {_f(t['accuracy'])} | {_f(t['precision_macro'])} | {_f(t['recall_macro'])} | "
+                f"{_f(t['f1_macro'])} | {_f(t['auc'])} | {_f(r.get('images_per_s'), 1)} | "
+                f"{_f(r.get('epsilon'), 2) if r.get('epsilon') is not None else 'none'} | "
+                + " | ".join(_mia(r)) + f" | {cmds} |")
+
+    titles = {"main": "Chest X-ray pneumonia: models compared (624 test images)",
+              "privacy_utility": "Privacy-utility curve: EfficientNet-Lite0 head on chest X-ray",
+              "ablation": "Ablation (chest X-ray)", "datasets": "Brain MRI and COVID-19"}
+    curve = sorted([r for r in results if r["table"] == "privacy_utility" or (
+        r["dataset"] == CHEST and r["model"] == "effnet_lite0_head" and not r["clahe"])],
+        key=lambda r: r["epsilon"] if r["epsilon"] is not None else 1e9)
+    for key in ("main", "privacy_utility", "ablation", "datasets"):
+        rows = curve if key == "privacy_utility" else by_table.get(key, [])
+        L += [f"## {titles[key]}", ""]
+        if not rows:
+            L += ["Not run yet (full benchmark only).", ""]
+            continue
+        if key == "datasets":
+            for ds in sorted({r["dataset"] for r in rows}):
+                sub = [r for r in rows if r["dataset"] == ds]
+                L += [f"### {ds} ({sub[0]['test']['n']} test images, {sub[0]['test']['leaked_test_images_removed']} "
+                      "leaked removed)", "", cols, sep] + [row(r) for r in sub] + [""]
+        else:
+            L += [cols, sep] + [row(r) for r in rows] + [""]
+    # eps = 2 goal against the non-private twin
+    pairs = []
+    for r in results:
+        if r.get("epsilon") is not None and r.get("audit") and (r["audit"].get("goal") or {}).get("applies_to_epsilon_at_most") \
+                and r.get("epsilon") <= 2.05 and entry_target(r) == 2.0:
+            twin = next((t for t in results if t.get("audit") and t.get("epsilon") is None and t["dataset"] == r["dataset"]
+                         and t["model"] == r["model"]), None)
+            pairs.append((r, twin))
+    if pairs:
+        L += ["## Membership inference: eps = 2 bundles against their non-private twins", "",
+              "Goal: attack AUC <= 0.55 and TPR at 1% FPR <= 2%, below the theoretical ceiling. With n non-members, "
+              "FPRs below 1/n are not resolvable; TPR@0.1% FPR is then the TPR at zero false positives.", "",
+              "| bundle | MIA AUC | TPR@0.1%FPR | TPR@1%FPR | ceiling AUC | ceiling TPR@1% | eps_lb (95%) | goal | "
+              "twin MIA AUC | twin TPR@1%FPR | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r, t in pairs:
+            a = r["audit"]
+            ta = (t or {}).get("audit")
+            goal = "met" if (a.get("goal") or {}).get("met") else "NOT met"
+            if a.get("exceeds_ceiling"):
+                goal += " — ERROR: exceeds ceiling"
+            L.append(f"| {r['id']} (eps {r['epsilon']:.2f}) | {_f(a['max_auc'])} | {_f(a['max_tpr_at_fpr']['0.001'])} | "
+                     f"{_f(a['max_tpr_at_fpr']['0.01'])} | {_f(a['ceiling']['auc'])} | "
+                     f"{_f(a['ceiling']['tpr_at_fpr']['0.01'])} | {_f(a['empirical_epsilon']['lower_bound'], 2)} | {goal} | "
+                     f"{_f(ta['max_auc']) if ta else '—'} | {_f(ta['max_tpr_at_fpr']['0.01']) if ta else '—'} | "
+                     f"`{r['commands'].get('audit', '')}` |")
+        L.append("")
+    rob = [r for r in results if r.get("robustness")]
+    if rob:
+        from privmed.evaluation.robustness import robustness_table
+
+        L += ["## Robustness to image degradations", ""]
+        for r in rob:
+            rr = r["robustness"]
+            L += [f"### {r['label']} ({rr['n']} test images, degradations {rr['applied']})", "",
+                  robustness_table(rr), "", f"Command: `{r['commands']['robustness']}`", ""]
+    L += ["## How to reproduce", "", "```", "privmed bench paper --quick    # this file's quick subset",
+          "privmed bench paper            # everything (adds CNN, ResNet-50, VGG, ablation, brain MRI)",
+          "privmed report RUN --out reports/paper   # HTML + Markdown with the privacy-utility curve", "```", "",
+          "Not run: " + (", ".join(e["id"] for e in entries() if e["id"] not in {r["id"] for r in results}) or "nothing"),
+          ""]
+    return "\n".join(L)
+
+
+def entry_target(r: dict) -> float | None:
+    """The epsilon an entry asked for (the bundle's spent epsilon can be lower)."""
+    return ((r.get("privacy") or {}).get("epsilon_target")) or r.get("epsilon")
+
+
+def _cpu() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def run_paper(quick: bool = False, out: Path | str = "docs/RESULTS.md", run_dir: Path | None = None,
+              only: list[str] | None = None, progress: bool = True) -> dict:
+    run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / ("paper-quick" if quick else "paper")  # git-ignored
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = [e for e in entries() if (e["quick"] or not quick) and (not only or any(e["id"].startswith(o) for o in only))]
+    if quick:  # robustness on a test subset: every degradation re-runs the frozen backbone
+        plan = [{**e, "robustness": min(e["robustness"], QUICK_ROBUSTNESS_IMAGES) if e["robustness"] else None}
+                for e in plan]
+    failed = {}
+    for i, e in enumerate(plan, 1):
+        if progress:
+            print(f"[{i}/{len(plan)}] {e['id']}", file=sys.stderr)
+        try:
+            run_entry(e, run_dir, progress)
+        except Exception as err:  # noqa: BLE001 - one failed entry must not lose the others
+            failed[e["id"]] = f"{type(err).__name__}: {err}"
+            print(f"error: {e['id']} failed: {failed[e['id']]}", file=sys.stderr)
+    results = load_results(run_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(results_markdown(results, run_dir, quick))
+    return {"markdown": out, "run_dir": run_dir, "results": results, "failed": failed}

@@ -1,0 +1,163 @@
+"""End-to-end audit of tiny bundles trained on a synthetic image folder (seconds, no real data).
+
+The folder holds 32x32 noise images with *random* labels, so a model can only fit its training
+images by memorising them. Early stopping keeps the epoch with the best validation accuracy; to
+make that the most-memorised epoch, each training image is stored three times under different
+names, so most validation images have a byte-identical copy in train and validation accuracy
+rises with memorisation. The audit itself removes such copies from its reference models' data.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from privmed.config import TrainConfig
+from privmed.errors import BundleError
+from privmed.evaluation import dp_bounds as B
+from privmed.evaluation.audit import audit_bundle, format_audit
+from privmed.inference.bundle import read_metadata
+from privmed.pipeline import train_bundle
+
+
+def make_folder(root, n_train=64, n_test=48, size=32, seed=0, copies=3):
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            label = int(rng.integers(0, 2))
+            arr = np.clip(rng.normal(0.5, 0.2, (size, size)) * 255, 0, 255).astype(np.uint8)
+            d = root / split / ("a" if label == 0 else "b")
+            d.mkdir(parents=True, exist_ok=True)
+            for c in range(copies if split == "train" else 1):
+                Image.fromarray(arr).save(d / f"img{i:03d}_{c}.png")
+    return root
+
+
+def tiny_bundle(tmp, dp: bool, epochs: int = 25, name: str | None = None, model: str = "effnet_lite0_head"):
+    """A head model (frozen EfficientNet-Lite0 features at 64x64 + linear head): seconds."""
+    data = make_folder(tmp / "data") if not (tmp / "data").exists() else tmp / "data"
+    cfg = TrainConfig(dataset=str(data), model=model, epochs=epochs, batch_size=16, lr=2e-2, patience=100,
+                      val_fraction=0.2, augment={"enabled": False}, preprocess={"size": 64},
+                      privacy={"enabled": dp, "epsilon": 1.0})
+    return train_bundle(cfg, tmp / (name or ("dp" if dp else "nodp")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("audit")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on 2 shared cores: one thread is many times faster
+    try:
+        yield tmp, tiny_bundle(tmp, dp=False, epochs=40), tiny_bundle(tmp, dp=True, epochs=3)
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+
+
+def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
+    tmp, nodp, _ = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    block = audit_bundle(nodp, k_reference=2, n_per_side=48, seed=0)
+    assert block["members"]["n"] == block["nonmembers"]["n"] == 48
+    # validation images that are byte copies of training images are not used as non-members
+    assert block["nonmembers"]["excluded_copies_of_training_images"] > 0
+    # members really are the bundle's training images: both attacks see them (AUC 0.78 / 0.85 here)
+    assert block["attacks"]["loss"]["auc"] > 0.7 and block["attacks"]["loss"]["auc_ci95"][0] > 0.5
+    assert block["max_auc"] > 0.8
+    assert block["ceiling"]["auc"] == 1.0 and not block["exceeds_ceiling"]
+    assert 0 < block["empirical_epsilon"]["lower_bound"] <= block["empirical_epsilon"]["max_certifiable_at_this_n"]
+    stored = read_metadata(nodp)["audit"]
+    assert stored["attacks"]["loss"]["auc"] == block["attacks"]["loss"]["auc"]
+    assert stored["recipe"]["dp"] is False
+    roc = stored["attacks"]["loss"]["roc"]
+    assert roc["fpr"][0] == 0.0 and len(roc["fpr"]) == len(roc["tpr"]) <= 120
+
+
+def test_dp_bundle_stays_below_its_ceiling(bundles, monkeypatch, capsys):
+    tmp, _, dp = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    block = audit_bundle(dp, k_reference=2, n_per_side=48, seed=1)
+    meta = read_metadata(dp)
+    r = block["recipe"]
+    assert r["dp"] and r["epsilon"] == meta["privacy"]["epsilon"] and r["noise_multiplier"] > 0
+    assert r["sample_rate"] == meta["privacy"]["sample_rate"] and r["steps"] == meta["privacy"]["steps"]
+    assert block["reference_models"]["recipe"]["dp"] is True
+    assert block["ceiling"]["auc"] == pytest.approx(B.ceiling_auc(r["epsilon"], r["delta"]))
+    assert block["empirical_epsilon"]["lower_bound"] <= r["epsilon"]
+    assert not block["exceeds_ceiling"] and "ERROR" not in capsys.readouterr().err
+    text = format_audit(block)
+    assert "below the theoretical ceiling" in text and "sigma=" in text
+
+
+def test_exceeding_the_ceiling_is_flagged_loudly(bundles, monkeypatch, capsys, tmp_path):
+    # a memorising model that *claims* a tiny epsilon: the audit must call it a bug
+    tmp, nodp, _ = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    import shutil
+
+    fake = tmp_path / "fake"
+    shutil.copytree(nodp, fake)
+    meta = json.loads((fake / "metadata.json").read_text())
+    meta["privacy"] = {"mechanism": "DP-SGD", "epsilon": 0.05, "delta": 1e-5, "noise_multiplier": 20.0,
+                       "max_grad_norm": 1.0, "sample_rate": 0.25, "steps": 10, "accountant": "prv",
+                       "unit_of_privacy": "image"}
+    (fake / "metadata.json").write_text(json.dumps(meta))
+    block = audit_bundle(fake, k_reference=0, n_per_side=48, seed=0)
+    assert block["exceeds_ceiling"] and block["problems"]
+    assert "PRIVACY AUDIT FAILED" in capsys.readouterr().err
+    assert read_metadata(fake)["audit"]["exceeds_ceiling"] is True
+
+
+def test_changed_dataset_is_refused(bundles, monkeypatch):
+    tmp, nodp, _ = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    meta = read_metadata(nodp)
+    original = meta["dataset_fingerprint"]["train"]
+    meta["dataset_fingerprint"]["train"] = "0" * 64
+    (nodp / "metadata.json").write_text(json.dumps(meta))
+    try:
+        with pytest.raises(BundleError, match="fingerprint"):
+            audit_bundle(nodp, k_reference=0, n_per_side=20)
+    finally:
+        meta["dataset_fingerprint"]["train"] = original
+        (nodp / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_cli_audit_json(bundles, monkeypatch, capsys):
+    tmp, _, dp = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    from privmed.cli import main
+
+    assert main(["privacy", "audit", str(dp), "--json", "--k", "0", "--n", "20", "--no-store"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["members"]["n"] == 20 and set(out["attacks"]) == {"loss"}
+
+
+def test_one_run_bound_math():
+    from scipy.stats import binom
+
+    from privmed.evaluation.audit import one_run_eps_lower_bound
+
+    assert one_run_eps_lower_bound(50, 100) == 0.0  # chance guessing shows nothing
+    b = one_run_eps_lower_bound(90, 100)
+    p = math.exp(b) / (1 + math.exp(b))
+    assert binom.sf(89, 100, p) == pytest.approx(0.05, abs=1e-6)  # exactly rejected at 95%
+    assert one_run_eps_lower_bound(100, 100) > b > one_run_eps_lower_bound(80, 100) > 0
+    assert one_run_eps_lower_bound(100, 100) < math.log(100)  # finite: limited by the number of guesses
+
+
+def test_canary_audit_on_a_memorising_recipe(bundles, monkeypatch):
+    tmp, nodp, dp = bundles
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
+    block = audit_bundle(nodp, k_reference=0, n_per_side=20, canaries=40, store=False)
+    ca = block["canary_audit"]
+    assert ca["canaries"] == 40 and 0 < ca["inserted"] < 40 and ca["guesses"] == 8
+    assert ca["correct"] >= 7  # the non-private recipe memorises its canaries
+    dpb = audit_bundle(dp, k_reference=0, n_per_side=20, canaries=40, store=False)
+    assert dpb["canary_audit"]["eps_lower_bound"] <= dpb["recipe"]["epsilon"]
