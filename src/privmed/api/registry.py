@@ -19,7 +19,20 @@ class Registry:
         self.extra = [Path(p) for p in extra or []]
         self.scan_default = scan_default
         self._loaded: dict[Path, object] = {}
+        self._meta: dict[Path, tuple[tuple, dict]] = {}  # path -> ((mtime, size), metadata)
         self._lock = threading.Lock()
+
+    def _read(self, d: Path) -> dict:
+        """Metadata, re-read only when the file changed: bundles carry ~1 MB of OOD statistics, and
+        parsing every bundle's JSON on every request cost more than the prediction itself."""
+        st = (d / "metadata.json").stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        cached = self._meta.get(d)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        m = read_metadata(d)
+        self._meta[d] = (stamp, m)
+        return m
 
     def entries(self) -> list[dict]:
         dirs: list[Path] = []
@@ -32,7 +45,7 @@ class Registry:
                 continue
             seen.add(d.resolve())
             try:
-                m = read_metadata(d)
+                m = self._read(d.resolve())
             except BundleError:
                 continue
             out.append({"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m})
