@@ -98,7 +98,9 @@ def test_dp_training_respects_budget_and_resumes_identically(data_root, tmp_path
     full = trainer.train(_cfg(data_root), checkpoint_dir=tmp_path / "a", progress=False)
     assert full.privacy["epsilon"] <= 2.0
     assert full.privacy["delta"] < 1 / len(full.splits.train)
-    assert full.privacy["steps"] == 3 * round(len(full.splits.train) / 32)
+    n = len(full.splits.train)
+    assert full.privacy["sample_rate"] == 1 / -(-n // 32)  # what Opacus samples with: 1 / len(loader)
+    assert full.privacy["steps"] == 3 * -(-n // 32)
     assert [h["epsilon"] for h in full.history] == sorted(h["epsilon"] for h in full.history)
 
     # kill the run right after the first checkpoint is written, then resume it

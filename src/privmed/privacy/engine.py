@@ -2,6 +2,8 @@
 keeps the accountant honest, including across a kill and resume."""
 from __future__ import annotations
 
+import math
+
 import torch
 from opacus import PrivacyEngine
 from opacus.validators import ModuleValidator
@@ -20,8 +22,10 @@ class DPSession:
         check_budget(epsilon, delta, n_train)
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
         self.accountant_name = accountant
-        self.sample_rate = batch_size / n_train
-        self.steps_per_epoch = max(1, round(1 / self.sample_rate))
+        # Opacus samples each image with q = 1 / len(loader) = 1 / ceil(N / batch); use exactly that q
+        # so that the noise calibration, the accountant and the ledger describe what really ran.
+        self.steps_per_epoch = math.ceil(n_train / batch_size)
+        self.sample_rate = 1.0 / self.steps_per_epoch
         self.planned_steps = self.steps_per_epoch * epochs
         self.noise_multiplier = sigma_for(epsilon, delta, self.sample_rate, self.planned_steps, accountant)
         self.engine = PrivacyEngine(accountant=accountant)
@@ -31,6 +35,9 @@ class DPSession:
         errors = ModuleValidator.validate(module, strict=False)
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors}")
+        if len(loader) != self.steps_per_epoch:
+            raise ValueError(f"loader has {len(loader)} batches per epoch, the budget was planned for "
+                             f"{self.steps_per_epoch}")
         return self.engine.make_private(
             module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=self.grad_sample_mode,
@@ -41,6 +48,11 @@ class DPSession:
         return sum(s for _, _, s in self.engine.accountant.history)
 
     def spent(self) -> float:
+        """Epsilon from the accountant's own history of the steps actually taken."""
+        for sigma, q, _ in self.engine.accountant.history:
+            if abs(sigma - self.noise_multiplier) > 1e-12 or abs(q - self.sample_rate) > 1e-12:
+                raise RuntimeError(f"accountant saw (sigma={sigma}, q={q}), planned ({self.noise_multiplier}, "
+                                   f"{self.sample_rate}): refusing to report a ledger that does not match")
         return epsilon_for(self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.accountant_name)
 
     def can_step(self) -> bool:
