@@ -210,8 +210,8 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
          f"{dt.datetime.now(dt.timezone.utc).date()} ({platform.machine()}, {_cpu()} CPU cores, CPU only). "
          f"Raw results: `{_rel(run_dir) if run_dir else 'RUN'}/<id>/result.json`. "
          "Every number comes from the commands in its row; `RUN` is the run directory.", "",
-         "Test metrics are on each dataset's official test split (`privmed evaluate`; brain MRI with the 216 "
-         "test images that also occur in train removed). Precision, recall and F1 are macro averages; AUC is "
+         "Test metrics are on each dataset's official test split (`privmed evaluate`; brain MRI and COVID-19 "
+         "with test images that have an exact or near copy in train removed). Precision, recall and F1 are macro averages; AUC is "
          "the finding's (binary) or the mean one-vs-rest AUC. images/s: end-to-end CPU throughput of the model "
          "on preprocessed images, batch 32, frozen backbone included. MIA: best of the loss-threshold and "
          "offline-LiRA attacks of `privmed privacy audit` (up to 500 members = training images vs as many "
