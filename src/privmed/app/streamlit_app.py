@@ -12,7 +12,7 @@ import os
 
 import streamlit as st
 
-from privmed.app.backend import BackendError, display_pixels, make_backend, task_label
+from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
 from privmed.inference.report import ABSTAIN_MESSAGE, fhir
 
 st.set_page_config(page_title="privmed: private medical image classification", layout="wide")
@@ -123,6 +123,8 @@ def main() -> None:
                  "or start the app with `privmed app --bundle PATH`.")
         st.stop()
     with st.sidebar:
+        order = list(TASK_LABELS)  # pneumonia first: the main use case opens by default
+        cards = sorted(cards, key=lambda c: order.index(c.get("task")) if c.get("task") in order else len(order))
         labels = {f"{task_label(c.get('task'))}: {c['id']}": c for c in cards}
         choice = st.selectbox("Task", list(labels), key="task")
         card = labels[choice]
