@@ -214,3 +214,15 @@ def test_medmnist_style_npz_trains_like_a_folder(tmp_path, data_root):
 from pathlib import Path  # noqa: E402
 
 from privmed.config import PreprocessConfig  # noqa: E402
+
+
+def test_unreadable_training_image_error_names_no_patient(tmp_path):
+    from privmed.data.datasets import Record
+    from privmed.training.data import load_pixels
+
+    bad = tmp_path / "normal" / "person999_bacteria_1.jpeg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff" + b"not really a jpeg")
+    with pytest.raises(DatasetError) as err:
+        load_pixels([Record(bad, 0, "person999")], TrainConfig(), progress=False)
+    assert "person999" not in str(err.value) and "unreadable" in str(err.value)

@@ -70,7 +70,9 @@ def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) 
         try:
             img = load_record(r)
         except ImageReadError as e:
-            raise DatasetError(f"training image {r.path.name} is unreadable: {e}; remove or replace it") from None
+            # file names can carry patient ids (person123_...): name the image by class and position only
+            raise DatasetError(f"image {i + 1} of {len(records)} (class folder '{r.path.parent.name}') is unreadable: "
+                               f"{e}; `privmed data inspect` lists unreadable files by path") from None
         out[i] = np.clip(pre(img.pixels) * 255 + 0.5, 0, 255).astype(np.uint8)
     _atomic_save(path, out)
     return out
