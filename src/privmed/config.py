@@ -83,6 +83,7 @@ class TrainConfig(BaseModel):
     epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9 (the usual DP-SGD recipe from scratch)
     class_weights: bool = True
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int = Field(10, ge=1)

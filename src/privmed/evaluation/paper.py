@@ -9,8 +9,8 @@ exact command next to every number.
 ``--quick`` is the subset that fits ~30-60 minutes on 2 CPU cores once the chest X-ray backbone
 features are cached (otherwise add ~7 minutes for extracting them): the head model's
 privacy-utility curve with audits, its robustness on a test subset, and the COVID-19 set.
-The full run (``privmed bench paper``) adds the from-scratch CNNs, ResNet-50, VGG, the ablation
-and brain MRI; it takes many hours on 2 cores and was not run here.
+The full run (``privmed bench paper``) adds the from-scratch CNNs (64 px, 10 epochs), ResNet-50 and
+VGG (64 px, 5 epochs), the ablation and brain MRI; docs/RESULTS.md records how long each entry took.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from privmed.config import REPO_ROOT, TrainConfig
 
 CHEST, BRAIN, COVID = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray"
 QUICK_ROBUSTNESS_IMAGES = 150
+# The from-scratch CNN rows: 64 px and 10 epochs so that each fits ~5 minutes on 2 CPU cores (at 128 px
+# one DP epoch took 85 s); the loss attack only (no reference models to train).
+CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
 
 
 def _e(id, table, label, dataset, model, epsilon, *, epochs=30, batch_size=256, size=None, augment=True,
@@ -45,10 +48,8 @@ def entries() -> list[dict]:
            epochs=5, batch_size=64, size=64, audit_k=0),
         _e("chest-vgg-nodp", "main", "VGG-style, no DP (64 px, 5 epochs)", CHEST, "vgg", None,
            epochs=5, batch_size=64, size=64, audit_k=0),
-        _e("chest-cnn-eps5", "main", "CNN, DP eps=5 (128 px)", CHEST, "cnn", 5.0, epochs=15, batch_size=128,
-           size=128, audit_k=2),
-        _e("chest-cnn-eps2", "main", "CNN, DP eps=2 (128 px)", CHEST, "cnn", 2.0, epochs=15, batch_size=128,
-           size=128, audit_k=2, robustness=624),
+        _e("chest-cnn-eps5", "main", "CNN, DP eps=5 (64 px, 10 epochs)", CHEST, "cnn", 5.0, **CNN),
+        _e("chest-cnn-eps2", "main", "CNN, DP eps=2 (64 px, 10 epochs)", CHEST, "cnn", 2.0, **CNN, robustness=624),
         _e("chest-head-eps2", "main", "privmed best: EfficientNet-Lite0 head, DP eps=2", CHEST, "effnet_lite0_head",
            2.0, audit_k=4, robustness=624, quick=True),
     ]
@@ -59,12 +60,9 @@ def entries() -> list[dict]:
                     CHEST, "effnet_lite0_head", eps, audit_k=4, quick=True))
     # ablation of the DP CNN (augmentation, CLAHE, DP) and of the head model (CLAHE, DP)
     e += [
-        _e("chest-cnn-eps2-noaug", "ablation", "CNN eps=2, no augmentation", CHEST, "cnn", 2.0, epochs=15,
-           batch_size=128, size=128, augment=False),
-        _e("chest-cnn-eps2-clahe", "ablation", "CNN eps=2, + CLAHE", CHEST, "cnn", 2.0, epochs=15, batch_size=128,
-           size=128, clahe=True),
-        _e("chest-cnn-nodp", "ablation", "CNN, no DP", CHEST, "cnn", None, epochs=15, batch_size=128, size=128,
-           audit_k=0),
+        _e("chest-cnn-eps2-noaug", "ablation", "CNN eps=2, no augmentation", CHEST, "cnn", 2.0, **CNN, augment=False),
+        _e("chest-cnn-eps2-clahe", "ablation", "CNN eps=2, + CLAHE", CHEST, "cnn", 2.0, **CNN, clahe=True),
+        _e("chest-cnn-nodp", "ablation", "CNN, no DP", CHEST, "cnn", None, **CNN),
         _e("chest-head-eps2-clahe", "ablation", "head eps=2, + CLAHE", CHEST, "effnet_lite0_head", 2.0, clahe=True),
     ]
     # shorter tables: brain MRI (leak-free test) and COVID-19
@@ -75,8 +73,8 @@ def entries() -> list[dict]:
                audit_k=4, quick=quick),
             _e(f"{short}-head-nodp", "datasets", "EfficientNet-Lite0 head, no DP", ds, "effnet_lite0_head", None,
                audit_k=4, quick=quick),
-            _e(f"{short}-cnn-eps2", "datasets", "CNN, DP eps=2 (64 px)", ds, "cnn", 2.0, epochs=15, batch_size=64,
-               size=64, audit_k=0, quick=quick),
+            _e(f"{short}-cnn-eps2", "datasets", "CNN, DP eps=2 (64 px, 10 epochs)", ds, "cnn", 2.0, **CNN,
+               quick=quick),
         ]
     return e
 
@@ -219,15 +217,20 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
          "models); TPR@1%FPR is a point estimate; eps_lb: certified 95% empirical epsilon lower bound. eps: the "
          "epsilon actually spent (early stopping can end a run below its target). images/s was measured on 2 "
          "CPU cores shared with other jobs: treat it as +-50%. A dash: not measured.", "",
-         "The full run is `privmed bench paper` (many hours on 2 CPU cores; not yet run: rows missing below). "
-         "The quick subset is `privmed bench paper --quick`.", ""]
+         "The full run is `privmed bench paper`; the quick subset is `privmed bench paper --quick`. "
+         "Entries not run are listed at the end.", ""]
+    if any(one_class(r) for r in results):
+        L += ["Rows marked \"one class only\" predict the same class for every test image: their accuracy is the "
+              "majority baseline and their AUC says only how the scores rank. See docs/BENCHMARKS.md "
+              "(\"DP CNN from scratch\") for why the from-scratch CNN collapses under DP-SGD here.", ""]
     cols = "| model | acc | prec | rec | F1 | AUC | img/s | eps | MIA AUC | TPR@1%FPR | eps_lb | commands |"
     sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
     def row(r):
         t = r["test"]
         cmds = "<br>".join(f"`{c}`" for c in r["commands"].values()) if with_commands else ""
-        return (f"| {r['label']} | {_f(t['accuracy'])} | {_f(t['precision_macro'])} | {_f(t['recall_macro'])} | "
+        mark = " (one class only)" if one_class(r) else ""
+        return (f"| {r['label']}{mark} | {_f(t['accuracy'])} | {_f(t['precision_macro'])} | {_f(t['recall_macro'])} | "
                 f"{_f(t['f1_macro'])} | {_f(t['auc'])} | {_f(r.get('images_per_s'), 1)} | "
                 f"{_f(r.get('epsilon'), 2) if r.get('epsilon') is not None else 'none'} | "
                 + " | ".join(_mia(r)) + f" | {cmds} |")
@@ -286,12 +289,24 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
             rr = r["robustness"]
             L += [f"### {r['label']} ({rr['n']} test images, degradations {rr['applied']})", "",
                   robustness_table(rr), "", f"Command: `{r['commands']['robustness']}`", ""]
+    timed = [r for r in results if r.get("seconds") is not None]
+    if timed:
+        L += ["## Run time", "", "Wall time of each entry on this machine (training, including decoding images and "
+              "extracting backbone features when not cached yet, evaluation, throughput, audit and robustness).", "",
+              "| entry | minutes |", "|---|---|"] + [f"| {r['id']} | {r['seconds'] / 60:.1f} |" for r in timed] + \
+             [f"| total | {sum(r['seconds'] for r in timed) / 60:.1f} |", ""]
     L += ["## How to reproduce", "", "```", "privmed bench paper --quick    # this file's quick subset",
           "privmed bench paper            # everything (adds CNN, ResNet-50, VGG, ablation, brain MRI)",
           "privmed report RUN --out reports/paper   # HTML + Markdown with the privacy-utility curve", "```", "",
           "Not run: " + (", ".join(e["id"] for e in entries() if e["id"] not in {r["id"] for r in results}) or "nothing"),
           ""]
     return "\n".join(L)
+
+
+def one_class(r: dict) -> bool:
+    """True when the model predicted a single class for every test image."""
+    cm = r["test"].get("confusion_matrix")
+    return bool(cm) and sum(1 for col in zip(*cm) if sum(col) > 0) == 1
 
 
 def entry_target(r: dict) -> float | None:

@@ -80,10 +80,10 @@ class EfficientNetLite0(nn.Module):
     def features(self, x, upto: int | None = None):
         """Run up to block ``upto`` (exclusive); None -> the pooled 1280-d embedding."""
         x = self.stem(x)
-        for i, b in enumerate(self._blocks):
-            if upto is not None and i == upto:
-                return x
+        for b in list(self._blocks)[:upto]:
             x = b(x)
+        if upto is not None:  # a truncated trunk (the tail model's frozen part) stops here
+            return x
         x = self.act(self._bn1(self._conv_head(x)))
         return x.mean((2, 3))
 

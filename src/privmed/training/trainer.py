@@ -70,7 +70,8 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
         weight = counts.sum() / (len(counts) * counts.clamp(min=1))
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     net = model.trainable
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    optimizer = (torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9) if cfg.optimizer == "sgd"
+                 else torch.optim.Adam(net.parameters(), lr=cfg.lr))
     gen = torch.Generator()
     # Small sets (covid19_xray: 226 images) would otherwise sample everything each step (q = 1),
     # where DP-SGD's subsampling amplification is lost; keep q <= 1/4.
