@@ -60,7 +60,7 @@ def register(sub, privacy_sub) -> None:
 
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True)
     bp = b.add_parser("paper", help="the paper's comparison tables, ablation, robustness, privacy-utility curve")
-    bp.add_argument("--quick", action="store_true", help="the cheap subset (~30-60 min on 2 CPU cores)")
+    bp.add_argument("--quick", action="store_true", help="the cheap subset (11 min on 2 CPU cores, docs/RESULTS.md)")
     bp.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
     bp.add_argument("--run-dir", type=Path, help="where bundles and raw results go (default runs/paper[-quick], git-ignored)")
     bp.add_argument("--only", action="append", help="run only entries whose id starts with this (repeatable)")

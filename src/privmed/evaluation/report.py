@@ -328,6 +328,7 @@ def run_report(run_dir: Path, out: Path) -> _Doc:
                     r.get("epsilon"), (r.get("audit") or {}).get("max_auc")] for r in main])
     curve = [r for r in results if r.get("table") == "privacy_utility" or (
         r["dataset"] == "chest_xray_pneumonia" and r["model"] == "effnet_lite0_head" and not r.get("clahe"))]
+    curve.sort(key=lambda r: r["epsilon"] if r.get("epsilon") is not None else float("inf"))
     if curve:
         rows = [{"epsilon": r.get("epsilon"), "delta": r.get("delta"), "accuracy": r["test"]["accuracy"],
                  "auc": r["test"]["auc"], "mia_auc": (r.get("audit") or {}).get("max_auc")} for r in curve]
@@ -341,7 +342,12 @@ def run_report(run_dir: Path, out: Path) -> _Doc:
     if audits:
         doc.h("Membership-inference audits")
         best = max(audits, key=lambda r: r["audit"]["max_auc"])
-        doc.fig(plot_mia(best["audit"]), "mia_roc", f"MIA ROC of the most leaking audited model ({best['label']})")
+        doc.fig(plot_mia(best["audit"]), "mia_roc",
+                f"MIA ROC of the most leaking audited model ({best['label']}, {best['dataset']})")
+        doc.table(["entry", "epsilon", "MIA AUC", "TPR@1%FPR", "ceiling AUC", "empirical eps (95% lower bound)"],
+                  [[r["id"], r.get("epsilon") if r.get("epsilon") is not None else "none", r["audit"]["max_auc"],
+                    r["audit"]["max_tpr_at_fpr"]["0.01"], (r["audit"].get("ceiling") or {}).get("auc", "—"),
+                    r["audit"]["empirical_epsilon"]["lower_bound"]] for r in audits])
     return doc
 
 
