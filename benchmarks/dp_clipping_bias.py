@@ -1,11 +1,11 @@
-"""Why the from-scratch CNN collapses to the majority class under DP-SGD: per-sample gradient
-norms at initialisation against the clipping norm, by class.
+"""Why the from-scratch CNN collapses to one class under DP-SGD: per-sample gradient norms at
+initialisation against the clipping norm, by class, and one step's signal against its noise.
 
-    python benchmarks/dp_clipping_bias.py --n 256 --size 64 --max-grad-norm 1.0
+    python benchmarks/dp_clipping_bias.py --n 256 --size 64 --max-grad-norm 1.0 --batch-size 256 --epochs 10
 
 When every example's gradient is clipped to the same norm C, each example pulls with the same
-force; with 3 pneumonia images per normal one, the summed gradient says "predict pneumonia"
-and class weights in the loss are erased by the clipping.
+force and class weights in the loss are erased; and the noise added to each step is several
+times the mean clipped gradient (docs/BENCHMARKS.md).
 """
 import argparse
 import math
@@ -18,7 +18,7 @@ from torch import nn
 from privmed.config import TrainConfig
 from privmed.models import get_model
 from privmed.privacy import default_delta, sigma_for
-from privmed.training.data import load_pixels, split_records
+from privmed.training.data import load_pixels, pixels_to_tensor, split_records
 
 
 def main() -> None:
@@ -33,12 +33,13 @@ def main() -> None:
     cfg = TrainConfig(dataset="chest_xray_pneumonia", model="cnn", preprocess={"size": a.size})
     splits = split_records(cfg)
     recs = [splits.train[i] for i in np.random.RandomState(0).choice(len(splits.train), a.n, replace=False)]
-    x = torch.from_numpy(load_pixels(recs, cfg, progress=False)).float().div(255).unsqueeze(1)
+    x = pixels_to_tensor(load_pixels(recs, cfg, progress=False))
     y = torch.tensor([r.label for r in recs])
     net = get_model("cnn", len(splits.classes)).trainable.train()
     gsm = GradSampleModule(net, batch_first=True, loss_reduction="mean")
     nn.CrossEntropyLoss()(gsm(x), y).backward()
-    norms = torch.stack([p.grad_sample.reshape(len(x), -1).norm(dim=1) for p in net.parameters()]).norm(dim=0)
+    flat = torch.cat([p.grad_sample.reshape(len(x), -1) for p in net.parameters()], 1)  # (n, d)
+    norms = flat.norm(dim=1)
     print(f"model cnn, {a.size} px, {a.n} random chest X-ray training images, at initialisation (seed 0)")
     for c, name in enumerate(splits.classes):
         v = norms[y == c]
@@ -50,17 +51,17 @@ def main() -> None:
 
     # Signal against noise in one DP-SGD step: the mean of the clipped per-sample gradients against the
     # Gaussian noise added to that mean, sigma * C / B per coordinate, over all d parameters.
-    flat = torch.cat([p.grad_sample.reshape(len(x), -1) for p in net.parameters()], 1)
     clipped = flat * (a.max_grad_norm / norms.clamp(min=a.max_grad_norm)).unsqueeze(1)
     signal = clipped.mean(0)
     d, n = flat.shape[1], len(splits.train)
-    steps = math.ceil(n / a.batch_size) * a.epochs
+    steps_per_epoch = math.ceil(n / a.batch_size)
+    steps = steps_per_epoch * a.epochs
     print(f"d = {d:,} parameters; one step with batch {a.batch_size}, {a.epochs} epochs ({steps} steps), "
           f"C = {a.max_grad_norm:g}, delta = {default_delta(n):g}, PRV accountant:")
     print(f"  signal: norm of the mean clipped gradient {signal.norm():.3f} "
           f"(per coordinate, RMS {signal.norm() / math.sqrt(d):.2e})")
     for eps in (2.0, 8.0, 50.0):
-        sigma = sigma_for(eps, default_delta(n), 1 / math.ceil(n / a.batch_size), steps)
+        sigma = sigma_for(eps, default_delta(n), 1 / steps_per_epoch, steps)
         per = sigma * a.max_grad_norm / a.batch_size
         print(f"  epsilon {eps:g}: noise multiplier {sigma:.3f}, noise per coordinate {per:.2e}, "
               f"noise norm {per * math.sqrt(d):.3f}")

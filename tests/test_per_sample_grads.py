@@ -8,7 +8,7 @@ from torch import nn
 
 from privmed.config import TrainConfig
 from privmed.models import get_model
-from privmed.training.data import load_pixels, model_inputs, split_records
+from privmed.training.data import load_pixels, model_inputs, pixels_to_tensor, split_records
 
 
 def _real_batch(data_root, size, n=4):
@@ -51,7 +51,7 @@ def test_opacus_per_sample_grads_match_autograd(data_root, name, size):
 
 def test_tail_split_computes_the_same_features_as_the_whole_backbone(data_root):
     px, _ = _real_batch(data_root, 224, n=2)
-    x = torch.from_numpy(px).float().div(255).unsqueeze(1)
+    x = pixels_to_tensor(px)
     head, tail = get_model("effnet_lite0_head", 2), get_model("effnet_lite0_tail", 2)
     with torch.no_grad():
         want = head.frozen(x)

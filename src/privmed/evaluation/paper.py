@@ -115,13 +115,13 @@ def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
 
     from privmed.data.datasets import open_dataset
     from privmed.inference.predictor import load_model
-    from privmed.training.data import load_pixels
+    from privmed.training.data import load_pixels, pixels_to_tensor
 
     model = load_model(bundle)
     cfg = TrainConfig(dataset=dataset, preprocess=model.metadata.get("preprocessing", {}))
     recs = open_dataset(dataset, cfg.data_root).records("test")  # any test images: only speed is measured
     px = load_pixels(recs[:n], cfg, progress=False)
-    x = torch.from_numpy(px).float().div_(255).unsqueeze(1)
+    x = pixels_to_tensor(px)
     with torch.no_grad():
         model.net(x[:4])  # warm-up
         t = time.perf_counter()

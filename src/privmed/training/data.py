@@ -87,7 +87,7 @@ def frozen_outputs(frozen: torch.nn.Module, pixels: np.ndarray, key: str, progre
     outs = []
     with torch.no_grad():
         for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress, leave=False):
-            x = torch.from_numpy(pixels[i:i + batch]).float().div_(255).unsqueeze(1)
+            x = pixels_to_tensor(pixels[i:i + batch])
             outs.append(frozen(x).numpy().astype(np.float16))
     arr = np.concatenate(outs)
     _atomic_save(path, arr)
@@ -101,9 +101,14 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (N,H,W) -> float [0,1] tensor (N,1,H,W), the input every model takes."""
+    return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)
+
+
 def model_inputs(model, pixels: np.ndarray, progress: bool = True) -> torch.Tensor:
     """What the model's trainable part sees: pixels (N,1,H,W), or the cached frozen features."""
     if isinstance(model.frozen, torch.nn.Identity):
-        return torch.from_numpy(pixels).float().div_(255).unsqueeze(1)
+        return pixels_to_tensor(pixels)
     key = f"{model.backbone.get('sha256')}:{type(model.frozen).__name__}:{getattr(model.frozen, 'upto', '')}"
     return frozen_outputs(model.frozen, pixels, key, progress)
