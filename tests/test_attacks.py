@@ -74,7 +74,7 @@ def overfit_setup():
     x_in, y_in = _tiny_features(48, d, rng)     # members
     x_out, y_out = _tiny_features(48, d, rng)   # non-members, same distribution
     x_ref, y_ref = _tiny_features(48, d, rng)   # disjoint data for reference models
-    recipe = A.Recipe(epochs=200, lr=0.05, batch_size=16, class_weights=True, dp=False)
+    recipe = A.Recipe(epochs=200, lr=0.05, batch_size=16, class_weights=None, dp=False)
     target = A.train_reference(_head(d), x_in, y_in, 2, recipe, seed=1)
     x_t, y_t = torch.cat([x_in, x_out]), torch.cat([y_in, y_out]).numpy()
     refs = [A.logits_of(A.train_reference(_head(d), x_ref, y_ref, 2, recipe, seed=10 + k), x_t) for k in range(4)]
@@ -98,7 +98,7 @@ def test_strong_dp_noise_removes_the_leak(overfit_setup):
     d, (x_in, y_in, x_out, y_out), recipe, _, y, _ = overfit_setup
     from privmed.privacy.accounting import epsilon_for
 
-    dp = A.Recipe(epochs=20, lr=0.02, batch_size=16, class_weights=True, dp=True, noise_multiplier=8.0,
+    dp = A.Recipe(epochs=20, lr=0.02, batch_size=16, class_weights=None, dp=True, noise_multiplier=8.0,
                   max_grad_norm=1.0, sample_rate=16 / 48)
     eps = epsilon_for(8.0, 16 / 48, 20 * 3, 1e-3, "rdp")
     aucs = []
@@ -123,9 +123,11 @@ def test_recipe_from_bundle_metadata():
     meta = {"training": {"lr": 0.001, "batch_size": 64, "epochs": 30, "class_weights": True,
                          "privacy": {"enabled": True, "max_grad_norm": 1.0}, "augment": {"enabled": False}},
             "best_epoch": 7,
-            "privacy": {"epsilon": 2.0, "noise_multiplier": 1.3, "max_grad_norm": 0.5, "sample_rate": 0.05}}
+            "privacy": {"epsilon": 2.0, "noise_multiplier": 1.3, "max_grad_norm": 0.5, "sample_rate": 0.05,
+                        "epochs": 7, "class_weights": {"weights": [0.5, 1.0]}}}
     r = A.Recipe.from_metadata(meta)
     assert (r.epochs, r.dp, r.noise_multiplier, r.max_grad_norm, r.sample_rate) == (7, True, 1.3, 0.5, 0.05)
+    assert r.class_weights == [0.5, 1.0]  # the public (DP) weights from the ledger, not recomputed counts
     meta["training"]["privacy"]["enabled"] = False
     meta["privacy"] = {"mechanism": "none (non-private)", "epsilon": None}
     assert not A.Recipe.from_metadata(meta).dp

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from privmed.inference import load_model
-from privmed.inference.ood import conformal_threshold, fit_ood, ood_score, ood_scores, refit
+from privmed.inference.ood import ood_score, ood_scores
 
 
 def grace_hopper() -> Path:
@@ -20,28 +20,28 @@ def grace_hopper() -> Path:
     return p
 
 
-def test_fit_ood_synthetic_refusal_rates():
+def test_dp_ood_synthetic_refusal_rates():
+    """The DP detector (two Gaussian releases on 600 validation units, epsilon 2) refuses few fresh
+    in-distribution embeddings and almost all embeddings from elsewhere."""
+    from privmed.pipeline import validation_releases
+
     rng = np.random.default_rng(0)
-    d, n = 40, 400
-    cov = np.diag(np.linspace(3, 0.1, d))
+    d, n = 256, 600
+    centre, other = rng.standard_normal(d), rng.standard_normal(d)
+
+    def draw(c, m):
+        return np.abs(c + 0.5 * rng.standard_normal((m, d)))
+
     y = rng.integers(0, 2, n)
-    emb = rng.multivariate_normal(np.zeros(d), cov, n) + y[:, None] * 2.0
-    block = fit_ood(emb, y, seed=0)
+    privacy = {"epsilon_target": 2.0, "delta": 1e-6, "accountant": "prv"}
+    _, _, block, releases, _ = validation_releases(rng.standard_normal((n, 2)), draw(centre, n), y, np.arange(n), 2,
+                                                   privacy)
     json.dumps(block)  # stored in metadata.json
-    assert block["dims"] <= 64 and block["n"] == n and block["quantile"] == 0.975
-    y_new = rng.integers(0, 2, 2000)
-    new = rng.multivariate_normal(np.zeros(d), cov, 2000) + y_new[:, None] * 2.0
-    assert np.mean(ood_scores(new, block) > block["threshold"]) <= 0.05
-    far = rng.multivariate_normal(np.zeros(d), cov, 200) + 6.0
-    assert np.mean(ood_scores(far, block) > block["threshold"]) >= 0.95
-    assert ood_score(new[0], block) == pytest.approx(float(ood_scores(new[:1], block)[0]))
-
-
-def test_conformal_threshold_small_n():
-    thr, bound = conformal_threshold(np.arange(10.0), 0.025)
-    assert thr == 9.0 and bound == pytest.approx(1 / 11)
-    thr, bound = conformal_threshold(np.arange(1000.0), 0.025)
-    assert thr == 975.0 and bound == 0.025
+    assert block["method"].startswith("dp-mahalanobis") and len(releases) == 2
+    assert np.mean(ood_scores(draw(centre, 1000), block) > block["threshold"]) <= 0.08
+    assert np.mean(ood_scores(draw(other, 200), block) > block["threshold"]) >= 0.7
+    v = draw(centre, 1)
+    assert ood_score(v[0], block) == pytest.approx(float(ood_scores(v, block)[0]))
 
 
 def _abstain_rate(model, files) -> float:
@@ -57,12 +57,12 @@ def test_ood_on_effnet_bundle(effnet_bundle, data_root):
     """Default architecture: <= 5 % of in-distribution test images refused as OOD; brain MRI to a
     chest X-ray model, a natural photo and noise all refused."""
     m = load_model(effnet_bundle)
-    assert m.ood and m.ood["method"].startswith("mahalanobis") and m.ood["embedding_dims"] == 1280
+    assert m.ood and m.ood["method"].startswith("dp-mahalanobis") and m.ood["embedding_dims"] == 1280
     test = sorted((data_root / m.metadata["dataset"] / "test").glob("*/*"))
     test = test[:: max(1, len(test) // 200)]
     assert _ood_rate(m, test) <= 0.05
     mri = sorted((data_root / "brain_tumor_mri" / "test").glob("*/*"))[::80]
-    assert _abstain_rate(m, mri) >= 0.95
+    assert _abstain_rate(m, mri) >= 0.9
     assert m.predict(grace_hopper()).abstain
     rng = np.random.default_rng(1)
     noise = m.predict(rng.random((224, 224)).astype(np.float32))
@@ -71,33 +71,13 @@ def test_ood_on_effnet_bundle(effnet_bundle, data_root):
     assert smooth.abstain
 
 
-def test_ood_on_small_cnn_bundle(small_bundle, data_root):
-    """The tiny 2-epoch, 64 px CNN: the in-distribution guarantee still holds and MRIs score as further
-    away, but its features are too weak to refuse every MRI (27-77 % across trainings): the strong
-    claim is made on the default architecture above."""
+def test_small_validation_set_gets_no_ood_and_says_so(small_bundle):
+    """covid19_xray's validation split has fewer than 100 units: DP statistics would be noise, so the
+    bundle ships no OOD detector and no fitted temperature, and says why (the quality gate still runs)."""
     m = load_model(small_bundle)
-    assert m.ood and m.ood["embedding_dims"] == 128
-    test = sorted((data_root / "covid19_xray" / "test").glob("*/*"))
-    assert _ood_rate(m, test) <= 0.05
-    mri = sorted((data_root / "brain_tumor_mri" / "test").glob("*/*"))[::60]
-    in_scores = [m.predict(f).ood_score for f in test[::3]]
-    mri_scores = [m.predict(f).ood_score for f in mri]
-    assert np.median(mri_scores) > np.median(in_scores)
-    assert m.predict(np.random.default_rng(0).random((64, 64)).astype(np.float32)).abstain
-
-
-def test_refit_adds_ood_block_to_old_bundle(bundle_copy):
-    from privmed.inference.bundle import read_metadata, update_metadata
-
-    meta = read_metadata(bundle_copy)
-    update_metadata(bundle_copy, ood=None)
-    assert load_model(bundle_copy).ood is None
-    block = refit(bundle_copy)
-    assert read_metadata(bundle_copy)["ood"]["threshold"] == block["threshold"]
-    assert block["n"] == meta["dataset_fingerprint"]["n_val"]
-    if meta.get("ood"):  # same data, same seed: the pipeline and refit agree
-        assert block["threshold"] == pytest.approx(meta["ood"]["threshold"], rel=1e-3)
-    assert load_model(bundle_copy).ood is not None
+    assert m.ood is None and m.temperature == 1.0
+    assert "too few" in m.metadata["calibration"]["note"]
+    assert m.predict(np.random.default_rng(0).random((64, 64)).astype(np.float32)).label in m.classes
 
 
 def test_gradcam_cnn_and_overlay(small_bundle, data_root):

@@ -36,7 +36,7 @@ def train_config(a: argparse.Namespace):
              "data_root": a.data_root, "patience": a.patience}
     over.update({k: v for k, v in pairs.items() if v is not None})
     for k, v in {"epsilon": a.epsilon, "delta": a.delta, "max_grad_norm": a.max_grad_norm,
-                 "accountant": a.accountant}.items():
+                 "accountant": a.accountant, "unit": a.privacy_unit}.items():
         if v is not None:
             over["privacy"][k] = v
     if a.no_augment:
@@ -58,11 +58,12 @@ def cmd_train(a):
     cfg = train_config(a)
     out = train_bundle(cfg, a.out, progress=not a.quiet)
     from privmed.inference.bundle import read_metadata
+    from privmed.inference.bundle import read_run_log, run_dir
 
-    meta = read_metadata(out)
-    summary = {"bundle": str(out), "model_id": meta["model_id"], "privacy": meta["privacy"],
-               "validation_accuracy": meta["metrics"]["validation"]["accuracy"],
-               "training_seconds": meta["training_seconds"]}
+    meta, run = read_metadata(out), read_run_log(out)
+    summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta["model_id"],
+               "privacy": meta["privacy"], "validation_accuracy": run["validation"]["accuracy"],
+               "training_seconds": run["training_seconds"]}
     _print(summary, a.json, f"bundle written to {out}\n" + json.dumps(summary["privacy"], indent=2))
 
 
@@ -131,8 +132,12 @@ def cmd_data_inspect(a):
     from privmed.data.datasets import open_dataset
     from privmed.data.inspect import format_report, inspect_dataset
 
-    report = inspect_dataset(open_dataset(a.dataset, a.data_root), near_duplicates=not a.exact_only)
-    _print(report, a.json, format_report(report))
+    from privmed.data.patients import format_patients, patient_report
+
+    ds = open_dataset(a.dataset, a.data_root)
+    report = inspect_dataset(ds, near_duplicates=not a.exact_only)
+    report["patients"] = patient_report(ds, evidence=a.patient_evidence)
+    _print(report, a.json, format_report(report) + "\n" + format_patients(report["patients"]))
 
 
 def cmd_privacy_account(a):
@@ -154,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("dataset")
     di.add_argument("--data-root", type=Path)
     di.add_argument("--exact-only", action="store_true", help="skip near-duplicate search")
+    di.add_argument("--patient-evidence", action="store_true",
+                    help="compare same-id train/test image pairs with random pairs (is the id numbering shared?)")
     di.add_argument("--json", action="store_true")
     di.set_defaults(fn=cmd_data_inspect)
 
@@ -165,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--delta", type=float)
     t.add_argument("--max-grad-norm", type=float)
     t.add_argument("--accountant", choices=["prv", "rdp", "gdp"])
+    t.add_argument("--privacy-unit", choices=["auto", "patient", "image"],
+                   help="unit of privacy (default auto: the patient where the data carry patient ids)")
     t.add_argument("--no-dp", action="store_true", help="train the non-private twin")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)

@@ -55,7 +55,10 @@ class PrivacyConfig(BaseModel):
     delta: float | None = None  # None -> 1 / (10 N), N = training images
     max_grad_norm: float = 1.0
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
-    unit: Literal["image"] = "image"
+    # auto: the patient wherever the data carry patient ids, else the image
+    unit: Literal["auto", "patient", "image"] = "auto"
+    count_noise: float = Field(10.0, gt=0)  # noise multiplier of the DP class counts behind class weights
+    grad_sample_mode: Literal["hooks", "ew"] = "hooks"
 
     @field_validator("epsilon")
     @classmethod
@@ -84,7 +87,10 @@ class TrainConfig(BaseModel):
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9 (the usual DP-SGD recipe from scratch)
+    # balance classes with weights <= 1 applied after clipping; under DP from noisy class counts
+    # (a Gaussian release composed into epsilon), never from exact private counts
     class_weights: bool = True
+    ema: float = Field(0.0, ge=0, lt=1)  # exponential moving average of the weights (post-processing)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int = Field(10, ge=1)
     seed: int = 0

@@ -1,32 +1,93 @@
-"""Train -> calibrate -> fit the OOD detector -> write the bundle. The one function the CLI,
-the Python API and the benchmarks call to produce a model."""
+"""Train -> private calibration, decision threshold and OOD detector on validation -> bundle +
+private run log. The one function the CLI, the Python API and the benchmarks call to produce a model.
+
+The bundle (released) holds weights, public settings and DP outputs only. The run log
+(``<bundle>.run/run.json``, never released) holds what depends on private images exactly:
+per-epoch losses and validation accuracy, dataset fingerprints, exact validation metrics.
+"""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from privmed.config import TrainConfig, bundles_dir
 from privmed.evaluation.metrics import classification_report
-from privmed.inference.bundle import save_bundle
-from privmed.inference.calibration import expected_calibration_error, fit_temperature
+from privmed.inference import calibration as cal
+from privmed.inference import ood
+from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
+from privmed.privacy.accounting import sigma_for
+from privmed.privacy.ledger import add_validation_releases
+from privmed.privacy.randomness import secret_generator
+from privmed.privacy.releases import gaussian_sum
+from privmed.training.data import unit_ids
 from privmed.training.trainer import train
 
 TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19"}
+RELEASES_ON_VALIDATION = 2
+W_STAT, W_HIST = 0.6, 0.8
 
 
-def calibrate(model, val_inputs: torch.Tensor, y_val: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Temperature on validation logits; returns (calibration block, logits, embeddings)."""
-    with torch.no_grad():
-        outs = [model.trainable_forward_with_embedding(val_inputs[i:i + 512]) for i in range(0, len(val_inputs), 512)]
-    logits = torch.cat([o[0] for o in outs])
-    emb = torch.cat([o[1] for o in outs])
-    t = fit_temperature(logits, y_val)
-    before = expected_calibration_error(torch.softmax(logits, 1).numpy(), y_val.numpy())
-    after = expected_calibration_error(torch.softmax(logits / t, 1).numpy(), y_val.numpy())
-    return {"method": "temperature scaling", "temperature": t, "fitted_on": "validation",
-            "ece_before": before, "ece_after": after}, logits, emb
+def _per_unit_mean(rows: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Average each unit's rows: a unit with many images still contributes one row of norm <= the bound."""
+    n = int(units.max()) + 1
+    out = np.zeros((n, rows.shape[1]))
+    np.add.at(out, units, rows)
+    return out / np.bincount(units, minlength=n)[:, None]
+
+
+def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, units: np.ndarray, k: int,
+                        privacy: dict | None) -> tuple[dict, dict | None, dict | None, list[dict], dict]:
+    """(calibration, decision, ood block, ledger releases, run-log notes) from validation data.
+
+    Under DP two Gaussian releases, each on per-unit rows: (1) OOD statistics + margin histogram,
+    (2) histogram of OOD scores. Without DP the same statistics, exact."""
+    n_units = int(units.max()) + 1
+    dp = privacy is not None
+    if dp and n_units < ood.MIN_UNITS:
+        note = (f"validation has {n_units} units, too few for DP statistics: temperature 1, argmax decision, "
+                "no out-of-distribution detector (the quality gate still runs)")
+        return {"method": "none", "temperature": 1.0, "note": note}, None, None, [], {"note": note}
+    sigma = sigma_for(privacy["epsilon_target"], privacy["delta"], 1.0, 1, privacy["accountant"],
+                      repeat=RELEASES_ON_VALIDATION) if dp else 0.0
+    gen = secret_generator()
+    proj = ood.projection(emb.shape[1])
+    z = ood.embed(emb, proj)
+    # one release, rows of norm 1: OOD statistics and the margin histogram (temperature, operating
+    # point), each scaled to its share W of the unit norm (sum of W^2 <= 1); the histogram gets the
+    # larger share, the detector is shrunk to its noise level anyway
+    parts = [(ood.stat_rows(z, y, k), ood.STAT_SENSITIVITY, W_STAT), (cal.margin_rows(logits, y, k), 1.0, W_HIST)]
+    rows = np.concatenate([r * (w / sens) for r, sens, w in parts], 1)
+    sens1 = 1.0
+    rel1 = gaussian_sum(_per_unit_mean(rows, units), sens1, sigma, gen)
+    out, start = [], 0
+    for r, sens, w in parts:  # undo each part's scaling: (release, noise std on that scale)
+        out.append((rel1[start:start + r.shape[1]] * sens / w, sigma * sens / w))
+        start += r.shape[1]
+    (stats, stats_std), (hist, hist_std) = out
+    det = ood.detector_from_release(stats, k, ood.DIMS, stats_std, emb.shape[1])
+    temperature = cal.temperature_from_histogram(cal.denoise(hist, hist_std))  # raw: unbounded as T -> 0
+    provisional = ood.block(det, float("inf"), sigma, n_units)
+    s = ood.scores(emb, provisional)
+    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, gen)
+    block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units)
+    how = (f"Gaussian mechanism on validation (noise multiplier {sigma:.4g})" if dp else "exact, on validation")
+    calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
+                   "fitted_on": how}
+    decision = None
+    if k == 2:
+        t, _ = cal.threshold_from_histogram(hist)  # raw noisy counts: sums over bins stay unbiased
+        decision = {"positive_class_index": 1, "threshold_probability": float(1 / (1 + np.exp(-t / temperature))),
+                    "threshold_margin": t, "chosen_by": f"largest balanced accuracy, {how}"}
+    releases = [] if not dp else [
+        {"release": "validation: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
+         "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": sens1},
+        {"release": "validation: OOD score histogram (Gaussian mechanism)", "on": "validation",
+         "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
+    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > block["threshold"]))}
+    return calibration, decision, block, releases, notes
 
 
 def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, progress: bool = True,
@@ -36,9 +97,18 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     work = out.with_name(out.name + ".partial")  # checkpoints live here until the bundle is whole
     result = train(cfg, checkpoint_dir=work, progress=progress)
     model, splits = result.model, result.splits
-    y_val = torch.tensor([r.label for r in splits.val])
-    calibration, logits, emb = calibrate(model, result.val_inputs, y_val)
-    probs = torch.softmax(logits / calibration["temperature"], 1).numpy()
+    y_val = np.array([r.label for r in splits.val])
+    with torch.no_grad():
+        outs = [model.trainable_forward_with_embedding(result.val_inputs[i:i + 512])
+                for i in range(0, len(result.val_inputs), 512)]
+    logits = torch.cat([o[0] for o in outs]).numpy()
+    emb = torch.cat([o[1] for o in outs]).numpy()
+    units, _ = unit_ids(splits.val, result.unit)
+    calibration, decision, ood_block, releases, notes = validation_releases(
+        logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy)
+    privacy = result.privacy or {"mechanism": "none (non-private)", "epsilon": None}
+    if result.privacy:
+        privacy = add_validation_releases(result.privacy, releases, int(units.max()) + 1)
     meta = {
         "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
                     (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),
@@ -48,18 +118,17 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
                   "color": "grayscale"},
         "preprocessing": cfg.preprocess.model_dump(),
         "training": cfg.model_dump(mode="json"),
-        "history": result.history, "best_epoch": result.best_epoch, "training_seconds": round(result.seconds, 1),
-        "dataset_fingerprint": splits.fingerprint,
-        "metrics": {"validation": classification_report(y_val.numpy(), probs, splits.classes)},
-        "privacy": result.privacy or {"mechanism": "none (non-private)", "epsilon": None},
-        "calibration": calibration,
+        "released_weights": "last iterate" + (" (EMA)" if cfg.ema else "") if cfg.privacy.enabled
+                            else f"best validation epoch ({result.best_epoch})",
+        "privacy": privacy, "calibration": calibration, "decision": decision, "ood": ood_block,
+        "run_log": "private, beside the bundle (<bundle>.run/), never released",
     }
-    try:
-        from privmed.inference.ood import fit_ood
-
-        meta["ood"] = fit_ood(emb.numpy(), y_val.numpy(), seed=cfg.seed)
-    except ImportError:
-        pass
     save_bundle(out, model, meta)
+    probs = torch.softmax(torch.from_numpy(logits) / calibration["temperature"], 1).numpy()
+    ece = {"before": cal.expected_calibration_error(torch.softmax(torch.from_numpy(logits), 1).numpy(), y_val),
+           "after": cal.expected_calibration_error(probs, y_val)}
+    write_run_log(out, {"history": result.history, "dataset_fingerprint": splits.fingerprint,
+                        "validation": classification_report(y_val, probs, splits.classes), "ece": ece,
+                        "training_seconds": round(result.seconds, 1), **notes})
     shutil.rmtree(work, ignore_errors=True)
     return out

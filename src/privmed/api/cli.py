@@ -1,4 +1,4 @@
-"""``privmed api``, ``privmed keys``, ``privmed log``, ``privmed onnx``, ``privmed ood-refit``."""
+"""``privmed api``, ``privmed keys``, ``privmed log``, ``privmed onnx``."""
 from __future__ import annotations
 
 import json
@@ -74,15 +74,6 @@ def cmd_onnx(a):
     print(json.dumps(block, indent=2))
 
 
-def cmd_ood_refit(a):
-    from privmed.inference.ood import refit
-    from privmed.inference.predictor import resolve_bundle
-
-    block = refit(resolve_bundle(a.bundle), data_root=a.data_root, progress=not a.json)
-    summary = {k: v for k, v in block.items() if k not in ("means", "components", "variances")}
-    print(json.dumps(summary, indent=2))
-
-
 def register(sub, privacy_sub) -> None:
     p = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
@@ -120,8 +111,3 @@ def register(sub, privacy_sub) -> None:
     o.add_argument("bundle")
     o.set_defaults(fn=cmd_onnx)
 
-    r = sub.add_parser("ood-refit", help="fit (or refit) a bundle's out-of-distribution detector")
-    r.add_argument("bundle")
-    r.add_argument("--data-root", type=Path)
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(fn=cmd_ood_refit)

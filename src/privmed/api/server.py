@@ -311,9 +311,11 @@ def _sha(data: bytes) -> str:
 
 
 def _summary(e: dict) -> dict:
+    from privmed.privacy.ledger import statement
+
     m = e["metadata"]
     p = m.get("privacy") or {}
-    return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
+    return {"unit_of_privacy": p.get("unit_of_privacy"), "privacy_statement": statement(m),"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
             "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
             "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster"))}

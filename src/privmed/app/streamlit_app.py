@@ -57,17 +57,18 @@ def show_card(card: dict) -> None:
     st.markdown(f"**{card.get('id')}**: {task_label(card.get('task'))}, trained on `{card.get('dataset')}`, "
                 f"architecture `{card.get('architecture')}`; classes: {', '.join(card.get('classes') or [])}")
     st.caption(f"version (weights SHA-256): {card.get('version')}")
-    st.markdown("**Privacy ledger**")
+    st.markdown("**Privacy**")
+    st.info(card.get("privacy_statement", ""))
     st.table(ledger_rows(card))
-    vm = card.get("validation_metrics") or {}
+    vm = card.get("test_metrics") or {}
     if vm:
-        st.markdown("**Validation metrics**")
+        st.markdown("**Test metrics (public test set)**")
         st.table([{"metric": k, "value": f"{v:.3f}" if isinstance(v, float) else str(v)} for k, v in vm.items()])
     ood = card.get("ood") or {}
     if ood:
         st.caption(f"Out-of-distribution check: {ood.get('method')} on a {ood.get('embedding_dims')}-d embedding, "
-                   f"threshold {ood.get('threshold'):.2f} (refuses <= {100 * ood.get('target_refusal', 0):.1f} % "
-                   "of validation images)")
+                   f"threshold {ood.get('threshold'):.2f} (aims to refuse {100 * ood.get('target_refusal', 0):.1f} % "
+                   f"of in-distribution images); fitted on {ood.get('fitted_on', 'validation')}")
     st.caption(card.get("intended_use", ""))
 
 

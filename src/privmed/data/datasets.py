@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,21 @@ _PATIENT_PATTERNS = [
     re.compile(r"^(NORMAL2-IM-\d+)-"),
     re.compile(r"^(IM-\d+)-"),
 ]
+
+
+_PROCESS_SALT = os.urandom(16)
+
+
+def dicom_patient_key(path: Path) -> str | None:
+    """The DICOM PatientID, hashed with a per-process random salt: groups a patient's files in
+    memory, and means nothing once the process ends (never logged or stored)."""
+    try:
+        import pydicom
+
+        pid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "") or "")
+    except Exception:
+        return None
+    return "dicom-" + hashlib.sha256(_PROCESS_SALT + pid.encode()).hexdigest()[:16] if pid.strip() else None
 
 
 def patient_id_from_name(name: str) -> str | None:
@@ -83,8 +98,33 @@ class FolderDataset:
                     f"class folder {folder / cls} is missing or holds no images; every class of train "
                     f"({', '.join(self.classes)}) needs images in every split"
                 )
-            out += [Record(p, label, patient_id_from_name(p.name)) for p in files]
+            out += [Record(p, label, self._patient_id(p)) for p in files]
         return out
+
+    @functools.cached_property
+    def _csv_ids(self) -> dict[str, str]:
+        """``patients.csv`` beside the splits (columns image,patient; image relative to the dataset
+        folder or a bare file name): ids for data whose names carry none."""
+        import csv
+
+        path = self.root / "patients.csv"
+        if not path.is_file():
+            return {}
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"image", "patient"} <= set(rows[0]):
+            raise DatasetError(f"{path} needs the columns image,patient")
+        return {r["image"].strip(): r["patient"].strip() for r in rows if r.get("patient", "").strip()}
+
+    def _patient_id(self, path: Path) -> str | None:
+        ids = self._csv_ids
+        if ids:
+            pid = ids.get(str(path.relative_to(self.root))) or ids.get(path.name)
+            if pid:
+                return pid
+        if path.suffix.lower() in (".dcm", ".dicom"):
+            return dicom_patient_key(path)
+        return patient_id_from_name(path.name)
 
     def load(self, record: Record):
         from privmed.data.read import load_image
@@ -159,27 +199,18 @@ def open_dataset(name_or_path: str | Path, data_root: Path | None = None):
 
 
 def train_val_split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded split stratified by class and grouped by patient: no patient is on both sides."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[int, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_label[r.label][r.group].append(r)
+    """Grouped by patient: each patient (or image, without an id) goes to validation when a keyed
+    hash of its own id falls below ``val_fraction``. The choice for one patient depends on nobody
+    else, so adding or removing a patient moves no one else across the split: training and
+    validation hold disjoint units and DP releases on each compose in parallel."""
+    def to_val(group: str) -> bool:
+        h = hashlib.sha256(f"privmed-split:{seed}:{group}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2 ** 64 < val_fraction
+
     train, val = [], []
-    for label in sorted(by_label):
-        groups = sorted(by_label[label])
-        rng.shuffle(groups)
-        n_target = round(val_fraction * sum(len(by_label[label][g]) for g in groups))
-        taken = 0
-        for g in groups:
-            dest = val if taken < n_target else train
-            dest += by_label[label][g]
-            if dest is val:
-                taken += len(by_label[label][g])
-    # a patient with images in two classes could land on both sides; move them to train
-    train_groups = {r.group for r in train}
-    moved = [r for r in val if r.group in train_groups and r.patient_id]
-    val = [r for r in val if not (r.group in train_groups and r.patient_id)]
-    return train + moved, val
+    for r in records:
+        (val if to_val(r.group) else train).append(r)
+    return train, val
 
 
 def file_sha256(path: Path) -> str:

@@ -131,90 +131,84 @@ class Recipe:
     epochs: int
     lr: float
     batch_size: int
-    class_weights: bool
+    class_weights: list[float] | None
     dp: bool
+    optimizer: str = "adam"
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
-    sample_rate: float | None = None  # DP: Poisson rate q (the bundle's); batch = q * n
+    sample_rate: float | None = None  # DP: Poisson rate q (the bundle's); expected batch = q * n
     augment: dict | None = None       # pixel models: the bundle's augmentation settings
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Recipe":
         t, p = meta["training"], meta.get("privacy") or {}
         dp = bool((t.get("privacy") or {}).get("enabled")) and p.get("noise_multiplier") is not None
-        epochs = int(meta.get("best_epoch") or t["epochs"])  # the released weights are from best_epoch
+        epochs = int(p.get("epochs") or meta.get("best_epoch") or t["epochs"])
         aug = t.get("augment") if (t.get("augment") or {}).get("enabled") else None
-        return cls(epochs=epochs, lr=float(t["lr"]), batch_size=int(t["batch_size"]),
-                   class_weights=bool(t.get("class_weights", True)), dp=dp,
-                   noise_multiplier=float(p.get("noise_multiplier") or 0.0),
+        weights = (p.get("class_weights") or {}).get("weights") if dp else None
+        return cls(epochs=epochs, lr=float(t["lr"]), batch_size=int(t["batch_size"]), class_weights=weights, dp=dp,
+                   optimizer=t.get("optimizer", "adam"), noise_multiplier=float(p.get("noise_multiplier") or 0.0),
                    max_grad_norm=float(p.get("max_grad_norm") or (t.get("privacy") or {}).get("max_grad_norm", 1.0)),
                    sample_rate=float(p["sample_rate"]) if dp else None, augment=aug)
 
 
 def train_reference(build, x: torch.Tensor, y: torch.Tensor, num_classes: int, recipe: Recipe, seed: int,
-                    augment: bool = False) -> nn.Module:
-    """Train one reference ``trainable`` module (fresh from ``build()``) on (x, y) with ``recipe``.
-
-    Mirrors ``privmed.training.trainer.train``: Adam, cross entropy (class-weighted if the bundle
-    was), DP-SGD through Opacus with the bundle's noise multiplier, clipping norm and sample rate;
-    no early stopping: it runs the number of epochs the released weights had seen."""
+                    augment: bool = False, units: torch.Tensor | None = None) -> nn.Module:
+    """Train one reference ``trainable`` module (fresh from ``build()``) on (x, y) with ``recipe``,
+    through the trainer's own DP-SGD engine (``privmed.privacy.DPSGD``, the bundle's noise
+    multiplier, clipping norm, sample rate and public class weights; one image per unit) and the
+    trainer's per-sample loss; no early stopping."""
     torch.manual_seed(seed)
     net = build()
     threads = torch.get_num_threads()
     if sum(p.numel() for p in net.parameters()) < 50_000:
         torch.set_num_threads(1)  # a linear head: thread sync costs more than it saves (and 2 shared cores)
     try:
-        return _train(net, x, y, num_classes, recipe, seed, augment)
+        return _train(net, x, y, num_classes, recipe, seed, augment, units)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(net, x, y, num_classes, recipe, seed, augment) -> nn.Module:
-    import warnings
-
-    from torch.utils.data import DataLoader, TensorDataset
+def _train(net, x, y, num_classes, recipe, seed, augment, units=None) -> nn.Module:
+    from privmed.privacy import DPPlan, DPSGD
+    from privmed.training.trainer import per_sample_loss
 
     n = len(x)
-    weight = None
-    if recipe.class_weights:
-        counts = torch.bincount(y, minlength=num_classes).float()
-        weight = counts.sum() / (num_classes * counts.clamp(min=1))
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    gen = torch.Generator().manual_seed(seed)
-    bs = max(1, round(recipe.sample_rate * n)) if recipe.dp else min(recipe.batch_size, n)
-    loader = DataLoader(TensorDataset(x, y), batch_size=min(bs, n), shuffle=True, generator=gen)
-    if recipe.dp:
-        from opacus import PrivacyEngine
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            engine = PrivacyEngine(accountant="rdp")
-            net, opt, loader = engine.make_private(module=net, optimizer=opt, data_loader=loader,
-                                                   noise_multiplier=recipe.noise_multiplier,
-                                                   max_grad_norm=recipe.max_grad_norm, poisson_sampling=True)
+    opt = (torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9) if recipe.optimizer == "sgd"
+           else torch.optim.Adam(net.parameters(), lr=recipe.lr))
     aug = None
     if augment and recipe.augment:
         from privmed.config import AugmentConfig
         from privmed.data.transforms import Augment
 
         aug = Augment(AugmentConfig(**recipe.augment), seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    net.train()
+    if recipe.dp:
+        steps_per_epoch = max(1, round(1 / recipe.sample_rate))
+        units = torch.arange(n) if units is None else units
+        n_units = int(units.max()) + 1
+        plan = DPPlan.with_noise(recipe.noise_multiplier, recipe.sample_rate, recipe.max_grad_norm, n_units,
+                                 steps_per_epoch * recipe.epochs)
+        w = None
+        if recipe.class_weights:  # a unit's weight: the mean public class weight of its images
+            per = torch.tensor(recipe.class_weights)[y]
+            w = torch.zeros(n_units).index_add_(0, units, per) / torch.bincount(units, minlength=n_units)
+        engine = DPSGD(net, opt, units, plan, w)
+        while engine.can_step():
+            idx, local, chosen = engine.sample()
+            xb = aug(x[idx]) if aug is not None and len(idx) else x[idx]
+            engine.step(xb, y[idx], local, chosen, per_sample_loss)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        bs = min(recipe.batch_size, n)
         for _ in range(recipe.epochs):
-            net.train()
-            for xb, yb in loader:
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n, bs):
+                idx = order[i:i + bs]
+                xb = aug(x[idx]) if aug is not None else x[idx]
                 opt.zero_grad()
-                if len(xb) == 0:  # Poisson sampling drew no example: DP-SGD still adds noise
-                    if recipe.dp:
-                        (net(xb).sum() * 0.0).backward()
-                        opt.step()
-                    continue
-                if aug:
-                    xb = aug(xb)
-                loss_fn(net(xb), yb).backward()
+                per_sample_loss(net(xb), y[idx]).mean().backward()
                 opt.step()
-    net = getattr(net, "_module", net)
     return net.eval()
 
 

@@ -35,7 +35,7 @@ from privmed.data.datasets import file_sha256
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
 from privmed.evaluation import dp_bounds as B
-from privmed.inference.bundle import load_bundle, read_metadata, update_metadata
+from privmed.inference.bundle import load_bundle
 from privmed.models import get_model
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
 
@@ -64,7 +64,7 @@ def _config(meta: dict, data_root: Path | None) -> TrainConfig:
 def audit_data(meta: dict, model, cfg: TrainConfig, progress: bool = False):
     """(x_train, y_train, train_records, x_non, y_non, non_sources, non_records) for a bundle."""
     splits = split_records(cfg)
-    want = (meta.get("dataset_fingerprint") or {}).get("train")
+    want = (meta.get("_run_log", {}).get("dataset_fingerprint") or {}).get("train")
     if want and splits.fingerprint["train"] != want:
         raise BundleError("the dataset on disk differs from the one this bundle was trained on (train fingerprint "
                           "mismatch): its members cannot be reconstructed, so it cannot be audited")
@@ -104,8 +104,39 @@ def choose_targets(y_members: np.ndarray, y_non: np.ndarray, src: np.ndarray, n_
     return np.sort(mem), np.sort(np.array(non))
 
 
-def run_attacks(target_logits, y, is_member, ref_logits: list, delta: float | None, seed: int = 0) -> dict:
-    """Attack summaries + a combined 95 % eps lower bound (Bonferroni over attacks)."""
+def patient_targets(mem, non, train_recs, non_recs, src):
+    """Expand image targets to whole patients: (member image indices, non-member image indices,
+    one group key per target image, members first)."""
+    mem_groups = {train_recs[i].group for i in mem}
+    non_groups = {non_recs[j].group for j in non}
+    mem = np.array([i for i, r in enumerate(train_recs) if r.group in mem_groups])
+    ok = {"validation", "test"}
+    non = np.array([j for j, r in enumerate(non_recs) if r.group in non_groups and src[j] in ok])
+    groups = [("in", train_recs[i].group) for i in mem] + [("out", non_recs[j].group) for j in non]
+    return mem, non, groups
+
+
+def _units(records) -> torch.Tensor:
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(r.group, len(index)) for r in records], dtype=torch.long)
+
+
+def _by_group(scores: np.ndarray, is_member: np.ndarray, groups: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean score per group (a patient), and whether the group is a member."""
+    keys = list(dict.fromkeys(groups))
+    pos = {k: i for i, k in enumerate(keys)}
+    idx = np.array([pos[g] for g in groups])
+    total = np.bincount(idx, weights=scores, minlength=len(keys))
+    mean = total / np.bincount(idx, minlength=len(keys))
+    member = np.zeros(len(keys), bool)
+    member[idx[is_member]] = True
+    return mean, member
+
+
+def run_attacks(target_logits, y, is_member, ref_logits: list, delta: float | None, seed: int = 0,
+                groups: list | None = None) -> dict:
+    """Attack summaries + a combined 95 % eps lower bound (Bonferroni over attacks). With ``groups``
+    (one key per image), scores are averaged per group and a group is the unit attacked."""
     y = np.asarray(y)
     is_member = np.asarray(is_member, bool)
     scores = {"loss": A.loss_scores(target_logits, y)}
@@ -113,6 +144,10 @@ def run_attacks(target_logits, y, is_member, ref_logits: list, delta: float | No
         phi = A.logit_confidence(target_logits, y)
         ref_phi = np.stack([A.logit_confidence(r, y) for r in ref_logits])
         scores["lira_offline"] = A.lira_offline_scores(phi, ref_phi)
+    if groups is not None:
+        grouped = {k: _by_group(v, is_member, groups) for k, v in scores.items()}
+        scores = {k: v[0] for k, v in grouped.items()}
+        is_member = next(iter(grouped.values()))[1]
     out = {}
     conf = 1 - 0.05 / len(scores)
     for name, s in scores.items():
@@ -180,6 +215,9 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     t0 = time.time()
     path = Path(path)
     model, meta = load_bundle(path)
+    from privmed.inference.bundle import read_run_log
+
+    meta["_run_log"] = read_run_log(path)
     cfg = _config(meta, data_root)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -188,11 +226,18 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     # a held-out image with a byte-identical copy in train is a member in all but name
     dup = np.array([_hash(r) in set(train_hash) for r in non_recs]) if non_recs else np.zeros(0, bool)
     src = np.where(dup, "duplicate_of_member", src)
+    by_patient = (meta.get("privacy") or {}).get("unit_of_privacy") == "patient"
+    if by_patient:  # a test image whose id also names a training patient may be that patient
+        train_ids = {r.patient_id for r in train_recs if r.patient_id}
+        src = np.where([s_ == "test" and r.patient_id in train_ids for s_, r in zip(src, non_recs)], "id_in_train", src)
     mem, non = choose_targets(y_tr.numpy(), y_non.numpy(), src, n_per_side, rng)
+    groups = None
+    if by_patient:  # a member is a patient: all their images in, scored together
+        mem, non, groups = patient_targets(mem, non, train_recs, non_recs, src)
     n = len(mem)
     x_t = torch.cat([x_tr[mem], x_non[non]])
     y_t = torch.cat([y_tr[mem], y_non[non]])
-    is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    is_member = np.r_[np.ones(len(mem), bool), np.zeros(len(non), bool)]
     target_logits = A.logits_of(model.trainable, x_t)
 
     # reference pool: training images that are not targets, and no byte-identical copy of one
@@ -206,8 +251,9 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
         ref_seed = seed * 1000 + k + 1
         torch.manual_seed(ref_seed)
         build = lambda: get_model(meta["model"]["name"], len(meta["classes"]), **meta["model"].get("kwargs", {})).trainable  # noqa: E731
+        pool_units = _units([train_recs[i] for i in pool]) if by_patient else None
         ref = A.train_reference(build, x_tr[pool], y_tr[pool], len(meta["classes"]), recipe, ref_seed,
-                                augment=pixel_model)
+                                augment=pixel_model, units=pool_units)
         ref_logits.append(A.logits_of(ref, x_t))
         ref_seconds += time.time() - t1
         if progress:
@@ -215,7 +261,9 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
 
     priv = meta.get("privacy") or {}
     eps, delta = priv.get("epsilon"), priv.get("delta")
-    results = run_attacks(target_logits, y_t.numpy(), is_member, ref_logits, delta, seed)
+    results = run_attacks(target_logits, y_t.numpy(), is_member, ref_logits, delta, seed, groups=groups)
+    if groups is not None:
+        n = int(len(set(g for g, m in zip(groups, is_member) if m)))
     ceiling = B.ceiling_summary(eps, delta, FPRS)
     best = max(results.values(), key=lambda r: float(r["eps_lower_bound"]["eps_lb"]))
     eps_lb = float(best["eps_lower_bound"]["eps_lb"])
@@ -244,8 +292,10 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     block = {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "method": "loss-threshold and offline LiRA (fixed variance) membership inference",
-        "members": {"n": n, "source": "training images of the bundle (rebuilt from its training config)"},
-        "nonmembers": {"n": n, "source": {s: int((src[non] == s).sum()) for s in ("validation", "test")},
+        "unit": "patient" if by_patient else "image",
+        "members": {"n": n, "source": ("training patients (all their images, scores averaged per patient)" if by_patient
+                                        else "training images of the bundle (rebuilt from its training config)")},
+        "nonmembers": {"n": n if not by_patient else int(len({g for g, m in zip(groups, is_member) if not m})), "source": {s: int((src[non] == s).sum()) for s in ("validation", "test")},
                        "excluded_copies_of_training_images": int(dup.sum()),
                        "note": "held-out images: validation (same distribution, patient-disjoint) first, then "
                                 "test (leaked images removed); members matched per class"},
@@ -267,7 +317,7 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
         "notes": notes,
         "goal": goal,
         "recipe": recipe_block(meta),
-        "dataset_fingerprint": (meta.get("dataset_fingerprint") or {}).get("train"),
+        "dataset_fingerprint": (meta.get("_run_log", {}).get("dataset_fingerprint") or {}).get("train"),
         "seconds": round(time.time() - t0, 1),
     }
     if canaries:
@@ -285,8 +335,10 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
                + "; ".join(problems) + f" [bundle {path}]")
         log.error(msg)
         print(f"ERROR: {msg}", file=sys.stderr)
-    if store:
-        update_metadata(path, audit=block)
+    if store:  # private: scores and thresholds of training images; the run log, never the bundle
+        from privmed.inference.bundle import write_run_log
+
+        write_run_log(path, block, name="audit.json")
     return block
 
 

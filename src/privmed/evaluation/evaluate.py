@@ -41,7 +41,8 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
     else:
         records, n_leaked = ds.records(split), 0
     probs = predict_records(model, records, cfg, progress)
-    report = classification_report(np.array([r.label for r in records]), probs, model.classes)
+    report = classification_report(np.array([r.label for r in records]), probs, model.classes,
+                                   pred=model.label_index(probs))
     report.update(bundle=str(bundle), model_id=model.metadata.get("model_id"), dataset=dataset, split=split,
                   leaked_test_images_removed=n_leaked, privacy=model.info["privacy"])
     return report

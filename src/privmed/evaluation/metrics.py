@@ -26,9 +26,10 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def classification_report(labels, probs, classes: list[str]) -> dict:
+def classification_report(labels, probs, classes: list[str], pred=None) -> dict:
+    """``pred``: the served decision (an operating point for two classes); argmax when omitted."""
     labels, probs = np.asarray(labels), np.asarray(probs)
-    pred = probs.argmax(1)
+    pred = probs.argmax(1) if pred is None else np.asarray(pred)
     k = len(classes)
     cm = np.zeros((k, k), int)
     np.add.at(cm, (labels, pred), 1)

@@ -145,11 +145,14 @@ def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
     if not (bundle / "metadata.json").is_file():
         train_bundle(entry_config(entry), bundle, progress=progress)
     meta = read_metadata(bundle)
+    from privmed.inference.bundle import read_run_log
+
+    run = read_run_log(bundle)
     test = evaluate(bundle, progress=progress)
     res = {**entry, "bundle": str(bundle), "commands": {"train": train_command(entry, rel),
                                                         "evaluate": f"privmed evaluate {rel} --json"},
            "test": {k: v for k, v in test.items() if k != "per_class"}, "validation_accuracy":
-           meta["metrics"]["validation"]["accuracy"], "training_seconds": meta.get("training_seconds"),
+           run["validation"]["accuracy"], "training_seconds": run.get("training_seconds"),
            "privacy": meta.get("privacy"), "epsilon": (meta.get("privacy") or {}).get("epsilon"),
            "delta": (meta.get("privacy") or {}).get("delta")}
     res["images_per_s"] = images_per_second(bundle, entry["dataset"])

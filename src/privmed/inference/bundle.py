@@ -66,14 +66,20 @@ def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
     return out
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def update_metadata(path: Path, **blocks) -> dict:
     """Add or replace top-level blocks (metrics, calibration, audit...) without touching weights."""
     path = Path(path)
     meta = read_metadata(path)
     meta.update(blocks)
-    tmp = path / (METADATA + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, path / METADATA)
+    atomic_write_text(path / METADATA, json.dumps(meta, indent=2, default=str))
     return meta
 
 
@@ -111,3 +117,26 @@ def load_bundle(path: Path) -> tuple[SplitModel, dict]:
     except RuntimeError as e:
         raise BundleError(f"weights do not fit model '{arch['name']}' with {len(meta['classes'])} classes: {e}") from None
     return model.eval(), meta
+
+
+def run_dir(bundle: Path | str) -> Path:
+    """Where a bundle's private run log lives: beside it (``<bundle>.run/``), never inside."""
+    b = Path(bundle)
+    return b.with_name(b.name + ".run")
+
+
+def write_run_log(bundle: Path, blocks: dict, name: str = "run.json") -> Path:
+    """Merge ``blocks`` into the private run log (owner-only permissions)."""
+    d = run_dir(bundle)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = d / name
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(blocks)
+    atomic_write_text(path, json.dumps(old, indent=2, default=str))
+    os.chmod(path, 0o600)
+    return path
+
+
+def read_run_log(bundle: Path, name: str = "run.json") -> dict:
+    path = run_dir(bundle) / name
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -46,6 +46,7 @@ class Model:
         self.temperature = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
         self.min_confidence = float(self.metadata.get("abstain", {}).get("min_confidence", 0.0))
         self.ood = self.metadata.get("ood")
+        self.decision = self.metadata.get("decision")  # two classes: DP-chosen operating point
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
             from privmed.inference.onnx_export import session, usable
@@ -58,10 +59,20 @@ class Model:
 
     @property
     def info(self) -> dict:
+        from privmed.privacy.ledger import statement
+
         p = self.metadata.get("privacy") or {"mechanism": "none (non-private)"}
         return {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
                 "dataset": self.metadata.get("dataset"), "weights_sha256": self.metadata.get("weights_sha256"),
-                "privacy": {k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")}}
+                "privacy": {**{k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")},
+                            "statement": statement(self.metadata)}}
+
+    def label_index(self, probs: np.ndarray) -> np.ndarray:
+        """Predicted class per row of probabilities: the operating point for two classes, else argmax."""
+        probs = np.atleast_2d(probs)
+        if self.decision and probs.shape[1] == 2:
+            return (probs[:, 1] >= float(self.decision["threshold_probability"])).astype(int)
+        return probs.argmax(1)
 
     def tensor(self, image: Image) -> torch.Tensor:
         return torch.from_numpy(self.preprocess(image.pixels)).float()[None, None]
@@ -100,9 +111,9 @@ class Model:
         if explain:
             from privmed.inference.explain import gradcam
 
-            heat = gradcam(self.net, x, int(probs.argmax()))
+            heat = gradcam(self.net, x, int(self.label_index(probs)[0]))
         return Prediction(
-            label=self.classes[int(probs.argmax())],
+            label=self.classes[int(self.label_index(probs)[0])],
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
             quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
             model=self.info, heatmap=heat,

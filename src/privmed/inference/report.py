@@ -53,10 +53,14 @@ def safe_image_meta(meta: dict) -> dict:
 
 def model_card(metadata: dict, name: str | None = None) -> dict:
     """What a clinician or auditor needs to judge a bundle; the full privacy ledger included."""
+    from privmed.privacy.ledger import statement
+
     p = metadata.get("privacy") or {}
-    ledger_keys = ("mechanism", "epsilon", "epsilon_target", "delta", "noise_multiplier", "max_grad_norm",
-                   "sample_rate", "steps", "epochs", "accountant", "unit_of_privacy", "opacus_version")
-    val = (metadata.get("metrics") or {}).get("validation") or {}
+    ledger_keys = ("mechanism", "epsilon", "epsilon_target", "epsilon_train", "epsilon_validation", "delta",
+                   "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs", "accountant",
+                   "unit_of_privacy", "n_units_train", "n_units_validation", "randomness", "releases",
+                   "composition", "assumptions", "class_weights", "opacus_version")
+    test = (metadata.get("metrics") or {}).get(f"{metadata.get('dataset')}/test") or {}
     return {
         "id": metadata.get("model_id") or name, "name": name, "task": metadata.get("task"),
         "dataset": metadata.get("dataset"), "classes": metadata.get("classes"),
@@ -64,11 +68,12 @@ def model_card(metadata: dict, name: str | None = None) -> dict:
         "version": metadata.get("weights_sha256"), "created_at": metadata.get("created_at"),
         "input": metadata.get("input"), "preprocessing": metadata.get("preprocessing"),
         "privacy": {k: p.get(k) for k in ledger_keys if k in p} or {"mechanism": "none (non-private)"},
+        "privacy_statement": statement(metadata),
         "calibration": {k: v for k, v in (metadata.get("calibration") or {}).items()},
+        "decision": metadata.get("decision"),
         "ood": {k: v for k, v in (metadata.get("ood") or {}).items()
                 if k not in ("means", "components", "variances")} or None,
-        "validation_metrics": {k: v for k, v in val.items() if isinstance(v, (int, float, str))},
-        "dataset_fingerprint": metadata.get("dataset_fingerprint"),
+        "test_metrics": {k: v for k, v in test.items() if isinstance(v, (int, float, str))},
         "versions": metadata.get("versions"),
         "intended_use": "research decision support only; not a medical device. Trained on public research "
                         "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",
@@ -157,6 +162,6 @@ def fhir(results: list[dict], card: dict) -> dict:
 def _privacy_note(card: dict) -> str:
     p = card.get("privacy") or {}
     if p.get("epsilon") is None:
-        return f"privacy: {p.get('mechanism', 'none')}"
-    return (f"privacy: {p.get('mechanism')}; epsilon={p.get('epsilon')}, delta={p.get('delta')}, "
-            f"unit={p.get('unit_of_privacy')}, accountant={p.get('accountant')}")
+        return f"privacy: {p.get('mechanism', 'none')}. {card.get('privacy_statement', '')}".strip()
+    return (f"{card.get('privacy_statement', '')} [{p.get('mechanism')}; epsilon={p.get('epsilon')}, "
+            f"delta={p.get('delta')}, unit={p.get('unit_of_privacy')}, accountant={p.get('accountant')}]")

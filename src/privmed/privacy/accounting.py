@@ -1,16 +1,18 @@
-"""Privacy accounting: epsilon from (sigma, q, steps, delta), and sigma for a target epsilon.
+"""Privacy accounting: epsilon of a history of Gaussian mechanisms, and the noise for a target.
 
-Thin over Opacus's accountants (registry: ``rdp``, ``prv``, ``gdp``) so that the CLI calculator,
-the trainer and the bundle all agree on the same numbers.
+A history is a list of (noise_multiplier, sample_rate, steps), exactly Opacus's accountant
+history; Opacus's accountants (registry: ``prv``, ``rdp``, ``gdp``) compose it, so the CLI
+calculator, the trainer, the bundle and an independent recomputation all agree. A release of
+sensitivity-normalised sums over the whole data set is the entry (sigma, 1.0, 1).
 """
 from __future__ import annotations
 
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from privmed.errors import PrivacyBudgetError
 
 ACCOUNTANTS = ("prv", "rdp", "gdp")
+History = list[tuple[float, float, int]]
 
 
 def check_budget(epsilon: float, delta: float, n_train: int) -> None:
@@ -31,17 +33,35 @@ def default_delta(n_train: int) -> float:
     return int(d * scale) / scale if int(d * scale) else d
 
 
-def epsilon_for(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv") -> float:
+def epsilon_of(history: History, delta: float, accountant: str = "prv") -> float:
     if accountant not in ACCOUNTANTS:
         raise PrivacyBudgetError(f"unknown accountant '{accountant}'; choose one of {', '.join(ACCOUNTANTS)}")
-    if steps == 0:
+    history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    if not history:
         return 0.0
     acc = create_accountant(accountant)
-    acc.history = [(sigma, sample_rate, steps)]
+    acc.history = history
     return float(acc.get_epsilon(delta=delta))
 
 
-def sigma_for(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv") -> float:
-    """Smallest noise multiplier (to Opacus's tolerance, from above) with epsilon(steps) <= target."""
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=accountant, epsilon_tolerance=0.005))
+def epsilon_for(sigma: float, sample_rate: float, steps: int, delta: float, accountant: str = "prv") -> float:
+    return epsilon_of([(sigma, sample_rate, steps)], delta, accountant)
+
+
+def sigma_for(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv",
+              prefix: History = (), repeat: int = 1) -> float:
+    """Smallest noise multiplier (within 0.5 %, from above) such that ``prefix`` followed by
+    ``repeat`` copies of (sigma, sample_rate, steps) stays within epsilon."""
+    def eps(sigma: float) -> float:
+        return epsilon_of(list(prefix) + [(sigma, sample_rate, steps)] * repeat, delta, accountant)
+
+    if eps(1e3) > epsilon:
+        raise PrivacyBudgetError(f"epsilon {epsilon} cannot be met with {steps} steps at sample rate "
+                                 f"{sample_rate:.4g} (already spent by earlier releases?)")
+    lo, hi = 0.0, 1.0
+    while eps(hi) > epsilon:
+        lo, hi = hi, hi * 2
+    while hi - lo > 0.005 * hi:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if eps(mid) > epsilon else (lo, mid)
+    return hi

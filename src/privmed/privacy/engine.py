@@ -1,86 +1,169 @@
-"""Opacus wiring: one place that turns (model, optimizer, loader) into their DP versions and
-keeps the accountant honest, including across a kill and resume."""
+"""DP-SGD over units of privacy (patients or images), built on Opacus's per-sample gradients.
+
+One step: Poisson-sample units with rate q (secret generator), take every image of each sampled
+unit, compute per-image gradients (Opacus ``GradSampleModule``), sum them per unit, clip each
+unit's sum to norm C, scale it by a public weight w_u <= 1, add N(0, (sigma C)^2) noise (secret
+generator) and divide by the fixed expected batch q * N_units. Adding or removing one unit moves
+the noisy sum by at most C, whatever the rest of the batch holds: each unit's loss and weight
+depend on that unit alone. With one image per unit this is standard DP-SGD (Abadi et al. 2016);
+with patients it is user-level DP-SGD (McMahan et al. 2018, DP-FedAvg's per-user clipping).
+Opacus has no user-level sampler; its accountants count the steps.
+"""
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.grad_sample.utils import get_gsm_class
 from opacus.validators import ModuleValidator
 
 from privmed.errors import PrivacyBudgetError
-from privmed.privacy.accounting import check_budget, epsilon_for, sigma_for
+from privmed.privacy.accounting import History, check_budget, epsilon_of, sigma_for
+from privmed.privacy.randomness import SOURCE, secret_generator
+
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
-class DPSession:
-    """A strict (epsilon, delta) budget over a planned number of Poisson-sampled steps.
+class DPPlan:
+    """Noise for a strict (epsilon, delta) budget over a planned number of Poisson steps, after
+    the releases in ``prefix`` (e.g. DP class counts) have been composed in."""
 
-    ``can_step()`` is asked before every optimizer step; the run stops rather than exceed epsilon.
-    """
-
-    def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_train: int, batch_size: int,
-                 epochs: int, accountant: str = "prv", grad_sample_mode: str = "hooks"):
-        check_budget(epsilon, delta, n_train)
+    def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_units: int, batch_size: int,
+                 epochs: int, accountant: str = "prv", prefix: History = ()):
+        check_budget(epsilon, delta, n_units)
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
-        self.accountant_name = accountant
-        # Opacus samples each image with q = 1 / len(loader) = 1 / ceil(N / batch); use exactly that q
-        # so that the noise calibration, the accountant and the ledger describe what really ran.
-        self.steps_per_epoch = math.ceil(n_train / batch_size)
+        self.accountant, self.prefix, self.n_units = accountant, list(prefix), n_units
+        self.steps_per_epoch = math.ceil(n_units / batch_size)
         self.sample_rate = 1.0 / self.steps_per_epoch
         self.planned_steps = self.steps_per_epoch * epochs
-        self.noise_multiplier = sigma_for(epsilon, delta, self.sample_rate, self.planned_steps, accountant)
-        # Checked once: epsilon grows with steps, so no step up to planned_steps can exceed the target.
-        # (Asking the PRV accountant before every step cost ~0.05 s a step, most of a DP epoch of the head.)
-        self.planned_epsilon = epsilon_for(self.noise_multiplier, self.sample_rate, self.planned_steps, delta, accountant)
+        self.noise_multiplier = sigma_for(epsilon, delta, self.sample_rate, self.planned_steps, accountant,
+                                          prefix=self.prefix)
+        self.planned_epsilon = self.epsilon_after(self.planned_steps)
         if self.planned_epsilon > epsilon + 1e-9:
             raise PrivacyBudgetError(f"calibrated noise gives epsilon {self.planned_epsilon:.4f} > target {epsilon}")
-        self.engine = PrivacyEngine(accountant=accountant)
-        self.grad_sample_mode = grad_sample_mode
 
-    def make_private(self, module: torch.nn.Module, optimizer, loader):
+    @classmethod
+    def with_noise(cls, noise_multiplier: float, sample_rate: float, max_grad_norm: float, n_units: int,
+                   steps: int, accountant: str = "rdp", delta: float = 1e-6) -> "DPPlan":
+        """A plan with a given noise multiplier (to repeat a recipe, e.g. audit reference models)."""
+        plan = cls.__new__(cls)
+        plan.epsilon, plan.delta, plan.max_grad_norm = float("inf"), delta, max_grad_norm
+        plan.accountant, plan.prefix, plan.n_units = accountant, [], n_units
+        plan.steps_per_epoch = max(1, round(1 / sample_rate))
+        plan.sample_rate, plan.planned_steps, plan.noise_multiplier = sample_rate, steps, noise_multiplier
+        return plan
+
+    def history(self, steps: int) -> History:
+        return self.prefix + [(self.noise_multiplier, self.sample_rate, steps)]
+
+    def epsilon_after(self, steps: int) -> float:
+        return epsilon_of(self.history(steps), self.delta, self.accountant)
+
+
+class DPSGD:
+    """Wraps ``module`` for per-sample gradients and performs noisy, unit-clipped optimizer steps.
+
+    ``units[i]`` is the unit (patient or image) of example i; ``unit_weight[u]`` in [0, 1] a public
+    weight applied after clipping (class balance from DP counts)."""
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, units: torch.Tensor, plan: DPPlan,
+                 unit_weight: torch.Tensor | None = None, grad_sample_mode: str = "hooks",
+                 generator: torch.Generator | None = None):
         errors = ModuleValidator.validate(module, strict=False)
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors}")
-        if len(loader) != self.steps_per_epoch:
-            raise ValueError(f"loader has {len(loader)} batches per epoch, the budget was planned for "
-                             f"{self.steps_per_epoch}")
-        return self.engine.make_private(
-            module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=self.grad_sample_mode,
-        )
+        self.module = get_gsm_class(grad_sample_mode)(module, batch_first=True, loss_reduction="sum")
+        self.optimizer, self.plan = optimizer, plan
+        self.units = torch.as_tensor(units, dtype=torch.long)
+        n_units = int(self.units.max()) + 1 if len(self.units) else 0
+        if n_units != plan.n_units:
+            raise ValueError(f"{n_units} units in the data, the budget was planned for {plan.n_units}")
+        self.members = [[] for _ in range(n_units)]
+        for i, u in enumerate(self.units.tolist()):
+            self.members[u].append(i)
+        self.members = [torch.tensor(m, dtype=torch.long) for m in self.members]
+        w = torch.ones(n_units) if unit_weight is None else torch.as_tensor(unit_weight, dtype=torch.float32)
+        if len(w) != n_units or w.min() < 0 or w.max() > 1 + 1e-6:
+            raise ValueError("unit weights must be one per unit, in [0, 1] (weights > 1 would break the bound C)")
+        self.unit_weight = w
+        self.gen = generator or secret_generator()  # never stored: see privacy/randomness.py
+        self.accountant = create_accountant(plan.accountant)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+
+    randomness = SOURCE
 
     @property
     def steps(self) -> int:
-        return sum(s for _, _, s in self.engine.accountant.history)
-
-    def spent(self) -> float:
-        """Epsilon from the accountant's own history of the steps actually taken."""
-        for sigma, q, _ in self.engine.accountant.history:
-            if abs(sigma - self.noise_multiplier) > 1e-12 or abs(q - self.sample_rate) > 1e-12:
-                raise RuntimeError(f"accountant saw (sigma={sigma}, q={q}), planned ({self.noise_multiplier}, "
-                                   f"{self.sample_rate}): refusing to report a ledger that does not match")
-        return epsilon_for(self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.accountant_name)
+        return sum(n for s, q, n in self.accountant.history)
 
     def can_step(self) -> bool:
-        return self.steps + 1 <= self.planned_steps
+        return self.steps < self.plan.planned_steps
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(example indices, local unit index of each example, sampled unit ids) for one
+        Poisson-sampled batch: each unit is in with probability q, independently, with all its images."""
+        chosen = torch.nonzero(torch.rand(len(self.members), generator=self.gen) < self.plan.sample_rate)[:, 0]
+        if len(chosen) == 0:
+            empty = torch.empty(0, dtype=torch.long)
+            return empty, empty, empty
+        sizes = torch.tensor([len(self.members[u]) for u in chosen.tolist()])
+        idx = torch.cat([self.members[u] for u in chosen.tolist()])
+        return idx, torch.repeat_interleave(torch.arange(len(chosen)), sizes), chosen
+
+    def clipped_sum(self, x: torch.Tensor, y: torch.Tensor, local: torch.Tensor, unit_ids: torch.Tensor,
+                    loss_fn) -> list[torch.Tensor]:
+        """Sum over sampled units of w_u * clip_C(sum of the unit's per-image gradients)."""
+        if len(x) == 0:
+            return [torch.zeros_like(p) for p in self.params]
+        for p in self.params:
+            p.grad_sample = None
+            p.grad = None
+        loss_fn(self.module(x), y).sum().backward()
+        n_local = int(local.max()) + 1
+        per_unit = []
+        for p in self.params:
+            g = p.grad_sample.reshape(len(x), -1)
+            per_unit.append(torch.zeros(n_local, g.shape[1], dtype=g.dtype).index_add_(0, local, g))
+        norms = torch.sqrt(sum((g ** 2).sum(1) for g in per_unit))
+        factor = (self.plan.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * self.unit_weight[unit_ids]
+        out = [(g * factor[:, None]).sum(0).view_as(p) for g, p in zip(per_unit, self.params)]
+        for p in self.params:
+            p.grad_sample = None
+        return out
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, local: torch.Tensor, unit_ids: torch.Tensor, loss_fn) -> None:
+        """One DP-SGD step on the sampled batch (may be empty: a noise-only step, still counted)."""
+        if not self.can_step():
+            raise PrivacyBudgetError(f"budget exhausted: {self.steps} of {self.plan.planned_steps} planned steps taken")
+        summed = self.clipped_sum(x, y, local, unit_ids, loss_fn)
+        std = self.plan.noise_multiplier * self.plan.max_grad_norm
+        scale = self.plan.sample_rate * self.plan.n_units
+        for p, s in zip(self.params, summed):
+            noise = torch.normal(0.0, std, size=p.shape, generator=self.gen)
+            p.grad = (s + noise) / scale
+        self.optimizer.step()
+        self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
+
+    def spent(self) -> float:
+        for sigma, q, _ in self.accountant.history:
+            if abs(sigma - self.plan.noise_multiplier) > 1e-12 or abs(q - self.plan.sample_rate) > 1e-12:
+                raise RuntimeError(f"accountant saw (sigma={sigma}, q={q}), planned ({self.plan.noise_multiplier}, "
+                                   f"{self.plan.sample_rate}): refusing to report a ledger that does not match")
+        return self.plan.epsilon_after(self.steps)
 
     def state_dict(self) -> dict:
-        return {"accountant": self.engine.accountant.state_dict(), "noise_multiplier": self.noise_multiplier,
-                "sample_rate": self.sample_rate, "planned_steps": self.planned_steps}
+        # the accountant only; the generator is secret and a resumed run draws a new one
+        return {"history": list(self.accountant.history), "noise_multiplier": self.plan.noise_multiplier,
+                "sample_rate": self.plan.sample_rate, "planned_steps": self.plan.planned_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        if abs(state["noise_multiplier"] - self.noise_multiplier) > 1e-9 or state["sample_rate"] != self.sample_rate:
+        if abs(state["noise_multiplier"] - self.plan.noise_multiplier) > 1e-9 or state["sample_rate"] != self.plan.sample_rate:
             raise ValueError("checkpoint was trained with another noise multiplier or sample rate; delete the "
                              "checkpoint folder (<out>.partial) to start a new run")
-        self.engine.accountant.load_state_dict(state["accountant"])
+        self.accountant.history = [tuple(h) for h in state["history"]]
 
-    def ledger(self, epochs: int) -> dict:
-        from opacus import __version__ as opacus_version
-
-        return {
-            "mechanism": "DP-SGD (Gaussian, per-sample clipping, Poisson sampling)",
-            "epsilon": round(self.spent(), 4), "epsilon_target": self.epsilon, "delta": self.delta,
-            "noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
-            "sample_rate": self.sample_rate, "steps": self.steps, "epochs": epochs,
-            "accountant": self.accountant_name, "unit_of_privacy": "image", "opacus_version": opacus_version,
-        }
+    @property
+    def plain_module(self) -> torch.nn.Module:
+        return self.module._module

@@ -43,6 +43,19 @@ def split_records(cfg: TrainConfig) -> Splits:
     return Splits(ds.classes, train, val, fp)
 
 
+def unit_ids(records: list[Record], unit: str) -> tuple[torch.Tensor, str]:
+    """(unit index of each record, unit name). ``auto``: the patient where the data carry ids,
+    else the image; an image without an id is its own unit."""
+    has_ids = any(r.patient_id for r in records)
+    if unit == "patient" and not has_ids:
+        raise DatasetError("--privacy-unit patient needs patient ids (file-name pattern, DICOM PatientID or a "
+                           "patients.csv beside the dataset); this dataset has none: use --privacy-unit image")
+    name = "patient" if unit == "patient" or (unit == "auto" and has_ids) else "image"
+    keys = [r.group if name == "patient" else f"{r.path}#{r.index}" for r in records]
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.long), name
+
+
 def test_records(cfg: TrainConfig, split: str = "test") -> tuple[list[Record], int]:
     """Test records, minus images with an exact or near copy in train when asked (brain MRI leaks)."""
     from privmed.data.inspect import leaked_test_records

@@ -1,5 +1,12 @@
-"""The training loop: Adam, cross entropy, early stopping on validation accuracy, a checkpoint
-each epoch (resumable, accountant included), DP-SGD through ``privmed.privacy`` unless disabled."""
+"""The training loop: DP-SGD over units of privacy (``privmed.privacy``) unless disabled, a
+checkpoint each epoch (resumable, accountant and DP releases included).
+
+Under DP the released weights are the last iterate (or its EMA): choosing an epoch on validation
+accuracy would be a release about validation images that no mechanism accounts for. Without DP
+the best epoch on validation is kept, with early stopping. Seeds drive only data-independent
+choices (initialisation, the validation split); sampling, noise and augmentation under DP come
+from a secret generator (``privacy/randomness.py``).
+"""
 from __future__ import annotations
 
 import math
@@ -10,21 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from privmed.config import TrainConfig
 from privmed.data.transforms import Augment
 from privmed.models import MODELS, get_model
-from privmed.privacy import DPSession, default_delta
-from privmed.training.data import Splits, load_pixels, model_inputs, split_records
+from privmed.privacy import DPPlan, DPSGD, default_delta
+from privmed.privacy.ledger import training_ledger
+from privmed.privacy.randomness import secret_generator, secret_seed
+from privmed.privacy.releases import dp_class_weights
+from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 
-
-# Known, understood warnings: secure_mode needs torchcsprng (not installable here, see
-# docs/PRIVACY.md); the backward-hook note is Opacus's hooks on a first layer with no input grad.
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
@@ -32,28 +38,44 @@ warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 class TrainResult:
     model: nn.Module
     splits: Splits
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # private run log: exact losses, val accuracy
     privacy: dict | None = None
     best_epoch: int = 0
     val_inputs: torch.Tensor | None = None  # what the trainable part sees for val (for calibration)
     seconds: float = 0.0
+    unit: str = "image"
 
 
-def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> tuple[float, torch.Tensor]:
+def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of each example alone: no batch normaliser, no weights (those come after clipping)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
     net.eval()
     with torch.no_grad():
         logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
-    return float((logits.argmax(1) == y).float().mean()), logits
+    return float((logits.argmax(1) == y).float().mean())
+
+
+class _EMA:
+    def __init__(self, net: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def update(self, net: nn.Module) -> None:
+        for k, v in net.state_dict().items():
+            self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
 
 
 def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
     t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # initialisation only
     spec = MODELS.get(cfg.model)
     if spec is None:
         raise ValueError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}")
-    if cfg.privacy.enabled and not spec.dp_ok:
+    dp = cfg.privacy.enabled
+    if dp and not spec.dp_ok:
         raise ValueError(f"model '{cfg.model}' uses BatchNorm and cannot train with DP; pass --no-dp")
     splits = split_records(cfg)
     model = get_model(cfg.model, len(splits.classes))
@@ -61,97 +83,122 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     x_va = model_inputs(model, load_pixels(splits.val, cfg, progress), progress)
     y_tr = torch.tensor([r.label for r in splits.train])
     y_va = torch.tensor([r.label for r in splits.val])
-    augment = Augment(cfg.augment, cfg.seed) if cfg.augment.enabled and isinstance(model.frozen, nn.Identity) else None
-
-    n = len(x_tr)
-    weight = None
-    if cfg.class_weights:
-        counts = torch.bincount(y_tr, minlength=len(splits.classes)).float()
-        weight = counts.sum() / (len(counts) * counts.clamp(min=1))
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    units, unit = unit_ids(splits.train, cfg.privacy.unit)
+    n_units, k = int(units.max()) + 1, len(splits.classes)
+    pixel_model = isinstance(model.frozen, nn.Identity)
+    augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixel_model else None
     net = model.trainable
     optimizer = (torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9) if cfg.optimizer == "sgd"
                  else torch.optim.Adam(net.parameters(), lr=cfg.lr))
-    gen = torch.Generator()
-    # Small sets (covid19_xray: 226 images) would otherwise sample everything each step (q = 1),
-    # where DP-SGD's subsampling amplification is lost; keep q <= 1/4.
-    batch = min(cfg.batch_size, max(1, n // 4))
-    loader = DataLoader(TensorDataset(x_tr, y_tr), batch_size=batch, shuffle=True, generator=gen)
-
-    session = None
-    if cfg.privacy.enabled:
-        delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(n)
-        session = DPSession(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n, batch,
-                            cfg.epochs, cfg.privacy.accountant)
-        net, optimizer, loader = session.make_private(net, optimizer, loader)
-
-    result = TrainResult(model, splits)
-    start_epoch, best_acc, best_state, stale = 0, -1.0, None, 0
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
-    if ckpt and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != cfg.model_dump(mode="json"):
-            raise ValueError(f"checkpoint {ckpt} was made with other settings; use another --out or delete it")
-        _module(net).load_state_dict(state["model"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt and ckpt.is_file() else None
+    if state and state["config"] != cfg.model_dump(mode="json"):
+        raise ValueError(f"checkpoint {ckpt} was made with other settings; use another --out or delete it")
+
+    engine, counts, weight = None, None, torch.ones(k)
+    batch = min(cfg.batch_size, max(1, n_units // 4))  # keep q <= 1/4 on small sets: amplification needs q < 1
+    if dp:
+        gen = secret_generator()
+        prefix = []
+        if cfg.class_weights:
+            prefix = [(cfg.privacy.count_noise, 1.0, 1)]
+            if state and state.get("dp_class_counts") is not None:  # a DP output: reuse, never redraw
+                counts = np.asarray(state["dp_class_counts"])
+                w = 1.0 / np.maximum(counts, max(1.0, 0.01 * counts.sum()))
+                weight = torch.tensor(w / w.max(), dtype=torch.float32)
+            else:
+                counts, w = dp_class_weights(y_tr.numpy(), units.numpy(), k, cfg.privacy.count_noise, gen)
+                weight = torch.tensor(w, dtype=torch.float32)
+        delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(len(x_tr))
+        plan = DPPlan(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n_units, batch, cfg.epochs,
+                      cfg.privacy.accountant, prefix)
+        unit_weight = torch.zeros(n_units).index_add_(0, units, weight[y_tr]) / torch.bincount(units, minlength=n_units)
+        engine = DPSGD(net, optimizer, units, plan, unit_weight, cfg.privacy.grad_sample_mode, gen)
+        steps_per_epoch = plan.steps_per_epoch
+    else:
+        if cfg.class_weights:
+            c = torch.bincount(y_tr, minlength=k).float().clamp(min=1)
+            weight = (1 / c) / (1 / c).max()
+        steps_per_epoch = math.ceil(len(x_tr) / batch)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    result = TrainResult(model, splits, unit=unit)
+    start_epoch, best_acc, best_state, stale = 0, -1.0, None, 0
+    if state:
+        _plain(net).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if session:
-            session.load_state_dict(state["privacy"])
+        if engine:
+            engine.load_state_dict(state["privacy"])
         start_epoch, best_acc, best_state, stale = state["epoch"] + 1, state["best_acc"], state["best_state"], state["stale"]
         result.history, result.best_epoch = state["history"], state["best_epoch"]
+    ema = _EMA(_plain(net), cfg.ema) if cfg.ema > 0 else None
+    if ema and state and state.get("ema"):
+        ema.state = state["ema"]
 
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch,
-               total=cfg.epochs)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
     for epoch in bar:
-        if stale >= cfg.patience or (session and not session.can_step()):
+        if (not dp and stale >= cfg.patience) or (engine and not engine.can_step()):
             break
-        gen.manual_seed(cfg.seed * 100_003 + epoch)  # same batches after a resume
-        torch.manual_seed(cfg.seed * 100_019 + epoch)  # same noise after a resume
-        net.train()
+        (engine.module if engine else net).train()
         total, count = 0.0, 0
-        for xb, yb in loader:
-            if session and not session.can_step():
-                break
-            if len(xb) == 0:  # Poisson sampling can draw an empty batch: a noise-only step, still counted
+        order = None if dp else torch.randperm(len(x_tr), generator=shuffle)
+        for s in range(steps_per_epoch):
+            if engine:
+                if not engine.can_step():
+                    break
+                idx, local, chosen = engine.sample()
+                xb = augment(x_tr[idx]) if augment and len(idx) else x_tr[idx]
+                engine.step(xb, y_tr[idx], local, chosen, per_sample_loss)
+            else:
+                idx = order[s * batch:(s + 1) * batch]
+                xb = augment(x_tr[idx]) if augment else x_tr[idx]
                 optimizer.zero_grad()
-                net(xb).sum().backward()
+                losses = per_sample_loss(net(xb), y_tr[idx])
+                (losses * weight[y_tr[idx]]).mean().backward()
                 optimizer.step()
-                continue
-            if augment:
-                xb = augment(xb)
-            optimizer.zero_grad()
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total, count = total + float(loss.detach()) * len(xb), count + len(xb)
-        val_acc, _ = _accuracy(net, x_va, y_va)
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_accuracy": val_acc}
-        if session:
-            row["epsilon"] = session.spent()
+                total += float(losses.detach().sum())
+            if ema:
+                ema.update(_plain(net))
+            count += len(idx)
+        val_acc = _accuracy(_plain(net), x_va, y_va)
+        row = {"epoch": epoch + 1, "val_accuracy": val_acc}
+        if not engine:
+            row["train_loss"] = total / max(count, 1)
+        else:
+            row["epsilon"] = engine.spent()
         result.history.append(row)
-        if val_acc > best_acc:
+        if dp or val_acc > best_acc:
             best_acc, stale, result.best_epoch = val_acc, 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in _module(net).state_dict().items()}
+            best_state = None if dp else {k_: v.detach().clone() for k_, v in _plain(net).state_dict().items()}
         else:
             stale += 1
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{val_acc:.3f}",
-                        eps=f"{row.get('epsilon', math.nan):.2f}")
+        bar.set_postfix(val=f"{val_acc:.3f}", eps=f"{row.get('epsilon', math.nan):.2f}")
         if ckpt:
             _save_checkpoint(ckpt, {
-                "config": cfg.model_dump(mode="json"), "epoch": epoch, "model": _module(net).state_dict(),
-                "optimizer": optimizer.state_dict(), "privacy": session.state_dict() if session else None,
+                "config": cfg.model_dump(mode="json"), "epoch": epoch, "model": _plain(net).state_dict(),
+                "optimizer": optimizer.state_dict(), "privacy": engine.state_dict() if engine else None,
+                "dp_class_counts": None if counts is None else np.asarray(counts).tolist(),
+                "ema": ema.state if ema else None,
                 "best_acc": best_acc, "best_state": best_state, "stale": stale, "history": result.history,
                 "best_epoch": result.best_epoch})
 
-    _module(net).load_state_dict(best_state)
-    model.trainable = _module(net)
+    final = _plain(net)
+    if ema:
+        final.load_state_dict(ema.state)
+    elif best_state is not None:
+        final.load_state_dict(best_state)
+    model.trainable = final
     model.eval()
-    if session:
-        result.privacy = session.ledger(epochs=len(result.history))
+    if engine:
+        result.best_epoch = len(result.history)
+        result.privacy = training_ledger(engine, unit, epochs=len(result.history), class_counts=counts,
+                                         class_weights=weight.tolist() if cfg.class_weights else None,
+                                         count_noise=cfg.privacy.count_noise if cfg.class_weights else None)
     result.val_inputs, result.seconds = x_va, time.time() - t0
     return result
 
 
-def _module(net: nn.Module) -> nn.Module:
+def _plain(net: nn.Module) -> nn.Module:
     """The plain module under Opacus's GradSampleModule wrapper."""
     return getattr(net, "_module", net)
 
