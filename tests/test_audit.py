@@ -159,3 +159,22 @@ def test_canary_audit_on_a_memorising_recipe(bundles, monkeypatch):
     assert ca["correct"] >= 7  # the non-private recipe memorises its canaries
     dpb = audit_bundle(dp, k_reference=0, n_per_side=20, canaries=40, store=False)
     assert dpb["canary_audit"]["eps_lower_bound"] <= dpb["recipe"]["epsilon"]
+
+
+def test_patient_level_bundle_is_audited_by_patient(tmp_path, monkeypatch):
+    """A folder with ``patients.csv`` (3 images a patient) trains at the patient level, and the
+    audit attacks patients: all of a member's images in, one averaged score per patient."""
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp_path / "cache"))
+    data = make_folder(tmp_path / "data", n_train=60, n_test=30, copies=3)
+    rows = ["image,patient"] + [f"{p.relative_to(data)},{p.name.split('_')[0]}-{p.parent.parent.name}"
+                                for p in sorted(data.glob("*/*/*.png"))]
+    (data / "patients.csv").write_text("\n".join(rows))
+    cfg = TrainConfig(dataset=str(data), model="effnet_lite0_head", epochs=3, batch_size=8, lr=2e-2,
+                      val_fraction=0.2, augment={"enabled": False}, preprocess={"size": 64})
+    bundle = train_bundle(cfg, tmp_path / "patient", progress=False)
+    meta = read_metadata(bundle)
+    assert meta["privacy"]["unit_of_privacy"] == "patient"
+    assert meta["privacy"]["n_units_train"] * 3 == read_run_log(bundle)["dataset_fingerprint"]["n_train"]
+    block = audit_bundle(bundle, k_reference=1, n_per_side=20, seed=0, store=False)
+    assert block["unit"] == "patient" and block["members"]["n"] <= 20
+    assert "patients" in block["members"]["source"]

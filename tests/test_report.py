@@ -51,15 +51,12 @@ def test_bundle_report_is_self_contained(tiny, tmp_path):
 
 
 def test_report_without_audit_says_how_to_get_one(tiny, tmp_path):
-    import json
     import shutil
 
     _, b = tiny
     c = tmp_path / "b"
-    shutil.copytree(b, c)
-    meta = json.loads((c / "metadata.json").read_text())
-    meta.pop("audit")
-    (c / "metadata.json").write_text(json.dumps(meta))
+    shutil.copytree(b, c)  # the private run log (and its audit) stays with the original
+    assert not (tmp_path / "b.run").exists()
     md = write_report(c, tmp_path / "rep2")["markdown"].read_text()
     assert "privmed privacy audit" in md and "mia_roc.png" not in md
 

@@ -72,6 +72,7 @@ class PrivacyConfig(BaseModel):
 # large batches and a high learning rate (DP noise averages out over the batch); CNNs from scratch don't.
 MODEL_DEFAULTS = {
     "effnet_lite0_head": {"epochs": 30, "batch_size": 512, "lr": 0.05},
+    "effnet_lite0_multi": {"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"},
     "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3},
     "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
     "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
@@ -86,7 +87,7 @@ class TrainConfig(BaseModel):
     epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9 (the usual DP-SGD recipe from scratch)
+    optimizer: Literal["adam", "sgd"] | None = None  # None: the model's default, else adam; sgd: momentum 0.9
     # balance classes with weights <= 1 applied after clipping; under DP from noisy class counts
     # (a Gaussian release composed into epsilon), never from exact private counts
     class_weights: bool = True
@@ -102,7 +103,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_model_defaults(self) -> "TrainConfig":
-        for key, value in MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"]).items():
+        for key, value in {"optimizer": "adam", **MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"])}.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         return self

@@ -12,15 +12,21 @@ from privmed.data.datasets import open_dataset
 from privmed.errors import BundleError
 from privmed.evaluation.metrics import classification_report
 from privmed.inference.predictor import load_model
-from privmed.training.data import load_pixels, model_inputs, test_records
+from privmed.training.data import test_records
 
 
-def predict_records(model, records, cfg: TrainConfig, progress: bool = True) -> np.ndarray:
-    """Calibrated probabilities (N, classes) for dataset records."""
-    x = model_inputs(model.net, load_pixels(records, cfg, progress), progress)
-    with torch.no_grad():
-        logits = torch.cat([model.net.trainable(x[i:i + 256]) for i in range(0, len(x), 256)])
-    return torch.softmax(logits / model.temperature, 1).numpy()
+def predict_records(model, records, progress: bool = True, batch: int = 32) -> np.ndarray:
+    """Calibrated probabilities (N, classes) for dataset records, through the served path: each file
+    decoded and preprocessed as an upload would be, then ``Model.scores`` (torch or ONNX Runtime)."""
+    from tqdm import tqdm
+
+    from privmed.data.datasets import load_record
+
+    out = []
+    for i in tqdm(range(0, len(records), batch), desc="evaluate", disable=not progress, leave=False):
+        x = torch.cat([model.tensor(load_record(r)) for r in records[i:i + batch]])
+        out.append(model.scores(x)[0])
+    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
 
 
 def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test", data_root: Path | None = None,
@@ -40,7 +46,7 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
         records, n_leaked = test_records(cfg, split)
     else:
         records, n_leaked = ds.records(split), 0
-    probs = predict_records(model, records, cfg, progress)
+    probs = predict_records(model, records, progress)
     report = classification_report(np.array([r.label for r in records]), probs, model.classes,
                                    pred=model.label_index(probs))
     report.update(bundle=str(bundle), model_id=model.metadata.get("model_id"), dataset=dataset, split=split,

@@ -3,7 +3,7 @@ same content (plots as PNG files beside it).
 
 * a bundle: training/validation curves with epsilon per epoch, test confusion matrix, ROC,
   reliability diagram, membership-inference ROC against the theoretical ceiling (from the
-  bundle's ``audit`` block; run ``privmed privacy audit`` first), privacy ledger;
+  private run log's ``audit.json``; run ``privmed privacy audit`` first), privacy ledger;
 * a ``bench paper`` run directory: comparison table and the privacy-utility curve.
 """
 from __future__ import annotations
@@ -102,7 +102,7 @@ def plot_history(history: list[dict]):
     fig, axes = plt.subplots(1, 2 if has_eps else 1, figsize=(10 if has_eps else 6.5, 3.6), squeeze=False)
     ax = axes[0][0]
     ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(ep, [h.get("train_loss", np.nan) for h in history], "o-", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss")
     ax2 = ax.twinx()
@@ -254,8 +254,7 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
     doc.table(["field", "value"], [["bundle", str(bundle)], ["dataset", meta.get("dataset")],
                                    ["classes", ", ".join(meta["classes"])], ["model", meta["model"]["name"]],
                                    ["input size", meta["input"]["height"]],
-                                   ["training seconds", str(meta.get("training_seconds"))],
-                                   ["best epoch", meta.get("best_epoch")],
+                                   ["released weights", str(meta.get("released_weights", ""))],
                                    ["weights sha256", meta.get("weights_sha256", "")[:16] + "…"]])
     doc.h("Privacy")
     if priv.get("epsilon") is None:
@@ -264,21 +263,25 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
         doc.table(["epsilon", "delta", "noise multiplier", "clip", "sample rate", "steps", "accountant", "unit"],
                   [[priv.get("epsilon"), priv.get("delta"), priv.get("noise_multiplier"), priv.get("max_grad_norm"),
                     priv.get("sample_rate"), priv.get("steps"), priv.get("accountant"), priv.get("unit_of_privacy")]])
-        doc.p("The guarantee covers the training images (unit: one image). Validation images, used for early "
-              "stopping, temperature calibration and the OOD detector, are not covered; see docs/PRIVACY.md.")
-    if meta.get("history"):
-        doc.h("Training")
-        doc.fig(plot_history(meta["history"]), "training_curves",
-                "Training loss, validation accuracy and epsilon spent per epoch")
+        from privmed.privacy.ledger import statement
+
+        doc.p(statement(meta) + " See docs/PRIVACY.md.")
+    from privmed.inference.bundle import read_run_log
+
+    history = read_run_log(bundle).get("history")
+    if history:  # from the private run log: this report is for whoever trained the model
+        doc.h("Training (private run log)")
+        doc.fig(plot_history(history), "training_curves",
+                "Validation accuracy and epsilon spent per epoch (training loss without DP only)")
     cfg_kw = {"dataset": meta["dataset"], "preprocess": meta.get("preprocessing", {})}
     if data_root:
         cfg_kw["data_root"] = data_root
     try:
         cfg = TrainConfig(**cfg_kw)
         records, n_leaked = test_records(cfg)
-        probs = predict_records(model, records, cfg, progress)
+        probs = predict_records(model, records, progress)
         labels = np.array([r.label for r in records])
-        rep = classification_report(labels, probs, model.classes)
+        rep = classification_report(labels, probs, model.classes, pred=model.label_index(probs))
         doc.h("Test set")
         doc.p(f"{len(records)} test images ({n_leaked} leaked test images removed). Majority-class baseline "
               f"accuracy {rep['majority_baseline_accuracy']:.4f}.")
@@ -293,7 +296,7 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
         doc.h("Test set")
         doc.p(f"not evaluated: {e}")
     doc.h("Membership-inference audit")
-    audit = meta.get("audit")
+    audit = read_run_log(bundle, "audit.json") or None
     if not audit:
         doc.p(f"No audit yet: run `privmed privacy audit {bundle}`.")
     else:

@@ -85,8 +85,18 @@ class Model:
             return self.net.forward_with_embedding(x)
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
-        logits, _ = self.logits_and_embedding(x)
-        return torch.softmax(logits / self.temperature, 1).numpy()
+        return self.scores(x)[0]
+
+    def scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Batched: (calibrated probabilities (N, C), OOD scores (N,) or None) for preprocessed
+        images (N, 1, H, W). ``predict`` and ``evaluate`` both come through here."""
+        logits, emb = self.logits_and_embedding(x)
+        probs = torch.softmax(torch.as_tensor(logits) / self.temperature, 1).numpy()
+        if not self.ood:
+            return probs, None
+        from privmed.inference.ood import ood_scores
+
+        return probs, ood_scores(np.asarray(emb), self.ood)
 
     def predict(self, image, *, explain: bool = False, check_quality: bool = True) -> Prediction:
         from privmed.data.quality import assess
@@ -94,14 +104,12 @@ class Model:
         img = load_image(image)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
         x = self.tensor(img)
-        logits, emb = self.logits_and_embedding(x)
-        probs = torch.softmax(logits / self.temperature, 1)[0].numpy()
+        batch_probs, batch_ood = self.scores(x)
+        probs = batch_probs[0]
         reasons = [f"image quality: {r['message']}" for r in verdict["reasons"]]
         ood_score = None
-        if self.ood:
-            from privmed.inference.ood import ood_score as score
-
-            ood_score = score(emb[0].numpy(), self.ood)
+        if batch_ood is not None:
+            ood_score = float(batch_ood[0])
             if ood_score > self.ood["threshold"]:
                 reasons.append("image does not look like the images this model was trained on "
                                "(out of distribution)")

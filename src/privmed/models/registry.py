@@ -66,6 +66,32 @@ class LiteFrozen(nn.Module):
         return self.net.features(x, upto=self.upto)
 
 
+class LiteMulti(nn.Module):
+    """Mean-pooled outputs of MBConv blocks 6, 11, 15 and 16 (of 16) and the head conv's mean and
+    max, each scaled to unit L2 norm, concatenated (3,264-d). Mid-level blocks carry texture that
+    ImageNet's last layer discards; unit-norm parts bound the head's per-sample gradient, so clipping
+    at C = 1 barely distorts it."""
+
+    TAPS = (5, 10, 14, 15)  # 0-based block indices
+    DIMS = 80 + 112 + 192 + 320 + 2 * effl.FEATURES
+
+    def __init__(self):
+        super().__init__()
+        self.net = effl.fold_all_bn(effl.pretrained_lite0())
+        del self.net._fc, self.net._dropout
+
+    def forward(self, x):
+        parts = []
+        h = self.net.stem(x)
+        for i, block in enumerate(self.net._blocks):
+            h = block(h)
+            if i in self.TAPS:
+                parts.append(h.mean((2, 3)))
+        h = self.net.act(self.net._bn1(self.net._conv_head(h)))
+        parts += [h.mean((2, 3)), h.amax((2, 3))]
+        return torch.cat([torch.nn.functional.normalize(p, dim=1) for p in parts], 1)
+
+
 class LiteTail(nn.Module):
     """The last MBConv block(s), the head conv, pooling and a new classifier."""
 
@@ -88,6 +114,13 @@ def _lite_backbone() -> dict:
 def effnet_lite0_head(num_classes: int, dropout: float = 0.0, **_) -> SplitModel:
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes))
     return SplitModel(LiteFrozen(None), head, _lite_backbone())
+
+
+def effnet_lite0_multi(num_classes: int, **_) -> SplitModel:
+    head = nn.Linear(LiteMulti.DIMS, num_classes)
+    nn.init.zeros_(head.weight)  # zero init: DP noise, not a random start, sets the first steps
+    nn.init.zeros_(head.bias)
+    return SplitModel(LiteMulti(), nn.Sequential(head), _lite_backbone())
 
 
 def effnet_lite0_tail(num_classes: int, dropout: float = 0.0, start: int = 15, **_) -> SplitModel:
@@ -130,6 +163,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "effnet_lite0_head": ModelSpec(effnet_lite0_head, True, "frozen ImageNet EfficientNet-Lite0, DP linear head"),
+    "effnet_lite0_multi": ModelSpec(effnet_lite0_multi, True, "frozen ImageNet EfficientNet-Lite0, unit-norm "
+                                    "multi-layer features (3,264-d), DP linear head"),
     "effnet_lite0_tail": ModelSpec(effnet_lite0_tail, True, "EfficientNet-Lite0, last block + head trained (BN folded)"),
     "cnn": ModelSpec(cnn, True, "the paper's CNN (GroupNorm), trained from scratch"),
     "resnet50": ModelSpec(resnet50, False, "ResNet-50 (MONAI), non-private baseline"),
