@@ -70,12 +70,14 @@ def cmd_train(a):
 def cmd_evaluate(a):
     from privmed.evaluation.evaluate import evaluate
 
-    r = evaluate(a.bundle, a.dataset, a.split, a.data_root, exclude_leaked=not a.keep_leaked, progress=not a.json)
+    r = evaluate(a.bundle, a.dataset, a.split, a.data_root, exclude_leaked=not a.keep_leaked, progress=not a.json,
+                 patient_disjoint=a.patient_disjoint)
     if a.record:
         from privmed.inference.bundle import read_metadata, update_metadata
 
         metrics = read_metadata(a.bundle).get("metrics", {})
-        metrics[f"{r['dataset']}/{r['split']}"] = {k: v for k, v in r.items() if k not in ("bundle", "privacy")}
+        key = f"{r['dataset']}/{r['split']}" + ("/patient-disjoint" if a.patient_disjoint else "")
+        metrics[key] = {k: v for k, v in r.items() if k not in ("bundle", "privacy")}
         update_metadata(a.bundle, metrics=metrics)
     text = "\n".join([f"{r['model_id']} on {r['dataset']}/{r['split']} (n={r['n']}, leaked removed: "
                       f"{r['leaked_test_images_removed']})"] +
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test")
     e.add_argument("--data-root", type=Path)
     e.add_argument("--keep-leaked", action="store_true", help="keep test images that also appear in train")
+    e.add_argument("--patient-disjoint", action="store_true",
+                   help="drop test images whose patient id also occurs in the training split")
     e.add_argument("--record", action="store_true", help="store the metrics in the bundle's metadata")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)

@@ -30,7 +30,10 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
 
 
 def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test", data_root: Path | None = None,
-             exclude_leaked: bool = True, progress: bool = True) -> dict:
+             exclude_leaked: bool = True, progress: bool = True, patient_disjoint: bool = False) -> dict:
+    """Metrics on a split. ``patient_disjoint``: also drop images whose patient id occurs in train
+    (chest_xray_pneumonia: 170 test ids also name training files; docs/RESULTS.md on whether they
+    are the same people)."""
     model = load_model(bundle)
     dataset = dataset or model.metadata["dataset"]
     cfg_kwargs = {"dataset": dataset, "exclude_leaked_test": exclude_leaked,
@@ -46,9 +49,16 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
         records, n_leaked = test_records(cfg, split)
     else:
         records, n_leaked = ds.records(split), 0
+    n_shared = 0
+    if patient_disjoint:
+        train_ids = {r.patient_id for r in ds.records("train") if r.patient_id}
+        kept = [r for r in records if r.patient_id not in train_ids]
+        n_shared, records = len(records) - len(kept), kept
     probs = predict_records(model, records, progress)
     report = classification_report(np.array([r.label for r in records]), probs, model.classes,
                                    pred=model.label_index(probs))
     report.update(bundle=str(bundle), model_id=model.metadata.get("model_id"), dataset=dataset, split=split,
                   leaked_test_images_removed=n_leaked, privacy=model.info["privacy"])
+    if patient_disjoint:
+        report["images_of_patient_ids_in_train_removed"] = n_shared
     return report
