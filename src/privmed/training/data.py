@@ -123,5 +123,7 @@ def model_inputs(model, pixels: np.ndarray, progress: bool = True) -> torch.Tens
     """What the model's trainable part sees: pixels (N,1,H,W), or the cached frozen features."""
     if isinstance(model.frozen, torch.nn.Identity):
         return pixels_to_tensor(pixels)
-    key = f"{model.backbone.get('sha256')}:{type(model.frozen).__name__}:{getattr(model.frozen, 'upto', '')}"
+    bb = model.backbone
+    key = (f"{bb.get('sha256')}:{bb.get('code_version')}:{type(model.frozen).__name__}:"
+           f"{getattr(model.frozen, 'upto', '')}")
     return frozen_outputs(model.frozen, pixels, key, progress)
