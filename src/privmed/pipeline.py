@@ -13,7 +13,8 @@ from privmed.inference.bundle import save_bundle
 from privmed.inference.calibration import expected_calibration_error, fit_temperature
 from privmed.training.trainer import train
 
-TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19"}
+TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19",
+         "covid19_ct": "covid19_ct"}
 
 
 def calibrate(model, val_inputs: torch.Tensor, y_val: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:

@@ -2,9 +2,13 @@
 
 A ``Record`` keeps the patient id next to every image where the data has one, so that splits
 (and, later, privacy) can be per patient. Patient ids stay in memory: never logged or cached.
+A ``manifest.csv`` beside the splits (column ``file``, relative path) may name a grouping the
+file names do not carry: ``patient_id``, else ``group``/``slice_block`` (covid19_ct: blocks of
+neighbouring CT slices, no patient ids published).
 """
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import re
@@ -42,11 +46,12 @@ class Record:
     patient_id: str | None = None
     index: int | None = None  # row in an .npz file; None for image files
     split: str | None = None  # .npz split the row belongs to
+    block: str | None = None  # a grouping coarser than the image but not a patient (CT slice block)
 
     @property
     def group(self) -> str:
-        """Unit that must not straddle a split: the patient, else the image itself."""
-        return self.patient_id or f"{self.path}#{self.index}"
+        """Unit that must not straddle a split: the patient, else the slice block, else the image."""
+        return self.patient_id or self.block or f"{self.path}#{self.index}"
 
 
 class FolderDataset:
@@ -68,6 +73,7 @@ class FolderDataset:
         self.classes = sorted(p.name for p in (self.root / first).iterdir() if p.is_dir())
         if not self.classes:
             raise DatasetError(f"{self.root / first} has no class folders")
+        self.group_kind, self._groups = _manifest_groups(self.root)
 
     def records(self, split: str) -> list[Record]:
         folder = self.root / split
@@ -83,13 +89,40 @@ class FolderDataset:
                     f"class folder {folder / cls} is missing or holds no images; every class of train "
                     f"({', '.join(self.classes)}) needs images in every split"
                 )
-            out += [Record(p, label, patient_id_from_name(p.name)) for p in files]
+            out += [self._record(p, label) for p in files]
         return out
+
+    def _record(self, path: Path, label: int) -> Record:
+        pid = patient_id_from_name(path.name)
+        kind, value = self._groups.get(path.relative_to(self.root).as_posix(), (None, None))
+        if kind == "patient_id":
+            return Record(path, label, pid or value)
+        return Record(path, label, pid, block=value)
 
     def load(self, record: Record):
         from privmed.data.read import load_image
 
         return load_image(record.path)
+
+
+_GROUP_COLUMNS = ("patient_id", "group", "slice_block")  # first present wins
+
+
+def _manifest_groups(root: Path) -> tuple[str | None, dict[str, tuple[str, str]]]:
+    """``root/manifest.csv`` -> (column used, {relative file: (kind, value)}); (None, {}) without one."""
+    path = root / "manifest.csv"
+    if not path.is_file():
+        return None, {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in _GROUP_COLUMNS if c in (reader.fieldnames or [])), None)
+            if column is None or "file" not in (reader.fieldnames or []):
+                return None, {}
+            kind = "patient_id" if column == "patient_id" else "block"
+            return column, {row["file"]: (kind, row[column]) for row in reader if row.get(column)}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path} is unreadable ({e}); fix or remove it (it only adds grouping)") from None
 
 
 class NpzDataset:
@@ -159,7 +192,7 @@ def open_dataset(name_or_path: str | Path, data_root: Path | None = None):
 
 
 def train_val_split(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Seeded split stratified by class and grouped by patient: no patient is on both sides."""
+    """Seeded split stratified by class and grouped by patient (or slice block): no group on both sides."""
     rng = np.random.default_rng(seed)
     by_label: dict[int, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -177,8 +210,9 @@ def train_val_split(records: list[Record], val_fraction: float, seed: int) -> tu
                 taken += len(by_label[label][g])
     # a patient with images in two classes could land on both sides; move them to train
     train_groups = {r.group for r in train}
-    moved = [r for r in val if r.group in train_groups and r.patient_id]
-    val = [r for r in val if not (r.group in train_groups and r.patient_id)]
+    shared = [r.group in train_groups and bool(r.patient_id or r.block) for r in val]
+    moved = [r for r, s in zip(val, shared) if s]
+    val = [r for r, s in zip(val, shared) if not s]
     return train + moved, val
 
 
