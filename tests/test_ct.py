@@ -244,12 +244,26 @@ def test_ct_dicom_predicts_like_its_jpeg(ct_bundle):
 
     model = load_model(ct_bundle)
     assert model.metadata["task"] == "covid19_ct"
+
+    def embedding(img):
+        return model.logits_and_embedding(model.tensor(img))[1][0].numpy()
+
+    first = None
     for path, (slope, intercept) in zip(ct_jpegs(6), [(1.0, -1024.0), (0.5, -1024.0), (2.0, -3000.0)] * 2):
         data = jpeg_as_ct(path, slope, intercept)
         img = load_image(data, **model.dicom_options())
         assert np.abs(img.pixels - load_image(path).pixels).max() < 2e-3  # raw rounding: <= 1 HU
         a, b = model.predict(path), model.predict(data)
         assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in model.classes) < 0.02
+        # a tiny model's probabilities hardly move between slices, so also compare what the network
+        # sees: the DICOM lands far closer to its JPEG than another slice or another window does
+        e_jpeg, e_dcm = embedding(load_image(path)), embedding(img)
+        e_other = embedding(load_image(data, window="mediastinal"))
+        first = e_jpeg if first is None else first
+        near = np.linalg.norm(e_dcm - e_jpeg)
+        assert near < 0.05 * np.linalg.norm(e_other - e_jpeg)
+        if first is not e_jpeg:
+            assert near < 0.05 * np.linalg.norm(first - e_jpeg)
         assert a.dicom is None and b.dicom["window"] == {**LUNG, "source": "default"}
         assert b.dicom["modality"] == "CT" and b.to_dict()["dicom"]["rescale"]["slope"] == slope
     p = model.predict(jpeg_as_ct(path, window=(-600, 1500)))  # the file's own lung window
@@ -298,12 +312,25 @@ def test_api_lists_ct_model_and_records_the_window(ct_bundle, tmp_path):
         assert post(ct, frame="first").status_code == 400
 
 
-def test_app_lists_the_ct_task(ct_bundle):
-    from privmed.app.backend import TASK_LABELS, LocalBackend, display_pixels
+def test_app_lists_the_ct_task_and_shows_the_window(ct_bundle, monkeypatch, tmp_path):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
 
-    assert TASK_LABELS["covid19_ct"] == "COVID-19 (lung CT slice)"
-    cards = LocalBackend([ct_bundle]).models()
-    assert any(c["task"] == "covid19_ct" for c in cards)
+    from privmed.app.backend import display_pixels
+    from privmed.app.cli import APP_FILE
+
+    monkeypatch.setenv("PRIVMED_APP_BUNDLES", str(ct_bundle))
+    monkeypatch.setenv("PRIVMED_BUNDLES", str(tmp_path / "none"))
+    monkeypatch.delenv("PRIVMED_API_URL", raising=False)
+    monkeypatch.delenv("PRIVMED_APP_PASSWORD", raising=False)
     data = jpeg_as_ct(ct_jpegs(2)[0])
+    at = AppTest.from_file(str(APP_FILE), default_timeout=120)
+    at.run()
+    assert at.selectbox[0].value.startswith("COVID-19 (lung CT slice): ")
+    at.file_uploader(key="upload").set_value(("slice.dcm", data, "application/dicom"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c.value for c in at.caption]
+    assert "CT window: lung (centre -600 HU, width 1500 HU; from the model's default)" in captions
     shown = display_pixels(data, {"window": {**LUNG, "source": "default"}})  # what the model saw
     assert np.abs(shown - display_pixels(ct_jpegs(2)[0].read_bytes())).max() < 2e-3

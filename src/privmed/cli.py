@@ -107,8 +107,8 @@ def cmd_predict(a):
             probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             flag = "  ABSTAIN: " + "; ".join(r["abstain_reasons"]) if r["abstain"] else ""
             w = (r.get("dicom") or {}).get("window") or {}
-            win = f" [window {w['name']} {w['center']:g}/{w['width']:g}, {w['source']}]" if w.get("center") is not None \
-                else ""
+            win = f" [window {w['name']} {w['center']:g}/{w['width']:g}, {w['source']}]" \
+                if w.get("center") is not None else ""
             print(f"{r['file']}: {r['label']} ({probs}){win}{flag}")
     return 1 if failed == len(a.files) else 0
 

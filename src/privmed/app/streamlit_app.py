@@ -100,8 +100,8 @@ def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -
         st.bar_chart({"probability": p}, horizontal=True, height=60 + 35 * len(p))
         w = (res.get("image") or {}).get("window") or {}
         if w.get("center") is not None and (res.get("image") or {}).get("modality") == "CT":
-            st.caption(f"CT window: {w['name']} (centre {w['center']:g} HU, width {w['width']:g} HU; from the "
-                       f"{'file' if w['source'] == 'file' else 'model default' if w['source'] == 'default' else 'request'})")
+            origin = {"file": "the file", "default": "the model's default"}.get(w["source"], "the request")
+            st.caption(f"CT window: {w['name']} (centre {w['center']:g} HU, width {w['width']:g} HU; from {origin})")
         report = {k: v for k, v in res.items() if k != "heatmap"}
         report["model"] = {k: card.get(k) for k in ("id", "task", "version", "privacy")}
         c1, c2 = st.columns(2)

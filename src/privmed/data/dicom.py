@@ -266,7 +266,8 @@ def _file_window(ds, method: str) -> dict:
         return {"name": "file VOI LUT", "center": None, "width": None, "source": "file"}
     from pydicom.multival import MultiValue
 
-    first = lambda v: float(v[0] if isinstance(v, (MultiValue, list, tuple)) else v)  # noqa: E731  (pydicom uses view 0)
+    # several windows may be listed; pydicom applies the first
+    first = lambda v: float(v[0] if isinstance(v, (MultiValue, list, tuple)) else v)  # noqa: E731
     return {"name": "file", "center": first(ds.WindowCenter), "width": first(ds.WindowWidth), "source": "file",
             "function": str(ds.get("VOILUTFunction") or "LINEAR")}
 
