@@ -20,7 +20,7 @@ BIG = 50_000_000
 SAFE_KEYS = {
     "format", "modality", "photometric_interpretation", "rows", "cols", "width", "height", "bits_stored",
     "transfer_syntax_uid", "transfer_syntax", "body_part", "patient_id_hash", "voi", "inverted",
-    "converted_to_gray_from",
+    "converted_to_gray_from", "window", "rescale", "frames", "frame",
 }
 
 

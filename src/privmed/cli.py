@@ -95,7 +95,7 @@ def cmd_predict(a):
     results, failed = [], 0
     for f in a.files:
         try:
-            p = model.predict(f)
+            p = model.predict(f, window=a.window, frame=a.frame)
             results.append({"file": f, **p.to_dict()})
         except ImageReadError as e:
             failed += 1
@@ -109,7 +109,10 @@ def cmd_predict(a):
                 continue
             probs = ", ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
             flag = "  ABSTAIN: " + "; ".join(r["abstain_reasons"]) if r["abstain"] else ""
-            print(f"{r['file']}: {r['label']} ({probs}){flag}")
+            w = (r.get("dicom") or {}).get("window") or {}
+            win = f" [window {w['name']} {w['center']:g}/{w['width']:g}, {w['source']}]" \
+                if w.get("center") is not None else ""
+            print(f"{r['file']}: {r['label']} ({probs}){win}{flag}")
     return 1 if failed == len(a.files) else 0
 
 
@@ -167,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(fn=cmd_data_inspect)
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
-    t.add_argument("--dataset", default="chest_xray_pneumonia")
+    t.add_argument("--dataset", default="chest_xray_pneumonia",
+                   help="chest_xray_pneumonia, brain_tumor_mri, covid19_xray, covid19_ct, a folder or an .npz")
     t.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>)")
     t.add_argument("--model")
     t.add_argument("--epsilon", type=float)
@@ -206,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="label and per-class probabilities for image files")
     pr.add_argument("bundle")
     pr.add_argument("files", nargs="+")
+    pr.add_argument("--window", choices=["file", "lung", "mediastinal"],
+                    help="CT DICOM window (default: the file's, else the model's task default)")
+    pr.add_argument("--frame", type=int, help="frame index (from 0) of a multi-frame DICOM")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=cmd_predict)
 

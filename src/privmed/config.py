@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DATASETS = ("chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray")
+DATASETS = ("chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray", "covid19_ct")
 
 
 def default_data_root() -> Path:

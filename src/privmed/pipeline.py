@@ -25,7 +25,8 @@ from privmed.privacy.releases import gaussian_sum
 from privmed.training.data import unit_ids
 from privmed.training.trainer import train
 
-TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19"}
+TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19",
+         "covid19_ct": "covid19_ct"}
 RELEASES_ON_VALIDATION = 2
 W_STAT, W_HIST = 0.6, 0.8
 

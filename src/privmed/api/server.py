@@ -31,7 +31,7 @@ log = logging.getLogger("privmed.api")
 PERMISSIONS = {"predict": {"clinician"}, "models": {"clinician", "auditor", "admin"}, "audit": {"auditor"},
                "keys": {"admin"}}
 FILE_FIELDS = ("file", "files")
-TEXT_FIELDS = ("model", "format", "explain")
+TEXT_FIELDS = ("model", "format", "explain", "window", "frame")
 
 
 @dataclass
@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         uploads = [v for k in FILE_FIELDS for v in form.getlist(k)]
         if unknown and not uploads:
             raise _err(400, f"unknown form field(s) {', '.join(repr(u) for u in unknown)}; send the image(s) in "
-                            "the field 'file' (and optionally 'model', 'format', 'explain')")
+                            "the field 'file' (and optionally 'model', 'format', 'explain', 'window', 'frame')")
         if unknown:
             raise _err(400, f"unknown form field(s) {', '.join(repr(u) for u in unknown)}; allowed: "
                             f"{', '.join(FILE_FIELDS + TEXT_FIELDS)}")
@@ -225,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if explain_raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise _err(400, f"explain must be true or false, got '{explain_raw}'")
         explain = explain_raw in ("1", "true", "yes", "on")
+        window, frame = _dicom_fields(form)
         model_ref = form.get("model")
         if model_ref is not None and not isinstance(model_ref, str):
             raise _err(400, "the field 'model' must be text (a model id or name)")
@@ -243,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for i, (u, data) in enumerate(zip(uploads, datas)):
             try:
                 res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
-                                                 max_bytes=settings.max_file_bytes)
+                                                 max_bytes=settings.max_file_bytes, window=window, frame=frame)
             except InputError as e:
                 prefix = f"file {i + 1} of {len(uploads)}: " if len(uploads) > 1 else ""
                 raise _err(e.status, prefix + e.detail) from None
@@ -302,6 +303,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"key_id": key_id, "revoked": True}
 
     return app
+
+
+def _dicom_fields(form) -> tuple[str | None, int | None]:
+    """Optional 'window' (file|lung|mediastinal) and 'frame' (index into a multi-frame DICOM)."""
+    from privmed.data.dicom import WINDOW_CHOICES
+
+    window, frame = form.get("window"), form.get("frame")
+    if window is not None and (not isinstance(window, str) or window.lower() not in WINDOW_CHOICES):
+        raise _err(400, f"window must be one of {', '.join(WINDOW_CHOICES)}, got '{window}'")
+    if frame is not None and (not isinstance(frame, str) or not frame.strip().isdigit()):
+        raise _err(400, f"frame must be a whole number >= 0 (the first frame is 0), got '{frame}'")
+    return (window.lower() if window else None), (int(frame) if frame is not None else None)
 
 
 def _sha(data: bytes) -> str:

@@ -19,7 +19,7 @@ class InputError(Exception):
         self.status, self.detail = status, detail
 
 
-def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image:
+def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, **dicom) -> Image:
     if not data:
         raise InputError(400, "the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
     if len(data) > max_bytes:
@@ -31,7 +31,7 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
         raise InputError(415, f"the content is {what}, not an image privmed reads (the type is sniffed from the "
                               "bytes, not the file name); upload a PNG, JPEG or DICOM file")
     try:
-        return load_image(data, max_pixels=max_pixels)
+        return load_image(data, max_pixels=max_pixels, **dicom)
     except ImageReadError as e:
         msg = str(e)
         raise InputError(413 if "limit" in msg and "pixels" in msg else 422, msg) from None
@@ -43,10 +43,12 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
 
 
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
-            max_bytes: int = MAX_BYTES) -> tuple[dict, Image]:
-    """Decode, check modality, predict. Returns the JSON-able result and the decoded image."""
+            max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None) -> tuple[dict, Image]:
+    """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
+    check modality, predict. Returns the JSON-able result and the decoded image."""
     digest = sha256_hex(data) if data else sha256_hex(b"")
-    img = decode_upload(data, max_bytes=max_bytes)
+    options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
+    img = decode_upload(data, max_bytes=max_bytes, **options)
     try:
         check_modality(img.meta, model.metadata)
     except ImageReadError as e:
@@ -55,7 +57,7 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
         raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
     with _PREDICT_LOCK:
         try:
-            pred = model.predict(img, explain=explain)
+            pred = model.predict(img, explain=explain)  # img is decoded: the window is already applied
         except ImageReadError as e:
             raise InputError(422, str(e)) from None
     return result_dict(pred, filename=filename, input_sha256=digest, image_meta=img.meta, heatmap=explain), img

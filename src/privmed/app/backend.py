@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 TASK_LABELS = {"pneumonia": "Pneumonia (paediatric chest X-ray)", "brain_tumor": "Brain tumour (MRI)",
-               "covid19": "COVID-19 (chest X-ray)"}
+               "covid19": "COVID-19 (chest X-ray)", "covid19_ct": "COVID-19 (lung CT slice)"}
 
 
 def task_label(task: str | None) -> str:
@@ -104,12 +104,16 @@ def make_backend():
     return LocalBackend()
 
 
-def display_pixels(data: bytes) -> np.ndarray | None:
-    """Grey pixels for display (decoded locally; None if the bytes are not an image)."""
+def display_pixels(data: bytes, image_meta: dict | None = None) -> np.ndarray | None:
+    """Grey pixels for display (decoded locally; None if the bytes are not an image). ``image_meta``
+    (a result's ``image``) makes a CT show in the window and frame the model saw."""
     from privmed.data.read import load_image
     from privmed.errors import ImageReadError
 
+    m = image_meta or {}
+    w = m.get("window") or {}
+    named = w.get("name") if w.get("source") in ("default", "requested") else None
     try:
-        return load_image(data).pixels
+        return load_image(data, window=named, frame=m.get("frame")).pixels
     except (ImageReadError, Exception):
         return None

@@ -75,7 +75,7 @@ def show_card(card: dict) -> None:
 def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -> None:
     st.markdown(f"### {name}")
     left, right = st.columns([1, 1])
-    pixels = display_pixels(data)
+    pixels = display_pixels(data, res.get("image"))
     with left:
         if pixels is not None:
             if show_cam and res.get("heatmap") is not None:
@@ -99,6 +99,10 @@ def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -
         st.metric("Model output" + (" (not reliable: abstained)" if res.get("abstain") else ""), str(res.get("label")))
         st.caption(f"calibrated probability {p.get(res.get('label'), 0):.2f}; all classes:")
         st.bar_chart({"probability": p}, horizontal=True, height=60 + 35 * len(p))
+        w = (res.get("image") or {}).get("window") or {}
+        if w.get("center") is not None and (res.get("image") or {}).get("modality") == "CT":
+            origin = {"file": "the file", "default": "the model's default"}.get(w["source"], "the request")
+            st.caption(f"CT window: {w['name']} (centre {w['center']:g} HU, width {w['width']:g} HU; from {origin})")
         report = {k: v for k, v in res.items() if k != "heatmap"}
         report["model"] = {k: card.get(k) for k in ("id", "task", "version", "privacy")}
         c1, c2 = st.columns(2)

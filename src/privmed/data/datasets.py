@@ -2,9 +2,13 @@
 
 A ``Record`` keeps the patient id next to every image where the data has one, so that splits
 (and, later, privacy) can be per patient. Patient ids stay in memory: never logged or cached.
+A ``manifest.csv`` beside the splits (column ``file``, relative path) may name a grouping the
+file names do not carry: ``patient_id``, else ``group``/``slice_block`` (covid19_ct: blocks of
+neighbouring CT slices, no patient ids published).
 """
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import os
@@ -57,11 +61,12 @@ class Record:
     patient_id: str | None = None
     index: int | None = None  # row in an .npz file; None for image files
     split: str | None = None  # .npz split the row belongs to
+    block: str | None = None  # a grouping coarser than the image but not a patient (CT slice block)
 
     @property
     def group(self) -> str:
-        """Unit that must not straddle a split: the patient, else the image itself."""
-        return self.patient_id or f"{self.path}#{self.index}"
+        """Unit that must not straddle a split: the patient, else the slice block, else the image."""
+        return self.patient_id or self.block or f"{self.path}#{self.index}"
 
 
 class FolderDataset:
@@ -83,6 +88,7 @@ class FolderDataset:
         self.classes = sorted(p.name for p in (self.root / first).iterdir() if p.is_dir())
         if not self.classes:
             raise DatasetError(f"{self.root / first} has no class folders")
+        self.group_kind, self._groups = _manifest_groups(self.root)
 
     def records(self, split: str) -> list[Record]:
         folder = self.root / split
@@ -98,8 +104,15 @@ class FolderDataset:
                     f"class folder {folder / cls} is missing or holds no images; every class of train "
                     f"({', '.join(self.classes)}) needs images in every split"
                 )
-            out += [Record(p, label, self._patient_id(p)) for p in files]
+            out += [self._record(p, label) for p in files]
         return out
+
+    def _record(self, path: Path, label: int) -> Record:
+        pid = self._patient_id(path)
+        kind, value = self._groups.get(path.relative_to(self.root).as_posix(), (None, None))
+        if kind == "patient_id":
+            return Record(path, label, pid or value)
+        return Record(path, label, pid, block=value)
 
     @functools.cached_property
     def _csv_ids(self) -> dict[str, str]:
@@ -130,6 +143,26 @@ class FolderDataset:
         from privmed.data.read import load_image
 
         return load_image(record.path)
+
+
+_GROUP_COLUMNS = ("patient_id", "group", "slice_block")  # first present wins
+
+
+def _manifest_groups(root: Path) -> tuple[str | None, dict[str, tuple[str, str]]]:
+    """``root/manifest.csv`` -> (column used, {relative file: (kind, value)}); (None, {}) without one."""
+    path = root / "manifest.csv"
+    if not path.is_file():
+        return None, {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            column = next((c for c in _GROUP_COLUMNS if c in (reader.fieldnames or [])), None)
+            if column is None or "file" not in (reader.fieldnames or []):
+                return None, {}
+            kind = "patient_id" if column == "patient_id" else "block"
+            return column, {row["file"]: (kind, row[column]) for row in reader if row.get(column)}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path} is unreadable ({e}); fix or remove it (it only adds grouping)") from None
 
 
 class NpzDataset:

@@ -4,6 +4,11 @@ Display pipeline (DICOM PS3.4 Annex N order): modality LUT (rescale slope/interc
 VOI LUT or window centre/width -> MONOCHROME1 inversion. Without a VOI, 8-bit display data
 is scaled by its BitsStored range and deeper data by its own min/max (raw 12/16-bit values
 rarely span the nominal range, so a fixed scale would make a normal MR look black).
+
+CT: the modality LUT gives Hounsfield units; the file's own window wins, else the caller's
+named default (a lung model passes ``default_window="lung"``), and ``window="lung"`` or
+``"mediastinal"`` forces one. The window used is recorded in ``meta["window"]``. Multi-frame
+files (enhanced CT, series, cine) are refused unless ``frame=K`` picks one frame.
 """
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ from privmed.errors import ImageReadError
 PATIENT_SALT = b"privmed/patient-id/v1:"
 PATIENT_HASH_CHARS = 16
 
+# named CT windows in Hounsfield units: (centre, width)
+CT_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0)}
+WINDOW_CHOICES = ("file",) + tuple(CT_WINDOWS)
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
 
 # transfer syntax UID prefix -> the pip packages whose pydicom plugin decodes it
@@ -34,20 +44,29 @@ _DECODER_HINTS = {
 }
 
 
-def read_dicom(data: bytes | str | Path, max_pixels: int) -> tuple[np.ndarray, dict]:
-    """Decode one single-frame DICOM image. Raises ``ImageReadError`` naming the problem and fix."""
+def read_dicom(data: bytes | str | Path, max_pixels: int, *, window: str = "file",
+               default_window: str | None = None, frame: int | None = None) -> tuple[np.ndarray, dict]:
+    """Decode one DICOM image (or frame ``frame`` of a multi-frame file).
+
+    ``window``: "file" (the file's VOI, else ``default_window`` for CT, else the data range) or a
+    name in ``CT_WINDOWS`` (CT only). Raises ``ImageReadError`` naming the problem and the fix."""
+    for name in (window, default_window):
+        if name is not None and name not in WINDOW_CHOICES:
+            raise ImageReadError(f"unknown window '{name}'; choose one of {', '.join(WINDOW_CHOICES)}")
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or frame < 0):
+        raise ImageReadError(f"frame must be a whole number >= 0 (the first frame is 0), got {frame!r}")
     ds = _parse(data)
     try:
         with warnings.catch_warnings():  # pydicom warns per odd value; we raise or succeed instead
             warnings.simplefilter("ignore")
-            return _read(ds, max_pixels)
+            return _read(ds, max_pixels, window, default_window, frame)
     except ImageReadError:
         raise
     except Exception as e:  # malformed header values (e.g. '1A' in an integer tag) surface lazily
         raise ImageReadError(f"the DICOM header is malformed ({type(e).__name__}: {e}); re-export the image") from None
 
 
-def _read(ds, max_pixels: int) -> tuple[np.ndarray, dict]:
+def _read(ds, max_pixels: int, window: str, default_window: str | None, frame: int | None):
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         what = f"modality {ds.get('Modality')}" if ds.get("Modality") else "no image module"
         if len(ds) == 0 or ("Rows" not in ds and "SOPClassUID" not in ds):
@@ -61,11 +80,25 @@ def _read(ds, max_pixels: int) -> tuple[np.ndarray, dict]:
             f"DICOM image is {cols}x{rows} = {rows * cols:,} pixels, over the {max_pixels:,} limit; downscale it"
         )
     frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
+    what = "an enhanced multi-frame CT" if str(ds.get("SOPClassUID") or "") == ENHANCED_CT \
+        else "a series or cine loop"
+    if frame is None and frames > 1:
         raise ImageReadError(
-            f"the DICOM file holds {frames} frames (a series or cine loop); send one frame as its own file"
+            f"the DICOM file holds {frames} frames ({what}); choose one with frame=K, K from 0 to {frames - 1} "
+            "(CLI --frame K, API form field 'frame'), or send one frame as its own file"
         )
+    if frame is not None and frame >= frames:
+        raise ImageReadError(f"frame {frame} was asked for but the DICOM file holds {frames} frame(s) "
+                             f"(0 to {frames - 1})")
     meta = _safe_meta(ds)
+    if frame is not None:
+        meta["frames"], meta["frame"] = frames, int(frame)
+        _frame_attributes(ds, int(frame))
+        if frames > 1:
+            ds.pixel_array_options(index=int(frame))  # decode only the chosen frame
+    if window in CT_WINDOWS and not _is_ct(ds):
+        raise ImageReadError(f"the '{window}' window is in Hounsfield units and applies to CT only; this DICOM's "
+                             f"Modality is {meta['modality'] or 'not given'}; use window 'file'")
     arr = _decode(ds, meta)
     photometric = meta["photometric_interpretation"]
     if photometric in _COLOUR:
@@ -73,7 +106,8 @@ def _read(ds, max_pixels: int) -> tuple[np.ndarray, dict]:
         meta["converted_to_gray_from"] = photometric
         meta["voi"] = "bits_stored"
     else:
-        pixels = _monochrome(arr, ds, meta)
+        named = window if window in CT_WINDOWS else (default_window if default_window in CT_WINDOWS else None)
+        pixels = _monochrome(arr, ds, meta, named if _is_ct(ds) else None, forced=window in CT_WINDOWS)
     if not np.isfinite(pixels).all():
         raise ImageReadError("DICOM pixel data contains NaN or infinite values")
     return np.clip(pixels, 0.0, 1.0).astype(np.float32), meta
@@ -151,15 +185,50 @@ def _decode(ds, meta: dict) -> np.ndarray:
         ) from None
 
 
-def _monochrome(arr: np.ndarray, ds, meta: dict) -> np.ndarray:
+def _is_ct(ds) -> bool:
+    return str(ds.get("Modality") or "").upper() == "CT" or str(ds.get("RescaleType") or "").upper() == "HU"
+
+
+def _frame_attributes(ds, frame: int) -> None:
+    """Enhanced objects keep rescale and window per frame in functional groups; copy the chosen
+    frame's values to the top level, where the modality and VOI LUT functions look."""
+    groups = [g[0] for g in (ds.get("SharedFunctionalGroupsSequence"),) if g]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and frame < len(per_frame):
+        groups.append(per_frame[frame])  # after shared: per-frame values win
+    for g in groups:
+        for name in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            if g.get(name):
+                for elem in g[name][0]:
+                    ds[elem.tag] = elem
+
+
+def hounsfield(data: bytes | str | Path, frame: int | None = None) -> tuple[np.ndarray, dict]:
+    """A CT image in Hounsfield units (the modality LUT applied, no window) and its metadata."""
+    from pydicom.pixels import apply_modality_lut
+
+    ds = _parse(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _read(ds, 2**31, "file", None, frame)  # the same checks and refusals as read_dicom
+        if not _is_ct(ds):
+            raise ImageReadError(f"Hounsfield units need a CT; this DICOM's Modality is {ds.get('Modality')}")
+        return apply_modality_lut(ds.pixel_array, ds).astype(np.float64), _safe_meta(ds)
+
+
+def _monochrome(arr: np.ndarray, ds, meta: dict, named: str | None = None, forced: bool = False) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if arr.ndim != 2:
         raise ImageReadError(f"expected one 2-D grayscale frame, decoded an array of shape {arr.shape}")
     modality = apply_modality_lut(arr, ds)  # integer LUT output stays integer for a VOI LUT lookup
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds and not ds.get("ModalityLUTSequence"):
+        meta["rescale"] = {"slope": float(ds.RescaleSlope), "intercept": float(ds.RescaleIntercept)}
     values = modality.astype(np.float64)
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
     method = "voi_lut" if ds.get("VOILUTSequence") else ("window" if has_window else None)
+    if forced:
+        method = None
     lo = hi = 0.0
     if method:
         try:
@@ -167,8 +236,14 @@ def _monochrome(arr: np.ndarray, ds, meta: dict) -> np.ndarray:
                 warnings.simplefilter("ignore")
                 lo, hi = _voi_output_range(ds, method)
                 values = apply_voi_lut(modality, ds).astype(np.float64)
-        except Exception:  # malformed window/LUT: fall back to the data range rather than refuse the image
+        except Exception:  # malformed window/LUT: fall back to the default or data range, not refuse
             method, values = None, modality.astype(np.float64)
+    if method:
+        meta["window"] = _file_window(ds, method)
+    elif named:  # a named HU window, linear without the half-pixel offsets (DICOM LINEAR_EXACT)
+        c, w = CT_WINDOWS[named]
+        method, lo, hi = "named_window", c - w / 2, c + w / 2
+        meta["window"] = {"name": named, "center": c, "width": w, "source": "requested" if forced else "default"}
     if method is None:
         bits = meta["bits_stored"] or 16
         if bits <= 8 and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
@@ -180,7 +255,21 @@ def _monochrome(arr: np.ndarray, ds, meta: dict) -> np.ndarray:
         out = 1.0 - out
         meta["inverted"] = True
     meta["voi"] = method
+    if "window" not in meta:
+        meta["window"] = {"name": "data range" if method == "min_max" else "bits stored", "center": (lo + hi) / 2,
+                          "width": hi - lo, "source": "data"}
     return out
+
+
+def _file_window(ds, method: str) -> dict:
+    if method == "voi_lut":
+        return {"name": "file VOI LUT", "center": None, "width": None, "source": "file"}
+    from pydicom.multival import MultiValue
+
+    # several windows may be listed; pydicom applies the first
+    first = lambda v: float(v[0] if isinstance(v, (MultiValue, list, tuple)) else v)  # noqa: E731
+    return {"name": "file", "center": first(ds.WindowCenter), "width": first(ds.WindowWidth), "source": "file",
+            "function": str(ds.get("VOILUTFunction") or "LINEAR")}
 
 
 def _voi_output_range(ds, method: str) -> tuple[float, float]:

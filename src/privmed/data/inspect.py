@@ -240,6 +240,25 @@ def _patients(ds) -> dict:
     return {"available": any_ids, "per_split": per_split if any_ids else {}, "shared_with_train": shared}
 
 
+def _blocks(ds) -> dict:
+    """Groups that are not patients (covid19_ct: blocks of neighbouring slices, from manifest.csv):
+    how many per split, images per group, and groups found in two splits (should be none)."""
+    kind = getattr(ds, "group_kind", None)
+    if kind is None or kind == "patient_id":
+        return {"available": False}
+    seen: dict[str, set] = defaultdict(set)
+    per_split = {}
+    for split in ds.splits:
+        sizes = Counter(r.block for r in ds.records(split) if r.block)
+        for b in sizes:
+            seen[b].add(split)
+        n = sorted(sizes.values())
+        per_split[split] = {"groups": len(n), "images": sum(n), "images_per_group":
+                            {"min": n[0], "median": float(np.median(n)), "max": n[-1]} if n else None}
+    return {"available": True, "kind": kind, "per_split": per_split,
+            "in_two_splits": sum(len(v) > 1 for v in seen.values())}
+
+
 def inspect_dataset(ds, near_duplicates: bool = True, max_distance: int = NEAR_MAX_DISTANCE) -> dict:
     """JSON-able audit of a dataset from ``open_dataset``; see the module docstring."""
     start = time.perf_counter()
@@ -259,11 +278,17 @@ def inspect_dataset(ds, near_duplicates: bool = True, max_distance: int = NEAR_M
         "within_split": {s: _within(by_split[s], max_distance, near_duplicates) for s in ds.splits},
         "leakage": {},
         "patients": _patients(ds),
+        "groups": _blocks(ds),
     }
     if TRAIN in by_split:
         for s in ds.splits:
             if s != TRAIN:
                 report["leakage"][s] = _leakage(by_split[TRAIN], by_split[s], ds.classes, max_distance, near_duplicates)
+    others = [s for s in ds.splits if s != TRAIN]
+    if len(others) > 1:  # e.g. test against val (covid19_ct): the later split against the earlier one
+        report["leakage_between"] = {f"{b} -> {a}": _leakage(by_split[a], by_split[b], ds.classes, max_distance,
+                                                             near_duplicates)
+                                     for i, a in enumerate(sorted(others)) for b in sorted(others)[i + 1:]}
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report
 
@@ -316,9 +341,11 @@ def format_report(report: dict, max_files: int = 10) -> str:
         rows.append(row)
     lines.append("Duplicates within each split" + (f" (near = pHash distance <= {near['max_distance']})" if near else ""))
     lines += _table(head, rows)
-    for s, leak in report["leakage"].items():
-        lines += ["", f"Leakage {s} -> train: {leak['leaked']} of {leak['images']} {s} images "
-                  f"({leak['fraction']:.1%}) have a copy in train: {leak['exact']} exact, {leak['near_only']} near; "
+    pairs = [(s, "train", leak) for s, leak in report["leakage"].items()]
+    pairs += [(*k.split(" -> "), leak) for k, leak in (report.get("leakage_between") or {}).items()]
+    for s, ref, leak in pairs:
+        lines += ["", f"Leakage {s} -> {ref}: {leak['leaked']} of {leak['images']} {s} images "
+                  f"({leak['fraction']:.1%}) have a copy in {ref}: {leak['exact']} exact, {leak['near_only']} near; "
                   f"{leak['label_conflicts']} with a different label"]
         lines += _table(["class", "images", "exact", "near", "leaked"],
                         [[c, v["images"], v["exact"], v["near"], v["leaked"]] for c, v in leak["per_class"].items()])
@@ -326,6 +353,13 @@ def format_report(report: dict, max_files: int = 10) -> str:
         if len(leak["files"]) > max_files:
             lines.append(f"  ... and {len(leak['files']) - max_files} more (use --json for all)")
     lines += ["", _patient_text(report["patients"])]
+    g = report.get("groups") or {}
+    if g.get("available"):
+        lines += ["", f"Groups ({g['kind']}, from manifest.csv); groups in two splits: {g['in_two_splits']}"]
+        lines += _table(["split", "groups", "images", "min/group", "median", "max"],
+                        [[s, v["groups"], v["images"]] + ([v["images_per_group"][k] for k in ("min", "median", "max")]
+                                                         if v["images_per_group"] else ["-"] * 3)
+                         for s, v in g["per_split"].items()])
     return "\n".join(lines)
 
 

@@ -56,9 +56,10 @@ def sniff_format(data: bytes) -> str:
     return "unknown"
 
 
-def load_image(source, *, max_pixels: int = MAX_PIXELS) -> Image:
+def load_image(source, *, max_pixels: int = MAX_PIXELS, **dicom) -> Image:
     """Read a path, bytes, numpy array or PIL image into an ``Image``.
 
+    ``dicom``: ``window``, ``default_window``, ``frame`` for DICOM input (see ``data.dicom``).
     Raises ``ImageReadError`` with a message that names the problem and the fix.
     """
     if isinstance(source, Image):
@@ -76,10 +77,11 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS) -> Image:
         data = bytes(source)
     else:
         raise ImageReadError(f"cannot read an image from {type(source).__name__}; pass a path, bytes or an array")
-    return decode_bytes(data, max_pixels=max_pixels)
+    return decode_bytes(data, max_pixels=max_pixels, **dicom)
 
 
-def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image:
+def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, window: str | None = None,
+                 default_window: str | None = None, frame: int | None = None) -> Image:
     if not data:
         raise ImageReadError("the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
     if len(data) > MAX_BYTES:
@@ -88,8 +90,12 @@ def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image:
     if kind == "dicom":
         from privmed.data.dicom import read_dicom
 
-        pixels, meta = read_dicom(data, max_pixels=max_pixels)
+        pixels, meta = read_dicom(data, max_pixels=max_pixels, window=window or "file",
+                                  default_window=default_window, frame=frame)
         return Image(pixels, meta)
+    if frame not in (None, 0):  # PNG/JPEG hold one picture: frame 0 is the only one
+        raise ImageReadError(f"frame {frame} was asked for but a {kind.upper()} file holds one image; frames "
+                             "are for multi-frame DICOM")
     if kind in ("png", "jpeg", "bmp", "tiff"):
         try:
             pil = PILImage.open(io.BytesIO(data))

@@ -28,6 +28,7 @@ class Prediction:
     ood_score: float | None = None
     model: dict = field(default_factory=dict)
     heatmap: np.ndarray | None = None
+    dicom: dict | None = None  # DICOM input only: modality, window used (HU for CT), frame
 
     def to_dict(self, heatmap: bool = False) -> dict:
         d = asdict(self)
@@ -98,10 +99,21 @@ class Model:
 
         return probs, ood_scores(np.asarray(emb), self.ood)
 
-    def predict(self, image, *, explain: bool = False, check_quality: bool = True) -> Prediction:
-        from privmed.data.quality import assess
+    def dicom_options(self, window: str | None = None, frame: int | None = None) -> dict:
+        """How this model reads a DICOM: the file's window, else its task's named CT window."""
+        from privmed.inference.report import default_window
 
-        img = load_image(image)
+        return {"window": window or "file", "default_window": default_window(self.metadata), "frame": frame}
+
+    def predict(self, image, *, explain: bool = False, check_quality: bool = True, window: str | None = None,
+                frame: int | None = None) -> Prediction:
+        """``window`` ("file", "lung", "mediastinal") and ``frame`` apply to DICOM input; a
+        decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused."""
+        from privmed.data.quality import assess
+        from privmed.inference.report import check_modality
+
+        img = load_image(image, **self.dicom_options(window, frame))
+        check_modality(img.meta, self.metadata)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
         x = self.tensor(img)
         batch_probs, batch_ood = self.scores(x)
@@ -124,8 +136,15 @@ class Model:
             label=self.classes[int(self.label_index(probs)[0])],
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
             quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
-            model=self.info, heatmap=heat,
+            model=self.info, heatmap=heat, dicom=_dicom_info(img.meta),
         )
+
+
+def _dicom_info(meta: dict) -> dict | None:
+    if meta.get("format") != "dicom":
+        return None
+    keep = ("modality", "window", "voi", "rescale", "frames", "frame")
+    return {k: meta[k] for k in keep if k in meta}
 
 
 def resolve_bundle(name_or_path: str | Path) -> Path:

@@ -21,7 +21,10 @@ AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", 
 ABSTAIN_MESSAGE = "The model abstains: refer this image to a radiologist."
 
 # task -> DICOM modalities the model was trained on (X-ray: CR, DX, DR; MRI: MR); OT/absent pass
-MODALITIES = {"pneumonia": ("CR", "DX", "DR", "RG"), "covid19": ("CR", "DX", "DR", "RG"), "brain_tumor": ("MR",)}
+MODALITIES = {"pneumonia": ("CR", "DX", "DR", "RG"), "covid19": ("CR", "DX", "DR", "RG"), "brain_tumor": ("MR",),
+              "covid19_ct": ("CT",)}
+# task -> named HU window used when a CT DICOM carries none (see data.dicom.CT_WINDOWS)
+DEFAULT_WINDOWS = {"covid19_ct": "lung"}
 _MODALITY_NAMES = {"CR": "computed radiography", "DX": "digital X-ray", "DR": "digital radiography",
                    "RG": "radiographic imaging", "MR": "MRI", "CT": "CT", "US": "ultrasound",
                    "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "angiography"}
@@ -44,10 +47,16 @@ def check_modality(image_meta: dict, model_metadata: dict) -> None:
     )
 
 
+def default_window(model_metadata: dict) -> str | None:
+    """The named CT window a bundle's task was trained for (its metadata may say otherwise)."""
+    m = model_metadata or {}
+    return (m.get("dicom") or {}).get("default_window") or DEFAULT_WINDOWS.get(m.get("task") or "")
+
+
 def safe_image_meta(meta: dict) -> dict:
     """The technical image description that may be shown or stored: no patient-derived values."""
     keep = ("format", "width", "height", "mode", "modality", "photometric_interpretation", "bits_stored",
-            "transfer_syntax", "voi", "inverted", "converted_to_gray_from")
+            "transfer_syntax", "voi", "inverted", "converted_to_gray_from", "window", "rescale", "frames", "frame")
     return {k: meta[k] for k in keep if k in (meta or {})}
 
 

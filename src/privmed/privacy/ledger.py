@@ -71,8 +71,9 @@ def statement(meta: dict) -> str:
         return ("This model was trained without differential privacy: it may reveal information about the "
                 "patients whose images trained it.")
     unit = p.get("unit_of_privacy", "image")
-    who = "patient (all of a patient's images together)" if unit == "patient" else "training image"
+    who = {"patient": "patient (all of a patient's images together)",
+           "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
     return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}) protects each {who} "
             f"used for training and validation: the released model and its calibration, threshold and "
-            f"out-of-distribution detector change little whether or not that {unit}'s data were used; "
+            f"out-of-distribution detector change little whether or not that {unit.split()[-1]}'s data were used; "
             f"it does not cover images sent to the model for prediction, nor the public test set.")

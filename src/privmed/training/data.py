@@ -44,14 +44,19 @@ def split_records(cfg: TrainConfig) -> Splits:
 
 
 def unit_ids(records: list[Record], unit: str) -> tuple[torch.Tensor, str]:
-    """(unit index of each record, unit name). ``auto``: the patient where the data carry ids,
-    else the image; an image without an id is its own unit."""
+    """(unit index of each record, unit name). ``auto``: the patient where the data carry patient
+    ids, else the slice block where the data group slices (CT: one scan's neighbouring slices),
+    else the image; a record without an id is its own unit."""
     has_ids = any(r.patient_id for r in records)
-    if unit == "patient" and not has_ids:
+    has_blocks = any(r.block for r in records)
+    if unit == "patient" and not (has_ids or has_blocks):
         raise DatasetError("--privacy-unit patient needs patient ids (file-name pattern, DICOM PatientID or a "
                            "patients.csv beside the dataset); this dataset has none: use --privacy-unit image")
-    name = "patient" if unit == "patient" or (unit == "auto" and has_ids) else "image"
-    keys = [r.group if name == "patient" else f"{r.path}#{r.index}" for r in records]
+    if unit == "image" or not (has_ids or has_blocks):
+        name = "image"
+    else:
+        name = "patient" if has_ids else "slice block"
+    keys = [f"{r.path}#{r.index}" if name == "image" else r.group for r in records]
     index: dict[str, int] = {}
     return torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.long), name
 
