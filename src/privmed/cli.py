@@ -135,6 +135,19 @@ def cmd_data_inspect(a):
     _print(report, a.json, format_report(report))
 
 
+def cmd_cache(a):
+    from privmed import cache
+
+    if a.cache_cmd == "clear":
+        n = cache.clear()
+        print(f"removed {n} cached file(s) from {cache.cache_dir()}")
+        return 0
+    r = cache.info()
+    _print(r, a.json, f"{r['path']}: {r['files']} file(s), {r['bytes'] / 2**20:.1f} MiB of {r['max_bytes'] / 2**20:.0f} "
+                      f"MiB cap, mode {r['mode']}; holds {r['holds']}")
+    return 0
+
+
 def cmd_privacy_account(a):
     from privmed.privacy.accounting import epsilon_for
 
@@ -156,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--exact-only", action="store_true", help="skip near-duplicate search")
     di.add_argument("--json", action="store_true")
     di.set_defaults(fn=cmd_data_inspect)
+
+    c = sub.add_parser("cache", help="the pixel/feature cache (patient data)").add_subparsers(dest="cache_cmd",
+                                                                                         required=True)
+    ci = c.add_parser("info", help="where the cache is, its size and cap")
+    ci.add_argument("--json", action="store_true")
+    c.add_parser("clear", help="delete every cached file")
+    for x in c.choices.values():
+        x.set_defaults(fn=cmd_cache)
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
     t.add_argument("--dataset", default="chest_xray_pneumonia")
