@@ -148,6 +148,20 @@ def cmd_cache(a):
     return 0
 
 
+def cmd_bundle(a):
+    from privmed.inference import signing
+
+    if a.bundle_cmd == "keygen":
+        priv, pub = signing.keygen(a.out)
+        print(f"private key {priv} (keep it off the servers), public key {pub} (PRIVMED_BUNDLE_PUBKEY)")
+    elif a.bundle_cmd == "sign":
+        print(f"signed: {signing.sign(a.bundle, a.key)}")
+    else:
+        signing.verify(a.bundle, a.pubkey)
+        print(f"signature OK: {a.bundle}")
+    return 0
+
+
 def cmd_privacy_account(a):
     from privmed.privacy.accounting import epsilon_for
 
@@ -177,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_parser("clear", help="delete every cached file")
     for x in c.choices.values():
         x.set_defaults(fn=cmd_cache)
+
+    b = sub.add_parser("bundle", help="sign and verify bundles (Ed25519)").add_subparsers(dest="bundle_cmd",
+                                                                                       required=True)
+    bk = b.add_parser("keygen", help="write privmed-bundle.key (private) and privmed-bundle.pub into a folder")
+    bk.add_argument("--out", type=Path, required=True)
+    bs = b.add_parser("sign", help="write BUNDLE/signature.ed25519")
+    bs.add_argument("bundle", type=Path)
+    bs.add_argument("--key", type=Path, required=True)
+    bv = b.add_parser("verify", help="check BUNDLE/signature.ed25519; exit 2 when bad or missing")
+    bv.add_argument("bundle", type=Path)
+    bv.add_argument("--pubkey", type=Path, required=True)
+    for x in (bk, bs, bv):
+        x.set_defaults(fn=cmd_bundle)
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
     t.add_argument("--dataset", default="chest_xray_pneumonia")
