@@ -53,6 +53,7 @@ class Registry:
         n = 0
         for d in self._dirs():
             try:
+                read_metadata(d)  # its message says what is missing
                 m = self._read(d.resolve())
                 self.model({"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m})
             except (BundleError, OSError) as e:
