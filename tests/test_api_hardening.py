@@ -3,8 +3,6 @@ anonymous refusals, bundles verified at start (refuse to start) and later (503),
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -131,7 +131,8 @@ def cmd_data_inspect(a):
     from privmed.data.datasets import open_dataset
     from privmed.data.inspect import format_report, inspect_dataset
 
-    report = inspect_dataset(open_dataset(a.dataset, a.data_root), near_duplicates=not a.exact_only)
+    report = inspect_dataset(open_dataset(a.dataset, a.data_root), near_duplicates=not a.exact_only,
+                             show_paths=a.show_paths)
     _print(report, a.json, format_report(report))
 
 
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("dataset")
     di.add_argument("--data-root", type=Path)
     di.add_argument("--exact-only", action="store_true", help="skip near-duplicate search")
+    di.add_argument("--show-paths", action="store_true", help="print file names (they can carry patient ids); "
+                                                              "by default they are replaced by per-run salted ids")
     di.add_argument("--json", action="store_true")
     di.set_defaults(fn=cmd_data_inspect)
 
