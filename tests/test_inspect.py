@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from conftest import require_dataset
 from privmed.config import default_data_root
 from privmed.data.datasets import open_dataset
 from privmed.data.inspect import format_report, hamming_pairs, inspect_dataset, leaked_test_records
 
 
 def _real(name):
-    root = default_data_root()
-    if not (root / name).is_dir():
-        pytest.skip(f"real dataset {name} not found under {root}; set PRIVMED_DATA")
-    return open_dataset(name, root)
+    return open_dataset(name, require_dataset(default_data_root(), name))
 
 
 @pytest.fixture
