@@ -3,7 +3,7 @@
 Each audit row costs an fsync and lives forever, so a scanner hammering the server must not add one
 row per request. Per interval (default 60 s) the first ``burst`` anonymous refusals are logged one
 by one; the rest are counted in memory and written as one aggregated row per status when the
-interval is over (at the next refusal after it, or at shutdown).
+interval is over (at the next request after it, or at shutdown).
 """
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ class RefusalLimiter:
                 return True, flush
             self._held[status] += 1
             return False, flush
+
+    def due(self) -> dict:
+        """Held counts whose interval is over (checked on every logged request too, so counts do not
+        wait in memory for the next refusal)."""
+        with self._lock:
+            return self._take() if self._held and self.clock() - self._start >= self.interval else {}
 
     def drain(self) -> dict:
         with self._lock:

@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path.startswith("/v1") or status >= 400:
             a = getattr(request.state, "audit", {}) or {}
             p = getattr(request.state, "principal", None)
-            log_it, held = (True, {}) if p or status < 400 else refusals.admit(status)
+            log_it, held = (True, refusals.due()) if p or status < 400 else refusals.admit(status)
             try:
                 if held:
                     await run_in_threadpool(_append_held, store, held)
