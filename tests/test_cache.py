@@ -46,10 +46,13 @@ def test_cache_files_owner_only_and_lru_capped(monkeypatch, tmp_path):
 def test_cache_cli_info_and_clear(monkeypatch, tmp_path, capsys):
     from privmed.cli import main
 
+    monkeypatch.setattr(cache, "LEGACY", tmp_path / "repo-cache")
+    (tmp_path / "repo-cache").mkdir()
+    np.save(tmp_path / "repo-cache" / "pixels-old.npy", np.zeros(3))
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp_path / "c"))
     cache.save(cache_dir() / "x.npy", np.zeros(10))
     assert main(["cache", "info"]) == 0
     out = capsys.readouterr().out
-    assert "1 file" in out and "patient data" in out
+    assert "1 file" in out and "patient data" in out and "repo-cache" in out
     assert main(["cache", "clear"]) == 0
-    assert list(cache_dir().iterdir()) == []
+    assert list(cache_dir().iterdir()) == [] and not (tmp_path / "repo-cache").exists()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.config import cache_dir
+from privmed.config import REPO_ROOT, cache_dir
 
 DEFAULT_MAX_MB = 4096
+LEGACY = REPO_ROOT / ".privmed-cache"  # the old default, inside the checkout
 
 
 def max_bytes() -> int:
@@ -88,12 +89,17 @@ def info() -> dict:
     return {"path": str(d), "exists": d.is_dir(), "mode": oct(stat.S_IMODE(d.stat().st_mode)) if d.is_dir() else None,
             "files": len(files), "bytes": sum(p.stat().st_size for p in files), "max_bytes": max_bytes(),
             "holds": "decoded preprocessed pixels and frozen-backbone features of training/evaluation "
-                     "images: patient data"}
+                     "images: patient data",
+            "legacy_in_checkout": str(LEGACY) if LEGACY.is_dir() and LEGACY != d else None}
 
 
 def clear() -> int:
-    """Delete every cached file; returns how many."""
+    """Delete every cached file (and the old cache inside the checkout); returns how many."""
     files = _files()
+    if LEGACY.is_dir() and LEGACY != cache_dir():
+        files += [p for p in LEGACY.iterdir() if p.is_file() and p.suffix == ".npy"]
     for p in files:
         p.unlink(missing_ok=True)
+    if LEGACY.is_dir() and not any(LEGACY.iterdir()):
+        LEGACY.rmdir()
     return len(files)

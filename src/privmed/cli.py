@@ -145,7 +145,9 @@ def cmd_cache(a):
         return 0
     r = cache.info()
     _print(r, a.json, f"{r['path']}: {r['files']} file(s), {r['bytes'] / 2**20:.1f} MiB of {r['max_bytes'] / 2**20:.0f} "
-                      f"MiB cap, mode {r['mode']}; holds {r['holds']}")
+                      f"MiB cap, mode {r['mode']}; holds {r['holds']}"
+                      + (f"\nan old cache is inside the checkout at {r['legacy_in_checkout']}: "
+                         "`privmed cache clear` deletes it" if r["legacy_in_checkout"] else ""))
     return 0
 
 
