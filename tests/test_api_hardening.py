@@ -132,3 +132,19 @@ def test_signed_bundles(tmp_path, bundle_copy, data_root):
     main(["bundle", "sign", str(bundle_copy), "--key", str(other / "privmed-bundle.key")])
     with pytest.raises(BundleError, match="bad signature"):
         verify(bundle_copy, pub)
+
+
+def test_body_without_length_is_capped_while_streaming(tmp_path, small_bundle):
+    """The body is no longer buffered whole before parsing; the size cap still holds without a
+    Content-Length header (chunked upload)."""
+    app = create_app(settings(tmp_path, [small_bundle], auth=False, host="127.0.0.1", max_request_bytes=2**20))
+
+    def body():
+        yield b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 65536
+        yield b"\r\n--xyz--\r\n"
+
+    with TestClient(app, client=("127.0.0.1", 1)) as c:
+        r = c.post("/v1/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413 and "body is over the 1 MiB limit" in r.json()["detail"], r.text
