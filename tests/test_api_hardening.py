@@ -37,10 +37,11 @@ def test_cli_never_prints_the_db_password(monkeypatch, capsys, small_bundle):
     import privmed.api.server as server
     from privmed.cli import main
 
-    monkeypatch.setattr(server, "serve", lambda *a, **k: None)
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda *a, **k: seen.update(k))
     url = "postgresql://audit:s3cr3t-pw@db.internal:5432/privmed"
     main(["api", "--db-url", url, "--bundle", str(small_bundle)])
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err + seen["banner"]
     assert "s3cr3t-pw" not in err and "audit:***@db.internal" in err
 
 

@@ -24,9 +24,9 @@ def cmd_api(a):
     settings = Settings.from_env(db_url=a.db_url, bundles=a.bundle or None, host=a.host)
     if a.no_auth:
         settings.auth = False  # create_app refuses unless the host is loopback
-    print(f"privmed API on http://{a.host}:{a.port} (auth {'on' if settings.auth else 'OFF'}, "
-          f"audit log {masked_url(settings.db_url)})", file=sys.stderr)
-    serve(a.host, a.port, settings, log_level=a.log_level)
+    serve(a.host, a.port, settings, log_level=a.log_level,
+          banner=f"privmed API on http://{a.host}:{a.port} (auth {'on' if settings.auth else 'OFF'}, "
+                 f"audit log {masked_url(settings.db_url)})")
 
 
 def cmd_keys(a):

@@ -390,7 +390,8 @@ def _summary(e: dict) -> dict:
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster"))}
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info"):
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info",
+          banner: str | None = None):
     import uvicorn
 
     if os.environ.get("PRIVMED_TORCH_THREADS"):  # on shared CPUs one intra-op thread often serves better
@@ -399,4 +400,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         torch.set_num_threads(int(os.environ["PRIVMED_TORCH_THREADS"]))
     settings = settings or Settings.from_env()
     settings.host = host
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+    app = create_app(settings)  # refuses (auth off off-loopback, bad bundle) before anything is announced
+    if banner:
+        import sys
+
+        print(banner, file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
