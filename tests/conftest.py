@@ -1,6 +1,9 @@
 """Shared fixtures. ``small_bundle``: a real DP bundle (paper CNN, 64 px, 2 epochs on covid19_xray,
 epsilon 2) trained once per test session (~1 min on 2 cores). Set ``PRIVMED_TEST_BUNDLE`` to an
-existing bundle directory to reuse one while developing. Tests that modify a bundle copy it first."""
+existing bundle directory to reuse one while developing. Tests that modify a bundle copy it first.
+
+Missing datasets skip a test on a laptop but FAIL it in CI (``CI=true``): a CI job without the data
+must not turn green by skipping everything that matters."""
 from __future__ import annotations
 
 import os
@@ -12,12 +15,23 @@ import pytest
 from privmed.config import bundles_dir, default_data_root
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_dataset(root: Path, name: str = "covid19_xray") -> Path:
+    """``root`` if it holds dataset ``name``; else skip, or fail under CI=true."""
+    if not (Path(root) / name).is_dir():
+        msg = f"real dataset {name} not found under {root}; set PRIVMED_DATA to the datasets folder"
+        if in_ci():
+            pytest.fail(f"CI=true but {msg} (tests needing it would be skipped silently)", pytrace=False)
+        pytest.skip(msg)
+    return Path(root)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = default_data_root()
-    if not (root / "covid19_xray").is_dir():
-        pytest.skip(f"real datasets not found at {root}; set PRIVMED_DATA")
-    return root
+    return require_dataset(default_data_root())
 
 
 @pytest.fixture(scope="session")

@@ -127,10 +127,19 @@ def test_keys_endpoint_creates_working_key(api):
 
 
 def test_metrics_count_predictions(api, data_root):
+    """The open /metrics counted predictions per label: polling it around one request revealed that
+    request's diagnosis. Per-label counts now need an auditor or admin key (GET /v1/metrics)."""
+    before = api.get("/metrics").text
     post_image(api, xray_files(data_root, 1)[0])
     text = api.get("/metrics").text
     assert 'privmed_requests_total{method="POST",route="/v1/predict",status="200"} 1' in text
-    assert "privmed_predictions_total{" in text and "privmed_request_duration_seconds_bucket" in text
+    assert "privmed_request_duration_seconds_bucket" in text and "privmed_uptime_seconds" in text
+    assert "privmed_predictions" not in before + text and "label=" not in text
+    assert api.get("/v1/metrics").status_code == 401
+    assert api.get("/v1/metrics", headers=auth(api, "clinician")).status_code == 403
+    for role in ("auditor", "admin"):
+        private = api.get("/v1/metrics", headers=auth(api, role))
+        assert private.status_code == 200 and "privmed_predictions_total{" in private.text
 
 
 def test_audit_log_records_and_detects_tampering(api, data_root, small_bundle, tmp_path):

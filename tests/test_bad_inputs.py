@@ -142,8 +142,8 @@ def corpus(data_root: Path, tmp: Path) -> list[tuple[str, dict, tuple[int, ...]]
 @pytest.fixture
 def client(small_bundle, tmp_path):
     s = Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle], scan_default_bundles=False,
-                 auth=False, max_file_bytes=MAX_FILE, max_request_bytes=MAX_FILE + 2**20)
-    with TestClient(create_app(s), raise_server_exceptions=False) as c:
+                 auth=False, host="127.0.0.1", max_file_bytes=MAX_FILE, max_request_bytes=MAX_FILE + 2**20)
+    with TestClient(create_app(s), raise_server_exceptions=False, client=("127.0.0.1", 50000)) as c:
         c.db = tmp_path / "a.db"
         yield c
 

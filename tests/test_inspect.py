@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from conftest import require_dataset
 from privmed.config import default_data_root
 from privmed.data.datasets import open_dataset
 from privmed.data.inspect import format_report, hamming_pairs, inspect_dataset, leaked_test_records
 
 
 def _real(name):
-    root = default_data_root()
-    if not (root / name).is_dir():
-        pytest.skip(f"real dataset {name} not found under {root}; set PRIVMED_DATA")
-    return open_dataset(name, root)
+    return open_dataset(name, require_dataset(default_data_root(), name))
 
 
 @pytest.fixture
@@ -42,7 +40,7 @@ def tiny(tmp_path):
 
 
 def test_tiny_folder_leak_found(tiny):
-    rep = inspect_dataset(tiny)
+    rep = inspect_dataset(tiny, show_paths=True)
     json.dumps(rep)  # JSON-able
     leak = rep["leakage"]["test"]
     assert leak["exact"] == 1 and leak["near_only"] == 1 and leak["leaked"] == 2
@@ -59,6 +57,28 @@ def test_tiny_folder_leak_found(tiny):
     assert [r.path.name for r in leaked_test_records(tiny, near_duplicates=False)] == ["a_copy.jpeg"]
     text = format_report(rep)
     assert "Leakage test -> train: 2 of 3" in text and "b_near.jpeg" in text
+
+
+def test_report_hashes_file_names_unless_asked(tiny, capsys):
+    """The report printed file names such as person123_bacteria_1.jpeg: patient ids in the output."""
+    from privmed.cli import main
+
+    (tiny.root / "test/normal/c.jpeg").rename(tiny.root / "test/normal/person123_virus_7.jpeg")
+    from privmed.data.datasets import open_dataset as reopen
+
+    ds = reopen(tiny.root)
+    rep, again = inspect_dataset(ds), inspect_dataset(ds)
+    blob = json.dumps(rep) + format_report(rep)
+    for name in ("person123", "a_copy", "b_near", "cut.jpeg", "fake.png"):
+        assert name not in blob, name
+    leak = rep["leakage"]["test"]["files"]
+    assert len(leak) == 2 and all(f.split("/")[-1].startswith("id-") for f in leak)
+    assert {f.rsplit("/", 1)[0] for f in leak} == {"test/normal", "test/pneumonia"}  # folders stay
+    assert set(leak).isdisjoint(again["leakage"]["test"]["files"])  # salted per run: not linkable
+    assert main(["data", "inspect", str(tiny.root), "--exact-only"]) == 0
+    assert "person123" not in capsys.readouterr().out
+    assert main(["data", "inspect", str(tiny.root), "--exact-only", "--show-paths"]) == 0
+    assert "a_copy.jpeg" in capsys.readouterr().out
 
 
 def test_covid_cross_split_copies(capsys):

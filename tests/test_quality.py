@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from conftest import require_dataset
 from privmed.config import DATASETS, default_data_root
 from privmed.data.datasets import open_dataset
 from privmed.data.quality import QualityThresholds, QualityVerdict, assess, assess_bytes, compute_metrics
@@ -16,10 +17,7 @@ PER_DATASET = 200
 
 
 def _sample(name: str, n: int = PER_DATASET, seed: int = 0):
-    root = default_data_root()
-    if not (root / name).is_dir():
-        pytest.skip(f"real dataset {name} not found under {root}; set PRIVMED_DATA")
-    ds = open_dataset(name, root)
+    ds = open_dataset(name, require_dataset(default_data_root(), name))
     recs = ds.records("test")
     idx = np.random.default_rng(seed).choice(len(recs), min(n, len(recs)), replace=False)
     return [ds.load(recs[i]) for i in sorted(idx)]

@@ -140,9 +140,38 @@ def cmd_data_inspect(a):
     from privmed.data.patients import format_patients, patient_report
 
     ds = open_dataset(a.dataset, a.data_root)
-    report = inspect_dataset(ds, near_duplicates=not a.exact_only)
+    report = inspect_dataset(ds, near_duplicates=not a.exact_only, show_paths=a.show_paths)
     report["patients"] = patient_report(ds, evidence=a.patient_evidence)
     _print(report, a.json, format_report(report) + "\n" + format_patients(report["patients"]))
+
+
+def cmd_cache(a):
+    from privmed import cache
+
+    if a.cache_cmd == "clear":
+        n = cache.clear()
+        print(f"removed {n} cached file(s) from {cache.cache_dir()}")
+        return 0
+    r = cache.info()
+    _print(r, a.json, f"{r['path']}: {r['files']} file(s), {r['bytes'] / 2**20:.1f} MiB of {r['max_bytes'] / 2**20:.0f} "
+                      f"MiB cap, mode {r['mode']}; holds {r['holds']}"
+                      + (f"\nan old cache is inside the checkout at {r['legacy_in_checkout']}: "
+                         "`privmed cache clear` deletes it" if r["legacy_in_checkout"] else ""))
+    return 0
+
+
+def cmd_bundle(a):
+    from privmed.inference import signing
+
+    if a.bundle_cmd == "keygen":
+        priv, pub = signing.keygen(a.out)
+        print(f"private key {priv} (keep it off the servers), public key {pub} (PRIVMED_BUNDLE_PUBKEY)")
+    elif a.bundle_cmd == "sign":
+        print(f"signed: {signing.sign(a.bundle, a.key)}")
+    else:
+        signing.verify(a.bundle, a.pubkey)
+        print(f"signature OK: {a.bundle}")
+    return 0
 
 
 def cmd_privacy_account(a):
@@ -166,8 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--exact-only", action="store_true", help="skip near-duplicate search")
     di.add_argument("--patient-evidence", action="store_true",
                     help="compare same-id train/test image pairs with random pairs (is the id numbering shared?)")
+    di.add_argument("--show-paths", action="store_true", help="print file names (they can carry patient ids); "
+                                                              "by default they are replaced by per-run salted ids")
     di.add_argument("--json", action="store_true")
     di.set_defaults(fn=cmd_data_inspect)
+
+    c = sub.add_parser("cache", help="the pixel/feature cache (patient data)").add_subparsers(dest="cache_cmd",
+                                                                                         required=True)
+    ci = c.add_parser("info", help="where the cache is, its size and cap")
+    ci.add_argument("--json", action="store_true")
+    c.add_parser("clear", help="delete every cached file")
+    for x in c.choices.values():
+        x.set_defaults(fn=cmd_cache)
+
+    b = sub.add_parser("bundle", help="sign and verify bundles (Ed25519)").add_subparsers(dest="bundle_cmd",
+                                                                                       required=True)
+    bk = b.add_parser("keygen", help="write privmed-bundle.key (private) and privmed-bundle.pub into a folder")
+    bk.add_argument("--out", type=Path, required=True)
+    bs = b.add_parser("sign", help="write BUNDLE/signature.ed25519")
+    bs.add_argument("bundle", type=Path)
+    bs.add_argument("--key", type=Path, required=True)
+    bv = b.add_parser("verify", help="check BUNDLE/signature.ed25519; exit 2 when bad or missing")
+    bv.add_argument("bundle", type=Path)
+    bv.add_argument("--pubkey", type=Path, required=True)
+    for x in (bk, bs, bv):
+        x.set_defaults(fn=cmd_bundle)
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
     t.add_argument("--dataset", default="chest_xray_pneumonia",

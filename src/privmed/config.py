@@ -26,8 +26,13 @@ def default_data_root() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where derived artefacts (feature caches) go; never images, never identifiers."""
-    return Path(os.environ.get("PRIVMED_CACHE", REPO_ROOT / ".privmed-cache")).expanduser()
+    """The training/evaluation cache: decoded preprocessed pixels and frozen-backbone features of
+    patient images, so patient data (see ``privmed.cache``). Outside the checkout by default:
+    ``PRIVMED_CACHE``, else ``$XDG_CACHE_HOME/privmed``, else ``~/.cache/privmed``."""
+    env = os.environ.get("PRIVMED_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "privmed"
 
 
 def bundles_dir() -> Path:

@@ -6,19 +6,27 @@ import sys
 from pathlib import Path
 
 
+def masked_url(url: str | None) -> str:
+    """A database URL safe to print: the password replaced by ***."""
+    if not url:
+        return "default"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: print nothing of it rather than a secret
+        return "(unparseable URL, not shown)"
+
+
 def cmd_api(a):
     from privmed.api.server import Settings, serve
 
-    settings = Settings.from_env(db_url=a.db_url, bundles=a.bundle or None)
+    settings = Settings.from_env(db_url=a.db_url, bundles=a.bundle or None, host=a.host)
     if a.no_auth:
-        if a.host not in ("127.0.0.1", "localhost", "::1"):
-            from privmed.errors import PrivmedError
-
-            raise PrivmedError("--no-auth is only allowed on 127.0.0.1/localhost")
-        settings.auth = False
-    print(f"privmed API on http://{a.host}:{a.port} (auth {'on' if settings.auth else 'OFF'}, "
-          f"audit log {settings.db_url or 'default'})", file=sys.stderr)
-    serve(a.host, a.port, settings, log_level=a.log_level)
+        settings.auth = False  # create_app refuses unless the host is loopback
+    serve(a.host, a.port, settings, log_level=a.log_level,
+          banner=f"privmed API on http://{a.host}:{a.port} (auth {'on' if settings.auth else 'OFF'}, "
+                 f"audit log {masked_url(settings.db_url)})")
 
 
 def cmd_keys(a):

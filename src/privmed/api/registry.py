@@ -14,11 +14,18 @@ class UnknownModel(LookupError):
     pass
 
 
+def _stamp(path: Path) -> tuple:
+    """(name, mtime, size) of every file in a bundle: any change on disk triggers re-verification."""
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+
+
 class Registry:
-    def __init__(self, extra: list[str | Path] | None = None, scan_default: bool = True):
+    def __init__(self, extra: list[str | Path] | None = None, scan_default: bool = True,
+                 pubkey: str | Path | None = None):
         self.extra = [Path(p) for p in extra or []]
         self.scan_default = scan_default
-        self._loaded: dict[Path, object] = {}
+        self.pubkey = Path(pubkey) if pubkey else None  # when set, only bundles signed with its key load
+        self._loaded: dict[Path, tuple[tuple, object]] = {}  # path -> (files stamp, Model)
         self._meta: dict[Path, tuple[tuple, dict]] = {}  # path -> ((mtime, size), metadata)
         self._lock = threading.Lock()
 
@@ -33,6 +40,26 @@ class Registry:
         m = read_metadata(d)
         self._meta[d] = (stamp, m)
         return m
+
+    def _dirs(self) -> list[Path]:
+        dirs: list[Path] = []
+        if self.scan_default and bundles_dir().is_dir():
+            dirs += sorted(d for d in bundles_dir().iterdir() if (d / "metadata.json").is_file())
+        return dirs + list(self.extra)
+
+    def load_all(self) -> int:
+        """Load and verify every bundle now (server start): raise ``BundleError`` naming the first
+        bundle that cannot be served and why, instead of a 500 on every later request."""
+        n = 0
+        for d in self._dirs():
+            try:
+                read_metadata(d)  # its message says what is missing
+                m = self._read(d.resolve())
+                self.model({"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m})
+            except (BundleError, OSError) as e:
+                raise BundleError(f"bundle '{d.name}' ({d}) cannot be served: {e}") from None
+            n += 1
+        return n
 
     def entries(self) -> list[dict]:
         dirs: list[Path] = []
@@ -66,14 +93,32 @@ class Registry:
         raise UnknownModel(f"unknown model '{ref}'; available: " + ", ".join(f"{e['id']} ({e['name']})" for e in entries))
 
     def model(self, entry: dict):
+        """The loaded model; re-verified (checksum, signature) whenever a bundle file changed on disk.
+        Raises ``BundleError`` when it no longer verifies (the API answers 503)."""
         from privmed.inference.predictor import Model
 
         path = Path(entry["path"]).resolve()
         with self._lock:
-            m = self._loaded.get(path)
-            if m is None or m.metadata.get("weights_sha256") != entry["metadata"].get("weights_sha256"):
+            try:
+                stamp = _stamp(path)
+            except OSError as e:
+                self._loaded.pop(path, None)
+                raise BundleError(f"bundle '{path.name}' is unreadable: {e}") from None
+            cached = self._loaded.get(path)
+            if cached and cached[0] == stamp:
+                return cached[1]
+            self._loaded.pop(path, None)  # never keep serving a bundle whose files changed unverified
+            if self.pubkey:
+                from privmed.inference.signing import verify
+
+                verify(path, self.pubkey)
+            try:
                 m = Model(path)
-                self._loaded[path] = m
+            except BundleError:
+                raise
+            except Exception as e:  # a damaged file surfaces as many exception types
+                raise BundleError(f"bundle '{path.name}' failed to load ({type(e).__name__}: {e})") from None
+            self._loaded[path] = (stamp, m)
             return m
 
     @property

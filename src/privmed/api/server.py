@@ -1,11 +1,15 @@
 """The REST API (FastAPI): predict, models, health, metrics, audit log, keys.
 
 Auth is on by default: ``Authorization: Bearer <key>`` (or ``X-API-Key``). Roles: clinician
-(predict, models), auditor (audit log, models), admin (keys, models). Every request under ``/v1``
-(and every refused one) is written to the hash-chained audit log.
+(predict, models), auditor (audit log, models, per-label metrics), admin (keys, models, per-label
+metrics). Auth off is only allowed when the server binds loopback, and then only loopback clients are
+answered. Every request under ``/v1`` is written to the hash-chained audit log; anonymous refusals
+are rate-limited into aggregated rows (``refusals.py``). Bundles are loaded and verified at start.
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -14,22 +18,24 @@ from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from privmed.api.metrics import Metrics
+from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
+from privmed.api.refusals import RefusalLimiter
 from privmed.api.registry import Registry, UnknownModel
 from privmed.api.service import InputError, analyse
 from privmed.api.store import ROLES, Principal, Store
 from privmed.data.read import MAX_BYTES
+from privmed.errors import BundleError, PrivmedError
 from privmed.inference.report import fhir, model_card
 
 log = logging.getLogger("privmed.api")
 
 PERMISSIONS = {"predict": {"clinician"}, "models": {"clinician", "auditor", "admin"}, "audit": {"auditor"},
-               "keys": {"admin"}}
+               "keys": {"admin"}, "metrics": {"auditor", "admin"}}
 FILE_FIELDS = ("file", "files")
 TEXT_FIELDS = ("model", "format", "explain", "window", "frame")
 
@@ -43,11 +49,16 @@ class Settings:
     max_file_bytes: int = MAX_BYTES
     max_request_bytes: int = MAX_BYTES + 2 * 2**20
     max_files: int = 16
+    host: str | None = None  # the bind address; auth off requires a loopback one
+    bundle_pubkey: str | None = None  # Ed25519 public key: serve only bundles signed with it
+    refusal_burst: int = 20  # anonymous refusals logged one by one per interval; the rest aggregated
+    refusal_interval_s: float = 60.0
 
     @classmethod
     def from_env(cls, **over) -> "Settings":
         s = cls(db_url=os.environ.get("PRIVMED_DB_URL"),
-                auth=os.environ.get("PRIVMED_API_AUTH", "on").lower() not in ("0", "off", "false", "no"))
+                auth=os.environ.get("PRIVMED_API_AUTH", "on").lower() not in ("0", "off", "false", "no"),
+                bundle_pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None)
         if os.environ.get("PRIVMED_MAX_UPLOAD_MB"):
             s.max_file_bytes = int(float(os.environ["PRIVMED_MAX_UPLOAD_MB"]) * 2**20)
             s.max_request_bytes = s.max_file_bytes + 2 * 2**20
@@ -57,16 +68,46 @@ class Settings:
         return s
 
 
+class _TooLarge(Exception):
+    pass
+
+
 def _err(status: int, detail: str) -> HTTPException:
     return HTTPException(status_code=status, detail=detail)
 
 
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """Raises ``PrivmedError`` (auth off on a non-loopback bind) or ``BundleError`` (a bundle that does
+    not load or verify, named with the reason): better not to start than to 500 on every request."""
     settings = settings or Settings.from_env()
+    if not settings.auth and not is_loopback(settings.host):
+        raise PrivmedError(f"refusing to serve without authentication on host {settings.host or '(not given)'}: "
+                           "auth off (PRIVMED_API_AUTH=off / --no-auth) is only allowed when binding 127.0.0.1, "
+                           "::1 or localhost")
     store = Store(settings.db_url)
-    registry = Registry(settings.bundles, settings.scan_default_bundles)
-    metrics = Metrics()
-    app = FastAPI(title="privmed API", version="1", description="Differentially private medical image "
+    registry = Registry(settings.bundles, settings.scan_default_bundles, settings.bundle_pubkey)
+    registry.load_all()
+    metrics = Metrics(lambda: registry.loaded)
+    refusals = RefusalLimiter(settings.refusal_burst, settings.refusal_interval_s)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        held = refusals.drain()  # counts not yet written when the server stops
+        if held:
+            _append_held(store, held)
+
+    app = FastAPI(lifespan=lifespan, title="privmed API", version="1", description="Differentially private medical image "
                   "classification. Research use only; not a medical device.")
     app.state.store, app.state.registry, app.state.metrics, app.state.settings = store, registry, metrics, settings
 
@@ -98,6 +139,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def audit_mw(request: Request, call_next):
         t0 = time.perf_counter()
         request.state.audit = {}
+        client = request.client.host if request.client else None
+        if not settings.auth and not is_loopback(client):  # defence in depth behind the bind check
+            return JSONResponse({"detail": "this server runs without authentication and answers loopback "
+                                           "clients only"}, status_code=403)
         try:
             response = await call_next(request)
             status = response.status_code
@@ -115,13 +160,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if path.startswith("/v1") or status >= 400:
             a = getattr(request.state, "audit", {}) or {}
             p = getattr(request.state, "principal", None)
+            log_it, held = (True, refusals.due()) if p or status < 400 else refusals.admit(status)
             try:
-                await run_in_threadpool(
-                    store.append, key_id=p.key_id if p else None, role=p.role if p else None,
-                    method=request.method, path=route_path if route_path != "unmatched" else path[:200],
-                    status=status, latency_ms=seconds * 1000, model_id=a.get("model_id"),
-                    model_version=a.get("model_version"), epsilon=a.get("epsilon"),
-                    input_sha256=a.get("input_sha256"), output=a.get("output"), detail=a.get("detail"))
+                if held:
+                    await run_in_threadpool(_append_held, store, held)
+                if log_it:
+                    await run_in_threadpool(
+                        store.append, key_id=p.key_id if p else None, role=p.role if p else None,
+                        method=request.method, path=route_path if route_path != "unmatched" else path[:200],
+                        status=status, latency_ms=seconds * 1000, model_id=a.get("model_id"),
+                        model_version=a.get("model_version"), epsilon=a.get("epsilon"),
+                        input_sha256=a.get("input_sha256"), output=a.get("output"), detail=a.get("detail"))
             except Exception:
                 log.exception("audit log append failed")
                 return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
@@ -158,10 +207,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health():
         return {"status": "ok", "models": len(registry.entries()), "auth": settings.auth}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def prom():
-        return PlainTextResponse(metrics.render({"privmed_models_loaded": registry.loaded}),
-                                 media_type="text/plain; version=0.0.4")
+    @app.get("/metrics")
+    def prom():  # aggregates only; never per-label counts (see metrics.py)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/metrics")
+    def prom_private(request: Request, p: Principal = Depends(require("metrics"))):
+        return Response(metrics.render(private=True), media_type=CONTENT_TYPE_LATEST)
 
     # ---------- models
     @app.get("/v1/models")
@@ -187,17 +239,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
             raise _err(413, f"request body is {int(declared) / 2**20:.1f} MiB, over the "
                             f"{settings.max_request_bytes / 2**20:.0f} MiB limit")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_request_bytes:
-                raise _err(413, f"request body is over the {settings.max_request_bytes / 2**20:.0f} MiB limit")
+        # stream the body into the multipart parser (files spool to disk past 1 MiB) while counting,
+        # instead of buffering it whole and copying it: a body is never held in memory more than once
+        seen, receive = 0, request.receive
 
-        async def replay():
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > settings.max_request_bytes:
+                raise _TooLarge()
+            return msg
 
         try:
-            form = await Request(request.scope, replay).form(max_files=settings.max_files, max_fields=10)
+            form = await Request(request.scope, limited).form(max_files=settings.max_files, max_fields=10)
+        except _TooLarge:
+            raise _err(413, f"request body is over the {settings.max_request_bytes / 2**20:.0f} MiB limit") from None
         except StarletteHTTPException as e:
             if "too many files" in str(e.detail).lower():
                 raise _err(413, f"too many files in one request; the limit is {settings.max_files}") from None
@@ -233,21 +290,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             entry = registry.find(model_ref)
         except UnknownModel as e:
             raise _err(404 if model_ref else 400, str(e)) from None
-        model = await run_in_threadpool(registry.model, entry)
+        try:
+            model = await run_in_threadpool(registry.model, entry)
+        except BundleError as e:
+            log.error("model %s unavailable: %s", entry["id"], e)
+            raise _err(503, f"model '{entry['id']}' is unavailable: {e}") from None
         meta = model.metadata
         audit = request.state.audit
         audit.update(model_id=entry["id"], model_version=meta.get("weights_sha256"),
                      epsilon=(meta.get("privacy") or {}).get("epsilon"))
-        datas = [await u.read() for u in uploads]
-        audit["input_sha256"] = [_sha(d) for d in datas]
+        audit["input_sha256"] = []
         results = []
-        for i, (u, data) in enumerate(zip(uploads, datas)):
+        for i, u in enumerate(uploads):  # one upload in memory at a time
+            await u.seek(0)
+            data = await u.read()
+            audit["input_sha256"].append(_sha(data))
             try:
                 res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
                                                  max_bytes=settings.max_file_bytes, window=window, frame=frame)
             except InputError as e:
                 prefix = f"file {i + 1} of {len(uploads)}: " if len(uploads) > 1 else ""
                 raise _err(e.status, prefix + e.detail) from None
+            del data
             results.append(res)
             metrics.observe_prediction(entry["id"], res["label"], res["abstain"])
         audit["output"] = [{"label": r["label"], "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()},
@@ -317,6 +381,13 @@ def _dicom_fields(form) -> tuple[str | None, int | None]:
     return (window.lower() if window else None), (int(frame) if frame is not None else None)
 
 
+def _append_held(store: Store, held: dict) -> None:
+    for status, n in sorted(held.items()):
+        store.append(method="*", path="(anonymous refusals, aggregated)", status=status, latency_ms=0.0,
+                     detail=f"{n} further anonymous refusals with status {status} in the last interval, "
+                            "counted rather than logged one by one")
+
+
 def _sha(data: bytes) -> str:
     import hashlib
 
@@ -334,11 +405,19 @@ def _summary(e: dict) -> dict:
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster"))}
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info"):
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info",
+          banner: str | None = None):
     import uvicorn
 
     if os.environ.get("PRIVMED_TORCH_THREADS"):  # on shared CPUs one intra-op thread often serves better
         import torch
 
         torch.set_num_threads(int(os.environ["PRIVMED_TORCH_THREADS"]))
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+    settings = settings or Settings.from_env()
+    settings.host = host
+    app = create_app(settings)  # refuses (auth off off-loopback, bad bundle) before anything is announced
+    if banner:
+        import sys
+
+        print(banner, file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

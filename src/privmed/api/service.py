@@ -3,6 +3,7 @@ No web framework here. Every way an upload can be wrong becomes an ``InputError`
 status (413 too large, 415 not an image type, 422 an image that cannot be used) and a message."""
 from __future__ import annotations
 
+import os
 import threading
 
 from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
@@ -11,6 +12,21 @@ from privmed.inference.report import check_modality, result_dict, sha256_hex
 
 IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
 _PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
+
+
+def _decode_slots() -> int:
+    """Images decoded at once. A 50-megapixel RGB upload takes ~1 GB while it is decoded and checked,
+    so threads decoding in parallel must be bounded: by PRIVMED_MAX_DECODES, else 1 per 8 GiB of RAM (1-4)."""
+    if os.environ.get("PRIVMED_MAX_DECODES"):
+        return max(1, int(os.environ["PRIVMED_MAX_DECODES"]))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2
+    return max(1, min(4, ram // (8 * 2**30)))
+
+
+_DECODE_SLOTS = threading.BoundedSemaphore(_decode_slots())
 
 
 class InputError(Exception):
@@ -47,6 +63,11 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
     check modality, predict. Returns the JSON-able result and the decoded image."""
     digest = sha256_hex(data) if data else sha256_hex(b"")
+    with _DECODE_SLOTS:  # held until the decoded image is released: it is the big allocation
+        return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
+
+
+def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame) -> tuple[dict, Image]:
     options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
     img = decode_upload(data, max_bytes=max_bytes, **options)
     try:

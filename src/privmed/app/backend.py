@@ -30,7 +30,11 @@ class LocalBackend:
     def __init__(self, bundles: list[Path] | None = None):
         from privmed.api.registry import Registry
 
-        self.registry = Registry(bundles if bundles is not None else extra_bundles())
+        import os
+
+        # the same rule as the API: with a public key configured, only bundles signed with it load
+        self.registry = Registry(bundles if bundles is not None else extra_bundles(),
+                                 pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None)
 
     def models(self) -> list[dict]:
         from privmed.inference.report import model_card
@@ -45,7 +49,12 @@ class LocalBackend:
             entry = self.registry.find(model_id)
         except UnknownModel as e:
             raise BackendError(str(e)) from None
-        model = self.registry.model(entry)
+        from privmed.errors import BundleError
+
+        try:
+            model = self.registry.model(entry)
+        except BundleError as e:
+            raise BackendError(f"model '{model_id}' is unavailable: {e}") from None
         try:
             result, _ = analyse(model, data, filename=filename, explain=explain)
         except InputError as e:

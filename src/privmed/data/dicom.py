@@ -12,7 +12,6 @@ files (enhanced CT, series, cine) are refused unless ``frame=K`` picks one frame
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -20,10 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from privmed.errors import ImageReadError
-
-# Fixed project salt: the hash groups images by patient but is not a lookup of raw ids.
-PATIENT_SALT = b"privmed/patient-id/v1:"
-PATIENT_HASH_CHARS = 16
 
 # named CT windows in Hounsfield units: (centre, width)
 CT_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0)}
@@ -136,7 +131,8 @@ def _parse(data):
 
 
 def _safe_meta(ds) -> dict:
-    """Technical tags only; the patient id is kept as a salted, truncated hash."""
+    """Technical tags only. No patient id, not even hashed: a fixed-salt hash of a short id is
+    reversible by enumeration, and nothing grouped by it."""
     ts = ds.file_meta.get("TransferSyntaxUID")
     meta = {
         "format": "dicom",
@@ -151,9 +147,6 @@ def _safe_meta(ds) -> dict:
         "transfer_syntax": ts.name if ts else None,
         "body_part": str(ds.get("BodyPartExamined") or "") or None,
     }
-    pid = str(ds.get("PatientID") or "").strip()
-    if pid:
-        meta["patient_id_hash"] = hashlib.sha256(PATIENT_SALT + pid.encode()).hexdigest()[:PATIENT_HASH_CHARS]
     return meta
 
 

@@ -8,13 +8,16 @@ as JPEG (quality 70-90) land at a median of 4 and a 95th percentile of 12 bits (
 16 on brain MRI, 100 % on chest X-ray). Neighbouring slices of one MRI series start to match
 at 16-20 bits: those are the same patient rather than the same image.
 
-Patient ids are only counted, never reported: the report is safe to print and to store.
+Patient ids are only counted, never reported, and file names (``person123_bacteria_1.jpeg`` carries
+one) are replaced by ids salted per run (``test/normal/id-3f9a...``: stable within one report, not
+linkable across runs) unless ``show_paths=True`` (``privmed data inspect --show-paths``).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import secrets
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +67,9 @@ def _fingerprint(ds, record: Record, split: str) -> _Item:
         item.sha = hashlib.sha256(data).hexdigest()
         gray, item.size, item.mode = _small_gray(data)
         item.phash = _phash(gray)
-    except (PrivmedError, OSError, ValueError) as e:
+    except OSError as e:  # str(e) would carry the file's path
+        item.error = e.strerror or type(e).__name__
+    except (PrivmedError, ValueError) as e:
         item.error = str(e) or type(e).__name__
     return item
 
@@ -259,8 +264,9 @@ def _blocks(ds) -> dict:
             "in_two_splits": sum(len(v) > 1 for v in seen.values())}
 
 
-def inspect_dataset(ds, near_duplicates: bool = True, max_distance: int = NEAR_MAX_DISTANCE) -> dict:
-    """JSON-able audit of a dataset from ``open_dataset``; see the module docstring."""
+def inspect_dataset(ds, near_duplicates: bool = True, max_distance: int = NEAR_MAX_DISTANCE,
+                    show_paths: bool = False) -> dict:
+    """JSON-able audit of a dataset from ``open_dataset``; file names hashed unless ``show_paths``."""
     start = time.perf_counter()
     items = _scan(ds)
     bad = [it for it in items if it.error]
@@ -290,6 +296,27 @@ def inspect_dataset(ds, near_duplicates: bool = True, max_distance: int = NEAR_M
                                                              near_duplicates)
                                      for i, a in enumerate(sorted(others)) for b in sorted(others)[i + 1:]}
     report["seconds"] = round(time.perf_counter() - start, 2)
+    report["file_names"] = "shown" if show_paths else "hashed (salted per run)"
+    return report if show_paths else _hash_names(report)
+
+
+def _hash_names(report: dict) -> dict:
+    """Every file name in the report -> ``<folders>/id-<12 hex>``, salted with a fresh random salt."""
+    salt = secrets.token_bytes(16)
+
+    def h(rel: str) -> str:
+        if "#" in rel:  # an .npz row: split#index names no one
+            return rel
+        folder, _, name = rel.rpartition("/")
+        return (folder + "/" if folder else "") + "id-" + hashlib.sha256(salt + rel.encode()).hexdigest()[:12]
+
+    report["unreadable"] = [dict(u, path=h(u["path"])) for u in report["unreadable"]]
+    for w in report["within_split"].values():
+        for k in ("exact_group_files", "near_group_files"):
+            if k in w:
+                w[k] = [[h(f) for f in g] for g in w[k]]
+    for leak in report["leakage"].values():
+        leak["files"] = [h(f) for f in leak["files"]]
     return report
 
 

@@ -6,6 +6,7 @@ content, never trusted from the file extension.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from privmed.errors import ImageReadError
 
 MAX_PIXELS = 50_000_000  # decompression-bomb cap (a 7000x7000 image passes)
 MAX_BYTES = 64 * 1024 * 1024
+# Larger 8-bit images are reduced (box filter, integer factor) while still 1 byte/pixel in PIL: the
+# float conversion of a 40-megapixel RGB image took ~1.6 GB; every model input is <= 1024 px anyway
+# and no dataset image comes near this size, so results on real films do not change.
+MAX_WORKING_PIXELS = 16_000_000
 
 
 @dataclass
@@ -109,6 +114,9 @@ def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, window: str | Non
     )
 
 
+_EIGHT_BIT = {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "RGBX"}
+
+
 def _from_pil(pil: PILImage.Image, kind: str, max_pixels: int) -> Image:
     w, h = pil.size
     if w * h > max_pixels:
@@ -118,8 +126,15 @@ def _from_pil(pil: PILImage.Image, kind: str, max_pixels: int) -> Image:
     if getattr(pil, "n_frames", 1) > 1:
         raise ImageReadError(f"{kind.upper()} has {pil.n_frames} frames; send a single still image")
     mode = pil.mode
+    k = math.ceil(math.sqrt(w * h / MAX_WORKING_PIXELS)) if w * h > MAX_WORKING_PIXELS else 1
+    if k > 1 and pil.format == "JPEG":
+        pil.draft(pil.mode, (-(-w // k), -(-h // k)))  # the decoder itself skips detail: less memory
     try:
         pil.load()
+        if k > 1 and mode in _EIGHT_BIT:
+            pil = pil.convert("L") if mode != "L" else pil
+            k = math.ceil(math.sqrt(pil.width * pil.height / MAX_WORKING_PIXELS))
+            pil = pil.reduce(k) if k > 1 else pil
     except Exception as e:
         raise ImageReadError(f"the {kind.upper()} data is truncated or corrupt ({e}); re-export the image") from None
     if mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -133,6 +148,8 @@ def _from_pil(pil: PILImage.Image, kind: str, max_pixels: int) -> Image:
             pil = pil.convert("RGB") if mode not in ("LA", "1", "P") else pil.convert("L")
         pixels = _to_gray01(np.asarray(pil))
     meta = {"format": kind, "width": w, "height": h, "mode": mode}
+    if pil.size != (w, h):
+        meta["decoded_size"] = list(pil.size)
     return Image(pixels.astype(np.float32, copy=False), meta)
 
 

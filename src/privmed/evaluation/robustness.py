@@ -49,8 +49,13 @@ def degrade(pixels: np.ndarray, kind: str, level: float, rng: np.random.Generato
 
 
 def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path | None = None,
-               max_images: int | None = None, seed: int = 0, kinds=None, progress: bool = False) -> dict:
-    """Accuracy (and macro F1) on the clean and degraded test split of a bundle's dataset."""
+               max_images: int | None = None, seed: int = 0, kinds=None, progress: bool = False,
+               batch: int = 64) -> dict:
+    """Accuracy (and macro F1) on the clean and degraded test split of a bundle's dataset.
+
+    Streams the split: ``batch`` images at native resolution are in memory at a time (the whole split
+    at native resolution is GBs); each degradation keeps its own generator, drawn in image order, so
+    the numbers do not depend on ``batch``."""
     from privmed.config import PreprocessConfig, TrainConfig
     from privmed.data.datasets import load_record
     from privmed.data.transforms import Preprocess
@@ -66,25 +71,34 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
     if max_images and len(records) > max_images:
         records = [records[i] for i in np.sort(rng.choice(len(records), max_images, replace=False))]
     labels = np.array([r.label for r in records])
-    raw = [load_record(r).pixels for r in records]
     pre = Preprocess(PreprocessConfig(**model.metadata.get("preprocessing", {})))
+    conds = [("clean", 0, None)] + [(k, sev, lv) for k in kinds or SEVERITIES for sev, lv in enumerate(SEVERITIES[k], 1)]
+    rngs = {(k, sev): np.random.default_rng(seed + sev) for k, sev, _ in conds[1:]}
+    probs: dict = {(k, sev): [] for k, sev, _ in conds}
 
-    def run(images) -> dict:
+    def forward(images) -> np.ndarray:
         x = torch.from_numpy(np.stack([pre(im) for im in images])).float().unsqueeze(1)
         with torch.no_grad():
-            logits = torch.cat([model.net(x[i:i + 64]) for i in range(0, len(x), 64)])
-        probs = torch.softmax(logits / model.temperature, 1).numpy()
-        rep = classification_report(labels, probs, model.classes)
+            return torch.softmax(model.net(x) / model.temperature, 1).numpy()
+
+    for start in range(0, len(records), batch):
+        raw = [load_record(r).pixels for r in records[start:start + batch]]
+        for k, sev, lv in conds:
+            imgs = raw if k == "clean" else [degrade(im, k, lv, rngs[(k, sev)]) for im in raw]
+            probs[(k, sev)].append(forward(imgs))
+        del raw
+
+    def score(key) -> dict:
+        rep = classification_report(labels, np.concatenate(probs[key]), model.classes)
         return {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "auc": rep["auc"]}
 
     out = {"bundle": str(bundle), "dataset": cfg.dataset, "n": len(records), "leaked_test_images_removed": n_leaked,
-           "applied": "to the decoded test image before the bundle's preprocessing", "clean": run(raw),
+           "applied": "to the decoded test image before the bundle's preprocessing", "clean": score(("clean", 0)),
            "degradations": {}}
     for kind in kinds or SEVERITIES:
         out["degradations"][kind] = []
         for sev, level in enumerate(SEVERITIES[kind], 1):
-            r = np.random.default_rng(seed + sev)
-            res = run([degrade(im, kind, level, r) for im in raw])
+            res = score((kind, sev))
             out["degradations"][kind].append({"severity": sev, "level": level, **res,
                                               "accuracy_drop": out["clean"]["accuracy"] - res["accuracy"]})
             if progress:

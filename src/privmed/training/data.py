@@ -1,19 +1,19 @@
 """Turn a dataset into tensors for training: decode + preprocess once, cache on disk by content.
 
-Caches hold pixels or frozen-backbone features keyed by a content hash; never file names or
-patient ids.
+Caches hold preprocessed pixels or frozen-backbone features (patient data: see ``privmed.cache``)
+keyed by a content hash; never file names or patient ids.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from privmed import cache
 from privmed.config import TrainConfig, cache_dir
 from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
 from privmed.data.transforms import Preprocess
@@ -80,8 +80,9 @@ def _key(*parts) -> str:
 def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) -> np.ndarray:
     """(N, size, size) uint8, cached by content fingerprint and preprocessing settings."""
     path = cache_dir() / f"pixels-{_key(fingerprint(records), cfg.preprocess.model_dump())}.npy"
-    if path.is_file():
-        return np.load(path)
+    hit = cache.load(path)
+    if hit is not None:
+        return hit
     pre = Preprocess(cfg.preprocess)
     out = np.empty((len(records), cfg.preprocess.size, cfg.preprocess.size), np.uint8)
     for i, r in enumerate(tqdm(records, desc="decode", disable=not progress, leave=False)):
@@ -92,7 +93,7 @@ def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) 
             raise DatasetError(f"image {i + 1} of {len(records)} (class folder '{r.path.parent.name}') is unreadable: "
                                f"{e}; `privmed data inspect` lists unreadable files by path") from None
         out[i] = np.clip(pre(img.pixels) * 255 + 0.5, 0, 255).astype(np.uint8)
-    _atomic_save(path, out)
+    cache.save(path, out)
     return out
 
 
@@ -100,23 +101,17 @@ def frozen_outputs(frozen: torch.nn.Module, pixels: np.ndarray, key: str, progre
                    batch: int = 64) -> torch.Tensor:
     """Run the frozen part once over all images (cached): DP training then touches only the head."""
     path = cache_dir() / f"frozen-{_key(key, pixels.shape, hashlib.sha256(pixels.tobytes()).hexdigest())}.npy"
-    if path.is_file():
-        return torch.from_numpy(np.load(path).astype(np.float32))
+    hit = cache.load(path)
+    if hit is not None:
+        return torch.from_numpy(hit.astype(np.float32))
     outs = []
     with torch.no_grad():
         for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress, leave=False):
             x = pixels_to_tensor(pixels[i:i + batch])
             outs.append(frozen(x).numpy().astype(np.float16))
     arr = np.concatenate(outs)
-    _atomic_save(path, arr)
+    cache.save(path, arr)
     return torch.from_numpy(arr.astype(np.float32))
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
 
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
