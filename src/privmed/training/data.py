@@ -35,6 +35,10 @@ def split_records(cfg: TrainConfig) -> Splits:
         train, val = records, ds.records("val")
     else:
         train, val = train_val_split(records, cfg.val_fraction, cfg.seed)
+    if not val:
+        raise DatasetError(f"the validation split is empty ({len(records)} training images in "
+                           f"{len({r.group for r in records})} groups at --set val_fraction={cfg.val_fraction}); "
+                           "raise val_fraction or add data")
     if len({r.label for r in train}) < len(ds.classes):
         raise DatasetError("after the validation split some class has no training image; add images")
     fp = {"train": fingerprint(train), "val": fingerprint(val), "n_train": len(train), "n_val": len(val),
