@@ -153,10 +153,14 @@ def test_one_run_bound_math():
 def test_canary_audit_on_a_memorising_recipe(bundles, monkeypatch):
     tmp, nodp, dp = bundles
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
-    block = audit_bundle(nodp, k_reference=0, n_per_side=20, canaries=40, store=False)
-    ca = block["canary_audit"]
-    assert ca["canaries"] == 40 and 0 < ca["inserted"] < 40 and ca["guesses"] == 8
-    assert ca["correct"] >= 7  # the non-private recipe memorises its canaries
+    runs = [audit_bundle(nodp, k_reference=0, n_per_side=20, canaries=40, store=False, seed=s)["canary_audit"]
+            for s in (0, 1, 2)]
+    print("canary audit (non-private):", [ca["correct"] for ca in runs], "of 8 each")
+    for ca in runs:
+        assert ca["canaries"] == 40 and 0 < ca["inserted"] < 40 and ca["guesses"] == 8
+    # the non-private recipe memorises its canaries; chance is 12 of 24 (one run of 8 is too noisy:
+    # 6 to 8 seen, and thread counts change float sums, hence rankings)
+    assert sum(ca["correct"] for ca in runs) >= 18
     dpb = audit_bundle(dp, k_reference=0, n_per_side=20, canaries=40, store=False)
     assert dpb["canary_audit"]["eps_lower_bound"] <= dpb["recipe"]["epsilon"]
 

@@ -137,12 +137,13 @@ def cmd_data_inspect(a):
     from privmed.data.datasets import open_dataset
     from privmed.data.inspect import format_report, inspect_dataset
 
-    from privmed.data.patients import format_patients, patient_report
+    from privmed.data.patients import shared_patient_evidence
 
     ds = open_dataset(a.dataset, a.data_root)
     report = inspect_dataset(ds, near_duplicates=not a.exact_only, show_paths=a.show_paths)
-    report["patients"] = patient_report(ds, evidence=a.patient_evidence)
-    _print(report, a.json, format_report(report) + "\n" + format_patients(report["patients"]))
+    if a.patient_evidence and report["patients"]["available"] and {"train", "test"} <= set(ds.splits):
+        report["patients"]["shared_id_evidence"] = shared_patient_evidence(ds.records("train"), ds.records("test"))
+    _print(report, a.json, format_report(report))
 
 
 def cmd_cache(a):

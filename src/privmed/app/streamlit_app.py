@@ -57,7 +57,7 @@ def show_card(card: dict) -> None:
     st.markdown(f"**{card.get('id')}**: {task_label(card.get('task'))}, trained on `{card.get('dataset')}`, "
                 f"architecture `{card.get('architecture')}`; classes: {', '.join(card.get('classes') or [])}")
     st.caption(f"version (weights SHA-256): {card.get('version')}")
-    st.markdown("**Privacy**")
+    st.markdown("**Privacy ledger**")
     st.info(card.get("privacy_statement", ""))
     st.table(ledger_rows(card))
     vm = card.get("test_metrics") or {}

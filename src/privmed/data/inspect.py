@@ -28,6 +28,7 @@ from PIL import Image as PILImage
 from scipy.fft import dctn
 
 from privmed.data.datasets import Record
+from privmed.data.patients import format_images_per_patient, images_per_patient
 from privmed.data.read import MAX_PIXELS, decode_bytes, sniff_format
 from privmed.errors import PrivmedError
 
@@ -242,7 +243,9 @@ def _patients(ds) -> dict:
                          "patients": len(ids[split])}
         per_split[split] = rows
     shared = {s: len(ids[TRAIN] & ids[s]) for s in ds.splits if s != TRAIN and TRAIN in ids}
-    return {"available": any_ids, "per_split": per_split if any_ids else {}, "shared_with_train": shared}
+    per_patient = {s: images_per_patient(ds.records(s)) for s in ds.splits} if any_ids else {}
+    return {"available": any_ids, "per_split": per_split if any_ids else {}, "shared_with_train": shared,
+            "images_per_patient": per_patient}
 
 
 def _blocks(ds) -> dict:
@@ -397,6 +400,11 @@ def _patient_text(p: dict) -> str:
     rows = [[s, c, v["images"], v["patients"]] for s, per in p["per_split"].items() for c, v in per.items()]
     lines += _table(["split", "class", "images", "patients"], rows)
     lines += [f"patients in both train and {s}: {n}" for s, n in p["shared_with_train"].items()]
+    lines += [format_images_per_patient(s, r) for s, r in p["images_per_patient"].items()]
+    ev = p.get("shared_id_evidence")
+    if ev and ev.get("same_id_pairs"):
+        lines.append(f"same-id train/test pairs: thumbnail correlation {ev['same_id_similarity_mean']:.3f} vs "
+                     f"{ev['random_pair_similarity_mean']:.3f} for random pairs ({ev['compared']} compared)")
     return "\n".join(lines)
 
 

@@ -55,33 +55,8 @@ def shared_patient_evidence(train, test, pairs: int = 60, seed: int = 0) -> dict
             "method": "correlation of 32x32 thumbnails, same-id train/test pairs vs random pairs of the same class"}
 
 
-def patient_report(ds, evidence: bool = False) -> dict:
-    recs = {s: ds.records(s) for s in ds.splits}
-    out = {"per_split": {s: images_per_patient(r) for s, r in recs.items()}}
-    ids = {s: {r.patient_id for r in rs if r.patient_id} for s, rs in recs.items()}
-    overlap = {}
-    splits = sorted(ids)
-    for i, a in enumerate(splits):
-        for b in splits[i + 1:]:
-            overlap[f"{a}&{b}"] = len(ids[a] & ids[b])
-    out["ids_in_two_splits"] = overlap
-    if evidence and "train" in recs and "test" in recs:
-        out["shared_id_evidence"] = shared_patient_evidence(recs["train"], recs["test"])
-    return out
-
-
-def format_patients(rep: dict) -> str:
-    lines = ["patients (ids from file names, patients.csv or DICOM PatientID; counts only):"]
-    for split, r in rep["per_split"].items():
-        if not r["patients"]:
-            lines.append(f"  {split}: no patient ids ({r['images_without_id']} images): the unit of privacy is the image")
-            continue
-        lines.append(f"  {split}: {r['patients']} patients, images per patient max {r['max']}, median {r['median']:g}, "
-                     f"histogram {r['histogram']}")
-    for pair, k in rep["ids_in_two_splits"].items():
-        lines.append(f"  patient ids in both {pair.replace('&', ' and ')}: {k}")
-    ev = rep.get("shared_id_evidence")
-    if ev and ev.get("same_id_pairs"):
-        lines.append(f"  same-id train/test pairs: thumbnail correlation {ev['same_id_similarity_mean']:.3f} vs "
-                     f"{ev['random_pair_similarity_mean']:.3f} for random pairs ({ev['compared']} compared)")
-    return "\n".join(lines)
+def format_images_per_patient(split: str, r: dict) -> str:
+    if not r["patients"]:
+        return f"{split}: no patient ids ({r['images_without_id']} images): the unit of privacy is the image"
+    return (f"{split}: {r['patients']} patients, images per patient max {r['max']}, median {r['median']:g}, "
+            f"histogram {r['histogram']}")
