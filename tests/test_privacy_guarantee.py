@@ -222,3 +222,14 @@ def test_dp_calibration_recovers_temperature_and_operating_point():
     bal = lambda t: ((m[y == 1] >= t).mean() + (m[y == 0] < t).mean()) / 2  # noqa: E731
     assert bal(t_dp) > bal(t_exact) - 0.03
     assert cal.threshold_from_histogram(cal.margin_rows(logits, y, 2).sum(0))[0] == t_exact
+
+
+def test_statement_names_the_unit_and_the_per_image_caveat():
+    from privmed.privacy.ledger import statement
+
+    base = {"epsilon": 2.0, "delta": 1e-5}
+    per_image = statement({"privacy": {**base, "unit_of_privacy": "image"}})
+    per_patient = statement({"privacy": {**base, "unit_of_privacy": "patient"}})
+    assert "each image" in per_image and "k times more weakly" in per_image
+    assert "each patient" in per_patient and "weakly" not in per_patient
+    assert "without differential privacy" in statement({"privacy": {}})

@@ -76,4 +76,6 @@ def statement(meta: dict) -> str:
     return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}) protects each {who} "
             f"used for training and validation: the released model and its calibration, threshold and "
             f"out-of-distribution detector change little whether or not that {unit.split()[-1]}'s data were used; "
-            f"it does not cover images sent to the model for prediction, nor the public test set.")
+            f"it does not cover images sent to the model for prediction, nor the public test set."
+            + (" A patient with k training images (for example a scan's slices) is protected about k times more "
+               "weakly (group privacy)." if unit == "image" else ""))
