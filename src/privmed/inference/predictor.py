@@ -51,12 +51,17 @@ class Model:
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
             from privmed.inference.onnx_export import session, usable
+            from privmed.inference.quantize import usable_int8
 
-            if usable(self.path, self.metadata):
-                self.session = session(self.path / "model.onnx")
+            int8 = usable_int8(self.path, self.metadata)  # accepted deployment-side int8 graph first
+            if int8 is not None:
+                self.session, self.backend = session(int8), "onnxruntime-int8"
+            elif usable(self.path, self.metadata):
+                self.session, self.backend = session(self.path / "model.onnx"), "onnxruntime"
         except Exception:  # onnxruntime missing or the graph unreadable: the torch path serves
             self.session = None
-        self.backend = "onnxruntime" if self.session is not None else "torch"
+        if self.session is None:
+            self.backend = "torch"
 
     @property
     def info(self) -> dict:
