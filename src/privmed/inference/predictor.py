@@ -111,17 +111,28 @@ class Model:
         return {"window": window or "file", "default_window": default_window(self.metadata), "frame": frame}
 
     def predict(self, image, *, explain: bool = False, check_quality: bool = True, window: str | None = None,
-                frame: int | None = None) -> Prediction:
+                frame: int | None = None, scores=None) -> Prediction:
         """``window`` ("file", "lung", "mediastinal") and ``frame`` apply to DICOM input; a
-        decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused."""
+        decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused. ``scores``
+        replaces ``self.scores`` for the forward (the API's micro-batcher)."""
+        img, verdict, x = self.prepare(image, check_quality=check_quality, window=window, frame=frame)
+        probs, ood = (scores or self.scores)(x)
+        return self.finish(img.meta, verdict, x, probs, ood, explain=explain)
+
+    def prepare(self, image, *, check_quality: bool = True, window: str | None = None,
+                frame: int | None = None) -> tuple[Image, dict, torch.Tensor]:
+        """Decode, modality check, quality gate, preprocess: everything before the network."""
         from privmed.data.quality import assess
         from privmed.inference.report import check_modality
 
         img = load_image(image, **self.dicom_options(window, frame))
         check_modality(img.meta, self.metadata)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
-        x = self.tensor(img)
-        batch_probs, batch_ood = self.scores(x)
+        return img, verdict, self.tensor(img)
+
+    def finish(self, meta: dict, verdict: dict, x: torch.Tensor, batch_probs: np.ndarray, batch_ood,
+               *, explain: bool = False) -> Prediction:
+        """Everything after the network: abstain reasons, label, optional Grad-CAM."""
         probs = batch_probs[0]
         reasons = [f"image quality: {r['message']}" for r in verdict["reasons"]]
         ood_score = None
@@ -141,7 +152,7 @@ class Model:
             label=self.classes[int(self.label_index(probs)[0])],
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
             quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
-            model=self.info, heatmap=heat, dicom=_dicom_info(img.meta),
+            model=self.info, heatmap=heat, dicom=_dicom_info(meta),
         )
 
 
