@@ -104,3 +104,27 @@ def test_postgres_tampering_is_detected(postgres_url):
         c.execute(text("UPDATE audit_log SET status = 200 WHERE seq = :s"), {"s": last - 1})
     assert store.verify()["ok"]
     json.dumps(r)
+
+
+def test_api_on_postgres_and_no_password_in_errors(postgres_url, small_bundle, data_root):
+    """The REST API on PostgreSQL: keys, a prediction, audit rows, verify; a wrong password fails
+    with a message that does not contain the password."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.engine import make_url
+
+    from privmed.api.server import Settings, create_app
+
+    app = create_app(Settings(db_url=postgres_url, bundles=[small_bundle], scan_default_bundles=False))
+    clin, aud = (app.state.store.create_key(r)[1] for r in ("clinician", "auditor"))
+    f = sorted((data_root / "covid19_xray" / "test").glob("*/*"))[0]
+    with TestClient(app) as c:
+        r = c.post("/v1/predict", files={"file": (f.name, f.read_bytes(), "image/jpeg")},
+                   headers={"Authorization": f"Bearer {clin}"})
+        assert r.status_code == 200, r.text
+        v = c.get("/v1/audit/verify", headers={"Authorization": f"Bearer {aud}"}).json()
+        assert v["ok"] and v["rows"] >= 2
+    url = make_url(postgres_url)
+    wrong = url.set(password="not-the-" + url.password).render_as_string(hide_password=False)
+    with pytest.raises(Exception) as e:
+        Store(wrong)
+    assert url.password not in str(e.value) and "not-the-" not in str(e.value)
