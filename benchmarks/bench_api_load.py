@@ -2,6 +2,11 @@
 ``/v1/predict`` on a uvicorn server (``privmed api``, auth and audit log on) for D seconds.
 
     python benchmarks/bench_api_load.py [--bundle PATH] [--clients 8] [--duration 60] [--append docs/BENCHMARKS.md]
+        [--replicas 2] [--postgres]
+
+``--replicas N`` starts N API processes on one database (client i talks to replica i mod N);
+``--postgres`` puts the audit log in a throwaway PostgreSQL cluster (tests/pgcluster.py) instead of
+SQLite. ``PRIVMED_BATCH=off`` in the environment turns micro-batching off in the servers.
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--data-root", type=Path, default=default_data_root())
     ap.add_argument("--append", type=Path)
     ap.add_argument("--onnx", action="store_true", help="serve a temporary copy exported to ONNX")
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--postgres", action="store_true")
     a = ap.parse_args(argv)
 
     bundle = a.bundle
@@ -54,27 +61,36 @@ def main(argv=None):
     files = sorted((a.data_root / "chest_xray_pneumonia" / "test").glob("*/*"))[::10]
     blobs = [(f.name, f.read_bytes()) for f in files]
     tmp = Path(tempfile.mkdtemp(prefix="privmed-load-"))
-    url = f"sqlite:///{tmp / 'audit.db'}"
+    cluster = None
+    if a.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from pgcluster import Cluster
+
+        cluster = Cluster()
+        url = cluster.start()
+    else:
+        url = f"sqlite:///{tmp / 'audit.db'}"
     key = Store(url).create_key("clinician", "load test")[1]
-    port = free_port()
     env = dict(os.environ, PRIVMED_BUNDLES=str(tmp / "none"))
-    cmd = [sys.executable, "-m", "privmed.cli", "api", "--port", str(port), "--bundle", str(bundle),
-           "--db-url", url, "--log-level", "warning"]
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    ports = [free_port() for _ in range(a.replicas)]
+    servers = [subprocess.Popen([sys.executable, "-m", "privmed.cli", "api", "--port", str(port), "--bundle",
+                                 str(bundle), "--db-url", url, "--log-level", "warning"], env=env,
+                                start_new_session=True) for port in ports]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        for base in bases:
+            for _ in range(240):
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.5)
         lat, status, lock = [], {}, threading.Lock()
         stop = time.time() + a.duration + 5  # 5 s warm-up, not counted
 
         def client(i):
             rng = random.Random(i)
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            with httpx.Client(base_url=bases[i % len(bases)], headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
                 while time.time() < stop:
                     name, data = rng.choice(blobs)
                     t = time.perf_counter()
@@ -98,8 +114,11 @@ def main(argv=None):
         wall = time.time() - t0 - 5
         verify = Store(url).verify()
     finally:
-        os.killpg(server.pid, 15)
-        server.wait(20)
+        for server in servers:
+            os.killpg(server.pid, 15)
+            server.wait(20)
+        if cluster:
+            cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         if a.onnx:
             shutil.rmtree(bundle.parent, ignore_errors=True)
@@ -111,10 +130,12 @@ def main(argv=None):
         f"### REST API load ({a.clients} concurrent clients, {a.duration:.0f} s), {time.strftime('%Y-%m-%d')}",
         "",
         f"Command: `python benchmarks/bench_api_load.py --bundle {a.bundle} --clients {a.clients} "
-        f"--duration {a.duration:.0f}{' --onnx' if a.onnx else ''}`  ",
+        f"--duration {a.duration:.0f}{' --onnx' if a.onnx else ''}"
+        f"{f' --replicas {a.replicas}' if a.replicas > 1 else ''}{' --postgres' if a.postgres else ''}`"
+        f"{' with PRIVMED_BATCH=off' if os.environ.get('PRIVMED_BATCH') == 'off' else ''}  ",
         f"Machine: {os.cpu_count()}-core CPU ({platform.machine()}), no GPU, shared with other work (load average "
-        f"{os.getloadavg()[0]:.1f} at the end); server and clients on the same cores. uvicorn, 1 worker, auth on, "
-        f"every request appended to the SQLite audit log (chain verified after the run: {verify['ok']}, "
+        f"{os.getloadavg()[0]:.1f} at the end); server and clients on the same cores. uvicorn, {a.replicas} process(es), auth on, "
+        f"every request appended to the {'PostgreSQL' if a.postgres else 'SQLite'} audit log (chain verified after the run: {verify['ok']}, "
         f"{verify['rows']} rows).  ",
         f"Bundle: `{meta.get('model_id')}` (model `{(meta.get('model') or {}).get('name')}`), backend "
         f"{'onnxruntime' if (meta.get('onnx') or {}).get('faster') else 'torch'}{' (PRIVMED_TORCH_THREADS=' + os.environ['PRIVMED_TORCH_THREADS'] + ')' if os.environ.get('PRIVMED_TORCH_THREADS') else ''}; {len(blobs)} real 224x224 "

@@ -6,6 +6,11 @@ p50 and p99 over real 224x224 chest X-ray JPEGs, one request at a time. The bund
 temporary folder and exported to ONNX there (the original is not modified).
 
     python benchmarks/bench_latency.py [--bundle PATH] [--n 200] [--append docs/BENCHMARKS.md]
+    python benchmarks/bench_latency.py --device cuda      # + torch CUDA and ONNX Runtime CUDA provider
+
+``--device cuda`` adds the bare forward on the GPU, images/s at batch 1 and 32, for torch (CUDA
+build) and ONNX Runtime's CUDAExecutionProvider (the ``onnxruntime-gpu`` package), each only when
+present, with a message saying what is missing otherwise (the paper's 43.6 FPS was on an RTX 3060).
 """
 from __future__ import annotations
 
@@ -36,6 +41,52 @@ def measure(fn, items, warmup=5):
     return out
 
 
+def gpu_throughput(bundle: Path, net, x1: torch.Tensor, repeats: int = 50) -> tuple[dict, list[str]]:
+    """images/s at batch 1 and 32 on CUDA for torch and ONNX Runtime; notes for what is absent."""
+    rows, notes = {}, []
+    batches = {b: x1.repeat(b, 1, 1, 1) for b in (1, 32)}
+    if torch.cuda.is_available():
+        gnet = net.to("cuda").eval()
+        name = torch.cuda.get_device_name(0)
+
+        def run_torch(x):
+            with torch.no_grad():
+                gnet.forward_with_embedding(x)
+            torch.cuda.synchronize()
+
+        rows[f"torch cuda ({name})"] = {b: _ips(run_torch, x.to("cuda"), b, repeats) for b, x in batches.items()}
+        net.to("cpu")
+    else:
+        notes.append(f"torch: no CUDA device (torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); "
+                     "install a CUDA build of torch on a GPU machine")
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            sess = ort.InferenceSession(str(bundle / "model.onnx"),
+                                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            if sess.get_providers()[0] == "CUDAExecutionProvider":
+                rows["onnxruntime CUDAExecutionProvider"] = {
+                    b: _ips(lambda x: sess.run(None, {"input": x}), x.numpy(), b, repeats) for b, x in batches.items()}
+            else:
+                notes.append("onnxruntime: the CUDA provider is installed but did not load (no GPU or driver)")
+        else:
+            notes.append(f"onnxruntime {ort.__version__}: no CUDAExecutionProvider (providers: "
+                         f"{', '.join(ort.get_available_providers())}); pip install onnxruntime-gpu on a GPU machine")
+    except ImportError:
+        notes.append("onnxruntime not installed")
+    return rows, notes
+
+
+def _ips(fn, x, batch: int, repeats: int) -> float:
+    for _ in range(5):
+        fn(x)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    return batch * repeats / (time.perf_counter() - t)
+
+
 def main(argv=None):
     from privmed.config import bundles_dir, default_data_root
     from privmed.data.read import load_image
@@ -48,6 +99,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--data-root", type=Path, default=default_data_root())
     ap.add_argument("--append", type=Path)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args(argv)
 
     files = sorted((a.data_root / "chest_xray_pneumonia" / "test").glob("*/*"))
@@ -73,6 +125,7 @@ def main(argv=None):
             e2e = measure(lambda b: m.predict(b), blobs)
             rows[f"{backend} ({threads} thread{'s' if threads > 1 else ''})" if threads else backend] = (fwd, e2e)
         os.environ.pop("PRIVMED_ONNX", None)
+        gpu_rows, gpu_notes = gpu_throughput(bundle, m.net, xs[0]) if a.device == "cuda" else ({}, [])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -99,6 +152,12 @@ def main(argv=None):
     o = pct(rows["onnxruntime"][1], 50)
     lines += ["", f"ONNX Runtime vs the faster torch setting, whole path p50: {t / o:.2f}x. The rest of the path is "
               "decoding, the quality gate (OpenCV), resizing and the OOD score.", ""]
+    if a.device == "cuda":
+        lines += ["GPU, bare forward (logits + embedding), images/s:", ""]
+        if gpu_rows:
+            lines += ["| back end | batch 1 | batch 32 |", "|---|---|---|"]
+            lines += [f"| {k} | {v[1]:.1f} | {v[32]:.1f} |" for k, v in gpu_rows.items()]
+        lines += [f"- not measured: {n}" for n in gpu_notes] + [""]
     text = "\n".join(lines)
     print(text)
     if a.append:

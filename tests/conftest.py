@@ -82,3 +82,22 @@ def effnet_bundle(tmp_path_factory, data_root) -> Path:
 
     cfg = TrainConfig(dataset="covid19_xray", model="effnet_lite0_head", epochs=3, data_root=data_root)
     return train_bundle(cfg, tmp_path_factory.mktemp("bundles") / "covid19_effnet", progress=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """SQLAlchemy URL of a throwaway PostgreSQL cluster on 127.0.0.1 (tests/pgcluster.py); skipped
+    with the reason when the server binaries are absent (FAILS under CI=true: .ci/run installs them)."""
+    pytest.importorskip("psycopg", reason="psycopg not installed (pip install -e '.[test]')")
+    from pgcluster import Cluster, why_unavailable
+
+    why = why_unavailable()
+    if why:
+        if in_ci():
+            pytest.fail(f"CI=true but {why}", pytrace=False)
+        pytest.skip(why)
+    cluster = Cluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -82,6 +82,26 @@ def cmd_onnx(a):
     print(json.dumps(block, indent=2))
 
 
+def cmd_quantize(a):
+    from privmed.inference.predictor import resolve_bundle
+    from privmed.inference.quantize import local_dir, quantize_bundle
+
+    bundle = resolve_bundle(a.bundle)
+    r = quantize_bundle(bundle, a.calib, eval_source=a.eval, calib_n=a.calib_n,
+                        private_ok=a.private_calibration, data_root=a.data_root, progress=not a.json)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    e, t = r["evaluation"], r["latency_ms_batch1"]
+    print(f"int8 graph in {local_dir(bundle)} (deployment-side, never part of the bundle)")
+    print(f"accuracy on {e['images']} images of {e['source']}: fp32 {e['accuracy_fp32']:.4f}, int8 "
+          f"{e['accuracy_int8']:.4f} ({e['delta_points']:+.2f} points); label agreement {e['label_agreement']:.4f}")
+    print(f"batch-1 forward: fp32 {t['fp32']:.2f} ms, int8 {t['int8']:.2f} ms ({t['speedup']:.2f}x)")
+    print("ACCEPTED: served instead of fp32 (PRIVMED_INT8=off to disable)" if r["accepted"] else
+          "REJECTED: accuracy drops more than 0.5 points; fp32 stays in use")
+    return 0
+
+
 def register(sub, privacy_sub) -> None:
     p = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
@@ -118,4 +138,17 @@ def register(sub, privacy_sub) -> None:
     o = sub.add_parser("onnx", help="export a bundle to BUNDLE/model.onnx and check it against torch")
     o.add_argument("bundle")
     o.set_defaults(fn=cmd_onnx)
+
+    q = sub.add_parser("quantize", help="int8 static quantization of BUNDLE/model.onnx into BUNDLE.local/ "
+                                        "(used only within 0.5 accuracy points of fp32)")
+    q.add_argument("bundle")
+    q.add_argument("--calib", required=True, help="DATASET[:SPLIT] of images the bundle was NOT trained on "
+                                                   "(e.g. covid19_xray for the chest bundle)")
+    q.add_argument("--eval", help="DATASET[:SPLIT] for the accuracy check (default: the bundle's dataset, test)")
+    q.add_argument("--calib-n", type=int, default=200)
+    q.add_argument("--private-calibration", action="store_true",
+                   help="allow the bundle's own train/val images (non-private statistics; local use only)")
+    q.add_argument("--data-root", type=Path)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_quantize)
 

@@ -16,14 +16,15 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
+from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, V1, errors
 from privmed.api.refusals import RefusalLimiter
 from privmed.api.registry import Registry, UnknownModel
 from privmed.api.service import InputError, analyse
@@ -207,20 +208,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health():
         return {"status": "ok", "models": len(registry.entries()), "auth": settings.auth}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def prom():  # aggregates only; never per-label counts (see metrics.py)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/metrics")
+    @app.get("/v1/metrics", response_class=PlainTextResponse, responses=errors(*V1))
     def prom_private(request: Request, p: Principal = Depends(require("metrics"))):
         return Response(metrics.render(private=True), media_type=CONTENT_TYPE_LATEST)
 
     # ---------- models
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors(*V1))
     def list_models(request: Request, p: Principal = Depends(require("models"))):
         return {"models": [_summary(e) for e in registry.entries()]}
 
-    @app.get("/v1/models/{model_ref}")
+    @app.get("/v1/models/{model_ref}", responses=errors(404, 422, *V1))
     def get_model(model_ref: str, request: Request, p: Principal = Depends(require("models"))):
         try:
             e = registry.find(model_ref)
@@ -230,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return model_card(e["metadata"], e["name"])
 
     # ---------- predict
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", responses=errors(400, 404, 413, 415, 422, *V1), openapi_extra=PREDICT_BODY)
     async def predict(request: Request, p: Principal = Depends(require("predict"))):
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
@@ -323,10 +324,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "backend": getattr(model, "backend", "torch"), "results": results}
 
     # ---------- audit
-    @app.get("/v1/audit")
-    def audit_rows(request: Request, after_seq: int = 0, limit: int = 100, p: Principal = Depends(require("audit"))):
-        if not 1 <= limit <= 1000:
-            raise _err(400, "limit must be between 1 and 1000")
+    @app.get("/v1/audit", responses=errors(422, *V1))
+    def audit_rows(request: Request, after_seq: int = Query(0, ge=0, le=2**62), limit: int = Query(100, ge=1, le=1000),
+                   p: Principal = Depends(require("audit"))):
         rows = store.rows(after_seq, limit)
         for r in rows:
             for k in ("input_sha256", "output"):
@@ -334,12 +334,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     r[k] = json.loads(r[k])
         return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after_seq}
 
-    @app.get("/v1/audit/verify")
+    @app.get("/v1/audit/verify", responses=errors(*V1))
     def audit_verify(request: Request, p: Principal = Depends(require("audit"))):
         return store.verify()
 
     # ---------- keys
-    @app.post("/v1/keys", status_code=201)
+    @app.post("/v1/keys", status_code=201, responses=errors(400, *V1), openapi_extra=KEY_BODY)
     async def create_key(request: Request, p: Principal = Depends(require("keys"))):
         try:
             body = await request.json()
@@ -355,11 +355,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"key_id": key_id, "role": body["role"], "key": key,
                 "note": "store this key now: it is not kept and cannot be shown again"}
 
-    @app.get("/v1/keys")
+    @app.get("/v1/keys", responses=errors(*V1))
     def list_keys(request: Request, p: Principal = Depends(require("keys"))):
         return {"keys": store.list_keys()}
 
-    @app.delete("/v1/keys/{key_id}")
+    @app.delete("/v1/keys/{key_id}", responses=errors(404, 422, *V1))
     def revoke_key(key_id: str, request: Request, p: Principal = Depends(require("keys"))):
         if not store.revoke_key(key_id):
             raise _err(404, f"no key with id '{key_id}'")

@@ -12,6 +12,7 @@ from privmed.inference.report import check_modality, result_dict, sha256_hex
 
 IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
 _PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
+_BATCHERS_LOCK = threading.Lock()
 
 
 def _decode_slots() -> int:
@@ -61,24 +62,74 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
             max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None) -> tuple[dict, Image]:
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
-    check modality, predict. Returns the JSON-able result and the decoded image."""
+    check modality, predict. Returns the JSON-able result and the image as the model saw it
+    (preprocessed; the decoded upload is released before the network runs)."""
     digest = sha256_hex(data) if data else sha256_hex(b"")
-    with _DECODE_SLOTS:  # held until the decoded image is released: it is the big allocation
-        return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
+    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
 
 
 def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame) -> tuple[dict, Image]:
-    options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
-    img = decode_upload(data, max_bytes=max_bytes, **options)
-    try:
-        check_modality(img.meta, model.metadata)
-    except ImageReadError as e:
-        raise InputError(422, str(e)) from None
-    if min(img.pixels.shape) < 2:
-        raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
-    with _PREDICT_LOCK:
+    batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
+    with batcher.coming() if batcher is not None else _NO_LOCK:
+        meta, verdict, x = _prepare(model, data, max_bytes, window, frame)
+    if batcher is not None:
+        from privmed.inference.batcher import Busy
+
         try:
-            pred = model.predict(img, explain=explain)  # img is decoded: the window is already applied
+            probs, ood = batcher.scores(x)
+        except Busy as e:
+            raise InputError(503, str(e)) from None
+        pred = model.finish(meta, verdict, x, probs, ood)
+    else:
+        with _PREDICT_LOCK:
+            probs, ood = model.scores(x)
+            pred = model.finish(meta, verdict, x, probs, ood, explain=explain)
+    # the image as the model saw it (preprocessed, small), not the decoded upload
+    return (result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain),
+            Image(x[0, 0].numpy(), meta))
+
+
+def _prepare(model, data: bytes, max_bytes: int, window, frame):
+    """Decode, modality check, quality gate, preprocess; the decoded upload (the big allocation) is
+    released before the slot is, so at most ``_DECODE_SLOTS`` of them exist at once."""
+    options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
+    with _DECODE_SLOTS:
+        img = decode_upload(data, max_bytes=max_bytes, **options)
+        try:
+            check_modality(img.meta, model.metadata)
         except ImageReadError as e:
             raise InputError(422, str(e)) from None
-    return result_dict(pred, filename=filename, input_sha256=digest, image_meta=img.meta, heatmap=explain), img
+        if min(img.pixels.shape) < 2:
+            raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
+        try:
+            img, verdict, x = model.prepare(img)  # img is decoded: the window is already applied
+        except ImageReadError as e:
+            raise InputError(422, str(e)) from None
+        return img.meta, verdict, x
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
+def _batcher(model):
+    """The model's micro-batcher (created on first use; ``PRIVMED_BATCH=off``: none)."""
+    from privmed.inference.batcher import MicroBatcher, settings_from_env
+
+    b = getattr(model, "_privmed_batcher", None)
+    if b is not None:
+        return b
+    cfg = settings_from_env()
+    if cfg is None:
+        return None
+    with _BATCHERS_LOCK:
+        if getattr(model, "_privmed_batcher", None) is None:
+            model._privmed_batcher = MicroBatcher(model.scores, **cfg)
+    return model._privmed_batcher

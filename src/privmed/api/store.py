@@ -6,7 +6,12 @@ HMAC-SHA256(salt, secret) are stored; the key itself is shown once, at creation.
 Audit log: append-only rows. Each row stores ``prev_hash`` (the previous row's hash, 64 zeros for
 the first) and ``row_hash = sha256(prev_hash + canonical JSON of the row)``; a one-row head table
 holds the count and last hash, written in the same transaction. ``verify`` recomputes the chain and
-names the first edited, inserted or deleted row. Rows hold who (key id), when, what (method,
+names the first edited, inserted or deleted row.
+
+Several writers (uvicorn workers, replicas) share one chain, so appends are serialised by the
+database itself, not by a Python lock: ``pg_advisory_xact_lock`` on PostgreSQL, ``BEGIN IMMEDIATE``
+on SQLite (the write lock is taken before the last row is read). Without that, two writers read the
+same last row and one of them fails or forks the chain. Rows hold who (key id), when, what (method,
 path, status, latency), input SHA-256s, model id and version (weights SHA-256), epsilon and the
 output (labels and probabilities); never pixels, file names or patient identifiers.
 """
@@ -22,13 +27,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Float, Integer, String, Text, create_engine, event, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 ROLES = ("clinician", "auditor", "admin")
 GENESIS = "0" * 64
 KEY_PREFIX = "pmk"
+# pg_advisory_xact_lock key of the audit chain: a fixed 63-bit number (sha256 of the name)
+PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"privmed.audit_log").digest()[:8], "big") >> 1
 
 
 def default_db_url() -> str:
@@ -115,17 +122,15 @@ class Store:
         self.url = url or default_db_url()
         kwargs = {}
         if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True  # a restarted database server is not an error for the next request
         self.engine = create_engine(self.url, **kwargs)
-        if self.url.startswith("sqlite"):
-            @event.listens_for(self.engine, "connect")
-            def _pragmas(conn, _):  # durable appends, readers not blocked by the writer
-                cur = conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=FULL")
-                cur.close()
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            _sqlite_setup(self.engine)
         Base.metadata.create_all(self.engine)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one writer per process; the database serialises the processes
 
     # ---- keys
     def create_key(self, role: str, label: str | None = None) -> tuple[str, str]:
@@ -177,25 +182,35 @@ class Store:
             row["latency_ms"] = round(float(row["latency_ms"]), 3)
         if row.get("epsilon") is not None:
             row["epsilon"] = float(row["epsilon"])
+        tries = 3 if self.dialect in ("sqlite", "postgresql") else 20
         with self._lock:
-            for _ in range(20):
+            for attempt in range(tries):
                 try:
-                    with Session(self.engine) as s, s.begin():
-                        head = s.get(AuditHead, 1)
-                        last = s.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
-                        seq = (last.seq if last else 0) + 1
-                        prev = last.row_hash if last else GENESIS
-                        full = dict(row, seq=seq)
-                        h = chain_hash(prev, full)
-                        s.add(AuditRow(**full, prev_hash=prev, row_hash=h))
-                        if head is None:
-                            s.add(AuditHead(id=1, count=1, last_seq=seq, last_hash=h))
-                        else:
-                            head.count, head.last_seq, head.last_hash = head.count + 1, seq, h
-                    return dict(full, prev_hash=prev, row_hash=h)
-                except IntegrityError:
-                    continue
-        raise RuntimeError("could not append to the audit log (concurrent writers kept colliding)")
+                    return self._append_once(row)
+                except (IntegrityError, OperationalError) as e:
+                    # serialised dialects never collide; a lock timeout or another dialect's race retries
+                    if attempt == tries - 1:
+                        raise RuntimeError("could not append to the audit log: "
+                                           f"{type(e).__name__} from concurrent writers") from None
+        raise AssertionError("unreachable")
+
+    def _append_once(self, row: dict) -> dict:
+        rows_t, head_t = AuditRow.__table__, AuditHead.__table__
+        with self.engine.connect().execution_options(privmed_write=True) as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})
+            last = conn.execute(select(rows_t.c.seq, rows_t.c.row_hash).order_by(rows_t.c.seq.desc())
+                                .limit(1)).first()
+            seq = (last.seq if last else 0) + 1
+            prev = last.row_hash if last else GENESIS
+            full = dict(row, seq=seq)
+            h = chain_hash(prev, full)
+            conn.execute(insert(rows_t).values(**full, prev_hash=prev, row_hash=h))
+            done = conn.execute(update(head_t).where(head_t.c.id == 1)
+                                .values(count=head_t.c.count + 1, last_seq=seq, last_hash=h)).rowcount
+            if not done:
+                conn.execute(insert(head_t).values(id=1, count=1, last_seq=seq, last_hash=h))
+        return dict(full, prev_hash=prev, row_hash=h)
 
     def rows(self, after_seq: int = 0, limit: int = 100) -> list[dict]:
         with Session(self.engine) as s:
@@ -205,7 +220,10 @@ class Store:
     def verify(self) -> dict:
         """Recompute the chain. ``ok`` False names the first row that was edited, deleted or inserted."""
         prev, expect, n = GENESIS, 1, 0
-        with Session(self.engine) as s:
+        # one snapshot for the head and every row: under READ COMMITTED a row appended between the two
+        # reads would look like tampering (SQLite's deferred BEGIN in WAL mode is a snapshot already)
+        opts = {"isolation_level": "REPEATABLE READ"} if self.dialect == "postgresql" else {}
+        with self.engine.connect().execution_options(**opts) as conn, Session(bind=conn) as s:
             head = s.get(AuditHead, 1)
             for r in s.execute(select(AuditRow).order_by(AuditRow.seq).execution_options(yield_per=1000)).scalars():
                 d = _row_dict(r)
@@ -223,6 +241,22 @@ class Store:
         if head is None and n:
             return _bad(n, None, "the chain head record is missing (deleted)")
         return {"ok": True, "rows": n, "last_hash": prev, "first_bad_seq": None, "problem": None}
+
+
+def _sqlite_setup(engine) -> None:
+    """WAL + FULL sync; the driver's own implicit BEGIN is turned off so that appends can say
+    ``BEGIN IMMEDIATE`` (take the write lock first) while reads stay plain ``BEGIN``."""
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers not blocked by the writer
+        cur.execute("PRAGMA synchronous=FULL")  # durable appends
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("privmed_write") else "BEGIN")
 
 
 def _bad(n: int, seq, problem: str) -> dict:

@@ -51,12 +51,17 @@ class Model:
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
             from privmed.inference.onnx_export import session, usable
+            from privmed.inference.quantize import usable_int8
 
-            if usable(self.path, self.metadata):
-                self.session = session(self.path / "model.onnx")
+            int8 = usable_int8(self.path, self.metadata)  # accepted deployment-side int8 graph first
+            if int8 is not None:
+                self.session, self.backend = session(int8), "onnxruntime-int8"
+            elif usable(self.path, self.metadata):
+                self.session, self.backend = session(self.path / "model.onnx"), "onnxruntime"
         except Exception:  # onnxruntime missing or the graph unreadable: the torch path serves
             self.session = None
-        self.backend = "onnxruntime" if self.session is not None else "torch"
+        if self.session is None:
+            self.backend = "torch"
 
     @property
     def info(self) -> dict:
@@ -106,17 +111,28 @@ class Model:
         return {"window": window or "file", "default_window": default_window(self.metadata), "frame": frame}
 
     def predict(self, image, *, explain: bool = False, check_quality: bool = True, window: str | None = None,
-                frame: int | None = None) -> Prediction:
+                frame: int | None = None, scores=None) -> Prediction:
         """``window`` ("file", "lung", "mediastinal") and ``frame`` apply to DICOM input; a
-        decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused."""
+        decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused. ``scores``
+        replaces ``self.scores`` for the forward (the API's micro-batcher)."""
+        img, verdict, x = self.prepare(image, check_quality=check_quality, window=window, frame=frame)
+        probs, ood = (scores or self.scores)(x)
+        return self.finish(img.meta, verdict, x, probs, ood, explain=explain)
+
+    def prepare(self, image, *, check_quality: bool = True, window: str | None = None,
+                frame: int | None = None) -> tuple[Image, dict, torch.Tensor]:
+        """Decode, modality check, quality gate, preprocess: everything before the network."""
         from privmed.data.quality import assess
         from privmed.inference.report import check_modality
 
         img = load_image(image, **self.dicom_options(window, frame))
         check_modality(img.meta, self.metadata)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
-        x = self.tensor(img)
-        batch_probs, batch_ood = self.scores(x)
+        return img, verdict, self.tensor(img)
+
+    def finish(self, meta: dict, verdict: dict, x: torch.Tensor, batch_probs: np.ndarray, batch_ood,
+               *, explain: bool = False) -> Prediction:
+        """Everything after the network: abstain reasons, label, optional Grad-CAM."""
         probs = batch_probs[0]
         reasons = [f"image quality: {r['message']}" for r in verdict["reasons"]]
         ood_score = None
@@ -136,7 +152,7 @@ class Model:
             label=self.classes[int(self.label_index(probs)[0])],
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
             quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
-            model=self.info, heatmap=heat, dicom=_dicom_info(img.meta),
+            model=self.info, heatmap=heat, dicom=_dicom_info(meta),
         )
 
 

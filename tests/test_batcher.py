@@ -1,0 +1,85 @@
+"""Micro-batching of concurrent predictions: same results as one at a time, fewer network calls,
+bounded queue (503 when full), errors reach every waiting request."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from privmed.inference.batcher import Busy, MicroBatcher
+
+
+def fake_scores(x):
+    return x.reshape(len(x), -1)[:, :2].numpy() * 2, x.reshape(len(x), -1)[:, 0].numpy()
+
+
+def test_concurrent_images_share_calls_and_keep_their_results():
+    b = MicroBatcher(fake_scores, max_batch=8, max_wait_s=0.005)
+    out = {}
+
+    def one(i):
+        with b.coming():
+            x = torch.full((1, 1, 2, 2), float(i))
+        out[i] = b.scores(x)
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    for i in range(24):
+        probs, ood = out[i]
+        assert probs.shape == (1, 2) and np.all(probs == 2 * i) and ood[0] == i
+    assert b.images == 24 and b.calls <= 24
+
+
+def test_lone_requests_each_run_alone():
+    b = MicroBatcher(fake_scores, max_batch=8, max_wait_s=0.005)
+    for i in range(3):
+        b.scores(torch.zeros(1, 1, 2, 2))
+    assert (b.calls, b.images) == (3, 3)
+
+
+def test_full_queue_is_busy_and_errors_reach_the_caller():
+    gate = threading.Event()
+
+    def slow(x):
+        gate.wait(10)
+        return fake_scores(x)
+
+    b = MicroBatcher(slow, max_batch=1, max_wait_s=0, max_queue=1)
+    threads = [threading.Thread(target=b.scores, args=(torch.zeros(1, 1, 2, 2),), daemon=True) for _ in range(2)]
+    for t in threads:  # one running (blocked in slow), one waiting in the queue
+        t.start()
+    for _ in range(200):
+        if b._q.full():
+            break
+        threading.Event().wait(0.01)
+    with pytest.raises(Busy):
+        b.scores(torch.zeros(1, 1, 2, 2))
+    gate.set()
+    [t.join(10) for t in threads]
+
+    def broken(x):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        MicroBatcher(broken).scores(torch.zeros(1, 1, 2, 2))
+
+
+def test_api_service_batches_and_matches_single_predictions(small_bundle, data_root):
+    from privmed.api.service import analyse
+    from privmed.inference.predictor import load_model
+
+    m = load_model(small_bundle)
+    files = sorted((data_root / "covid19_xray" / "test").glob("*/*"))[:12]
+    ref = {f: m.predict(f) for f in files}
+    out = {}
+    ts = [threading.Thread(target=lambda f=f: out.__setitem__(f, analyse(m, f.read_bytes())[0])) for f in files]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert m._privmed_batcher.images == len(files)
+    for f in files:
+        assert out[f]["label"] == ref[f].label and out[f]["abstain"] == ref[f].abstain
+        for k, p in ref[f].probabilities.items():
+            assert abs(out[f]["probabilities"][k] - p) < 1e-5
