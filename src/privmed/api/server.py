@@ -25,8 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
 from privmed.api.refusals import RefusalLimiter
-from privmed.api.registry import Registry, UnknownModel
-from privmed.api.service import InputError, analyse
+from privmed.inference.registry import Registry, UnknownModel
+from privmed.inference.service import InputError, analyse
 from privmed.api.store import ROLES, Principal, Store
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
