@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from privmed.evaluation.metrics import roc_auc
+from privmed.models.batched import batched_forward
 
 __all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confidence", "ce_loss",
            "loss_scores", "lira_offline_scores", "Recipe", "train_reference", "attack_summary"]
@@ -215,5 +216,4 @@ def _train(net, x, y, num_classes, recipe, seed, augment, units=None) -> nn.Modu
 def logits_of(net: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Logits of a trainable module (eval mode, batched)."""
     net.eval()
-    with torch.no_grad():
-        return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.empty(0)
+    return batched_forward(net, x, batch) if len(x) else torch.empty(0)

@@ -8,7 +8,8 @@ import threading
 
 from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
 from privmed.errors import ImageReadError
-from privmed.inference.report import check_modality, result_dict, sha256_hex
+from privmed.files import sha256_bytes
+from privmed.inference.report import check_modality, result_dict
 
 IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
 _PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
@@ -62,7 +63,7 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
             max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None) -> tuple[dict, Image]:
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
     check modality, predict. Returns the JSON-able result and the decoded image."""
-    digest = sha256_hex(data) if data else sha256_hex(b"")
+    digest = sha256_bytes(data or b"")
     with _DECODE_SLOTS:  # held until the decoded image is released: it is the big allocation
         return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
 
