@@ -81,7 +81,8 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
         del raw
 
     def score(key) -> dict:
-        rep = classification_report(labels, np.concatenate(probs[key]), model.classes)
+        p = np.concatenate(probs[key])
+        rep = classification_report(labels, p, model.classes, pred=model.label_index(p))  # the served decision
         return {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "auc": rep["auc"]}
 
     out = {"bundle": str(bundle), "dataset": cfg.dataset, "n": len(records), "leaked_test_images_removed": n_leaked,
