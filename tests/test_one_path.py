@@ -13,7 +13,7 @@ from privmed.config import TrainConfig  # noqa: E402
 from privmed.evaluation.evaluate import evaluate, predict_records  # noqa: E402
 from privmed.evaluation.robustness import robustness  # noqa: E402
 from privmed.inference import load_model  # noqa: E402
-from privmed.training.data import test_records  # noqa: E402
+from privmed.training import data as training_data  # noqa: E402
 
 
 def test_evaluate_probabilities_equal_the_apis(small_bundle, data_root, tmp_path):
@@ -21,7 +21,7 @@ def test_evaluate_probabilities_equal_the_apis(small_bundle, data_root, tmp_path
     and labels equal the API's, and so does the accuracy it reports."""
     model = load_model(small_bundle)
     cfg = TrainConfig(dataset="covid19_xray", data_root=data_root, preprocess=model.metadata.get("preprocessing", {}))
-    records, _ = test_records(cfg)
+    records, _ = training_data.test_records(cfg)
     probs = predict_records(model, records, progress=False)
     served_labels = []
     app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle],

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from privmed.bench import paper
+from privmed.bench.report import write_run_report
 from privmed.evaluation import robustness
 from privmed.evaluation.audit import audit_bundle
-from privmed.bench.report import write_run_report
 from privmed.evaluation.report import write_report
 from test_audit import make_folder, tiny_bundle
 

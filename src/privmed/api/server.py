@@ -25,12 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
 from privmed.api.refusals import RefusalLimiter
-from privmed.files import sha256_bytes
 from privmed.inference.registry import Registry, UnknownModel
 from privmed.inference.service import InputError, analyse
 from privmed.api.store import ROLES, Principal, Store
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
+from privmed.files import sha256_bytes
 from privmed.inference.report import fhir, model_card
 
 log = logging.getLogger("privmed.api")

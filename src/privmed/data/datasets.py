@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from privmed.config import DATASETS, default_data_root
+from privmed.errors import DatasetError
 from privmed.files import sha256_bytes
 from privmed.files import sha256_file as file_sha256
-from privmed.errors import DatasetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
 

@@ -14,11 +14,11 @@ from tqdm import tqdm
 
 from privmed import cache
 from privmed.config import TrainConfig, cache_dir
-from privmed.files import sha256_bytes
-from privmed.models.batched import batched_forward
 from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
 from privmed.data.transforms import Preprocess
 from privmed.errors import DatasetError, ImageReadError
+from privmed.files import sha256_bytes
+from privmed.models.batched import batched_forward
 
 
 @dataclass
