@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from privmed.bench.paper import load_results
-from privmed.evaluation.report import _Doc, plot_mia, plot_privacy_utility, write_doc
+from privmed.evaluation.report import Doc, plot_mia, plot_privacy_utility, write_doc
 
 
 def is_run_dir(target: Path) -> bool:
     return (target / "results.json").is_file() or any(Path(target).glob("*/result.json"))
 
 
-def run_report(run_dir: Path, out: Path) -> _Doc:
+def run_report(run_dir: Path, out: Path) -> Doc:
     results = load_results(run_dir)
-    doc = _Doc(f"privmed benchmark report: {run_dir.name}", out)
+    doc = Doc(f"privmed benchmark report: {run_dir.name}", out)
     doc.h("Results")
     main = [r for r in results if r.get("table") == "main"]
     if main:

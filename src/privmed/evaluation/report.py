@@ -28,7 +28,7 @@ def _plt():
     return plt
 
 
-class _Doc:
+class Doc:
     """Collects sections once and renders both HTML and Markdown."""
 
     def __init__(self, title: str, out: Path):
@@ -239,7 +239,7 @@ def plot_privacy_utility(rows: list[dict], metric: str = "accuracy"):
 
 # --------------------------------------------------------------------------- reports
 
-def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> _Doc:
+def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> Doc:
     from privmed.config import TrainConfig
     from privmed.evaluation.evaluate import predict_records
     from privmed.evaluation.metrics import classification_report
@@ -248,7 +248,7 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
 
     model = load_model(bundle)
     meta = model.metadata
-    doc = _Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
+    doc = Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
     priv = meta.get("privacy") or {}
     doc.h("Model")
     doc.table(["field", "value"], [["bundle", str(bundle)], ["dataset", meta.get("dataset")],
@@ -327,7 +327,7 @@ def write_report(target: str | Path, out: str | Path, data_root: Path | None = N
     return write_doc(bundle_report(target, out, data_root, progress), out)
 
 
-def write_doc(doc: _Doc, out: Path) -> dict:
+def write_doc(doc: Doc, out: Path) -> dict:
     h, md = doc.render()
     (out / "report.html").write_text(h)
     (out / "report.md").write_text(md)
