@@ -68,7 +68,7 @@ def test_full_queue_is_busy_and_errors_reach_the_caller():
 
 
 def test_api_service_batches_and_matches_single_predictions(small_bundle, data_root):
-    from privmed.api.service import analyse
+    from privmed.inference.service import analyse
     from privmed.inference.predictor import load_model
 
     m = load_model(small_bundle)

@@ -9,15 +9,21 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from privmed.api.server import Settings, create_app  # noqa: E402
-from privmed.data.datasets import open_dataset  # noqa: E402
-from privmed.evaluation.evaluate import predict_records  # noqa: E402
+from privmed.config import TrainConfig  # noqa: E402
+from privmed.evaluation.evaluate import evaluate, predict_records  # noqa: E402
+from privmed.evaluation.robustness import robustness  # noqa: E402
 from privmed.inference import load_model  # noqa: E402
+from privmed.training import data as training_data  # noqa: E402
 
 
 def test_evaluate_probabilities_equal_the_apis(small_bundle, data_root, tmp_path):
+    """Every image of the split ``privmed evaluate`` scores (leaked copies removed): its probabilities
+    and labels equal the API's, and so does the accuracy it reports."""
     model = load_model(small_bundle)
-    records = open_dataset("covid19_xray", data_root).records("test")[::11]
+    cfg = TrainConfig(dataset="covid19_xray", data_root=data_root, preprocess=model.metadata.get("preprocessing", {}))
+    records, _ = training_data.test_records(cfg)
     probs = predict_records(model, records, progress=False)
+    served_labels = []
     app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle],
                               scan_default_bundles=False))
     key = app.state.store.create_key("clinician")[1]
@@ -31,3 +37,16 @@ def test_evaluate_probabilities_equal_the_apis(small_bundle, data_root, tmp_path
             got = np.array([served["probabilities"][c] for c in model.classes])
             np.testing.assert_allclose(got, p, atol=1e-5)
             assert served["label"] == model.classes[int(model.label_index(p)[0])]
+            served_labels.append(model.classes.index(served["label"]))
+    report = evaluate(small_bundle, data_root=data_root, progress=False)
+    assert report["n"] == len(records)
+    assert report["accuracy"] == pytest.approx(np.mean(np.array(served_labels) == [r.label for r in records]), abs=1e-12)
+
+
+def test_robustness_clean_accuracy_is_evaluates(small_bundle, data_root):
+    """robustness predicts through the same batched predictor and decision rule as evaluate."""
+    report = evaluate(small_bundle, data_root=data_root, progress=False)
+    rob = robustness(small_bundle, data_root=data_root, kinds=["darken"])
+    assert rob["n"] == report["n"]
+    assert rob["clean"]["accuracy"] == pytest.approx(report["accuracy"], abs=1e-12)
+    assert rob["clean"]["auc"] == pytest.approx(report["auc"], abs=1e-9)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from privmed.evaluation import paper, robustness
+from privmed.bench import paper
+from privmed.bench.report import write_run_report
+from privmed.evaluation import robustness
 from privmed.evaluation.audit import audit_bundle
 from privmed.evaluation.report import write_report
 from test_audit import make_folder, tiny_bundle
@@ -94,7 +96,7 @@ def test_bench_entry_and_run_report(tiny, tmp_path, monkeypatch):
     assert all(len(v) == 3 for v in rob["degradations"].values())
     md = paper.results_markdown(res, run)
     assert "privmed train" in md and "privmed privacy audit" in md and "Robustness" in md
-    out = write_report(run, tmp_path / "runrep")
+    out = write_run_report(run, tmp_path / "runrep")
     assert len(_pngs(out["html"].read_text())) >= 1
     # a finished entry is not retrained
     before = (run / "tiny-head-1.0" / "result.json").stat().st_mtime_ns

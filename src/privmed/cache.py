@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from privmed.config import REPO_ROOT, cache_dir
+from privmed.files import atomic_path
 
 DEFAULT_MAX_MB = 4096
 LEGACY = REPO_ROOT / ".privmed-cache"  # the old default, inside the checkout
@@ -50,14 +50,8 @@ def load(path: Path) -> np.ndarray | None:
 def save(path: Path, arr: np.ndarray) -> None:
     """Atomic, mode 0600 from creation (never briefly world-readable), then enforce the cap."""
     ensure_dir()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, private=True) as tmp, open(tmp, "wb") as f:  # created 0600
+        np.save(f, arr)
     evict(keep=path)
 
 

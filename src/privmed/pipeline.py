@@ -18,6 +18,7 @@ from privmed.evaluation.metrics import classification_report
 from privmed.inference import calibration as cal
 from privmed.inference import ood
 from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
+from privmed.models.batched import batched_forward
 from privmed.privacy.accounting import sigma_for
 from privmed.privacy.ledger import add_validation_releases
 from privmed.privacy.randomness import secret_generator
@@ -99,11 +100,7 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     result = train(cfg, checkpoint_dir=work, progress=progress)
     model, splits = result.model, result.splits
     y_val = np.array([r.label for r in splits.val])
-    with torch.no_grad():
-        outs = [model.trainable_forward_with_embedding(result.val_inputs[i:i + 512])
-                for i in range(0, len(result.val_inputs), 512)]
-    logits = torch.cat([o[0] for o in outs]).numpy()
-    emb = torch.cat([o[1] for o in outs]).numpy()
+    logits, emb = (t.numpy() for t in batched_forward(model.trainable_forward_with_embedding, result.val_inputs))
     units, _ = unit_ids(splits.val, result.unit)
     calibration, decision, ood_block, releases, notes = validation_releases(
         logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy)

@@ -26,11 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
 from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, V1, errors
 from privmed.api.refusals import RefusalLimiter
-from privmed.api.registry import Registry, UnknownModel
-from privmed.api.service import InputError, analyse
+from privmed.inference.registry import Registry, UnknownModel
+from privmed.inference.service import InputError, analyse
 from privmed.api.store import ROLES, Principal, Store
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
+from privmed.files import sha256_bytes
 from privmed.inference.report import fhir, model_card
 
 log = logging.getLogger("privmed.api")
@@ -305,7 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for i, u in enumerate(uploads):  # one upload in memory at a time
             await u.seek(0)
             data = await u.read()
-            audit["input_sha256"].append(_sha(data))
+            audit["input_sha256"].append(sha256_bytes(data))
             try:
                 res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
                                                  max_bytes=settings.max_file_bytes, window=window, frame=frame)
@@ -386,12 +387,6 @@ def _append_held(store: Store, held: dict) -> None:
         store.append(method="*", path="(anonymous refusals, aggregated)", status=status, latency_ms=0.0,
                      detail=f"{n} further anonymous refusals with status {status} in the last interval, "
                             "counted rather than logged one by one")
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _summary(e: dict) -> dict:

@@ -28,7 +28,7 @@ class LocalBackend:
     name = "in-process"
 
     def __init__(self, bundles: list[Path] | None = None):
-        from privmed.api.registry import Registry
+        from privmed.inference.registry import Registry
 
         import os
 
@@ -42,8 +42,8 @@ class LocalBackend:
         return [model_card(e["metadata"], e["name"]) for e in self.registry.entries()]
 
     def analyse(self, model_id: str, data: bytes, filename: str, explain: bool) -> dict:
-        from privmed.api.registry import UnknownModel
-        from privmed.api.service import InputError, analyse
+        from privmed.inference.registry import UnknownModel
+        from privmed.inference.service import InputError, analyse
 
         try:
             entry = self.registry.find(model_id)

@@ -20,6 +20,8 @@ import numpy as np
 
 from privmed.config import DATASETS, default_data_root
 from privmed.errors import DatasetError
+from privmed.files import sha256_bytes
+from privmed.files import sha256_file as file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"}
 
@@ -43,7 +45,7 @@ def dicom_patient_key(path: Path) -> str | None:
         pid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "") or "")
     except Exception:
         return None
-    return "dicom-" + hashlib.sha256(_PROCESS_SALT + pid.encode()).hexdigest()[:16] if pid.strip() else None
+    return "dicom-" + sha256_bytes(_PROCESS_SALT + pid.encode())[:16] if pid.strip() else None
 
 
 def patient_id_from_name(name: str) -> str | None:
@@ -244,10 +246,6 @@ def train_val_split(records: list[Record], val_fraction: float, seed: int) -> tu
     for r in records:
         (val if to_val(r.group) else train).append(r)
     return train, val
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def fingerprint(records: list[Record]) -> str:

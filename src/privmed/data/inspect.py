@@ -14,7 +14,6 @@ linkable across runs) unless ``show_paths=True`` (``privmed data inspect --show-
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import secrets
@@ -30,6 +29,7 @@ from scipy.fft import dctn
 from privmed.data.datasets import Record
 from privmed.data.patients import format_images_per_patient, images_per_patient
 from privmed.data.read import MAX_PIXELS, decode_bytes, sniff_format
+from privmed.files import sha256_bytes
 from privmed.errors import PrivmedError
 
 HASH_SIDE = 64  # decode to 64x64, keep the 16x16 lowest DCT frequencies minus DC: the lowest
@@ -60,12 +60,12 @@ def _fingerprint(ds, record: Record, split: str) -> _Item:
     try:
         if record.index is not None:  # an .npz row: hash its pixels
             pixels = ds.load(record).pixels
-            item.sha = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+            item.sha = sha256_bytes(np.ascontiguousarray(pixels).tobytes())
             item.size, item.mode = f"{pixels.shape[1]}x{pixels.shape[0]}", "npz"
             item.phash = _phash(_to_pil(pixels))
             return item
         data = record.path.read_bytes()
-        item.sha = hashlib.sha256(data).hexdigest()
+        item.sha = sha256_bytes(data)
         gray, item.size, item.mode = _small_gray(data)
         item.phash = _phash(gray)
     except OSError as e:  # str(e) would carry the file's path
@@ -311,7 +311,7 @@ def _hash_names(report: dict) -> dict:
         if "#" in rel:  # an .npz row: split#index names no one
             return rel
         folder, _, name = rel.rpartition("/")
-        return (folder + "/" if folder else "") + "id-" + hashlib.sha256(salt + rel.encode()).hexdigest()[:12]
+        return (folder + "/" if folder else "") + "id-" + sha256_bytes(salt + rel.encode())[:12]
 
     report["unreadable"] = [dict(u, path=h(u["path"])) for u in report["unreadable"]]
     for w in report["within_split"].values():

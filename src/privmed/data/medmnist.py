@@ -5,12 +5,11 @@ Offline (as on CI), point ``open_dataset`` at a local ``.npz`` instead; nothing 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from privmed.errors import DatasetError
+from privmed.files import atomic_path
 
 RECORD = "https://zenodo.org/records/10519652/files"
 # name -> (file, MD5 of the official file, class names)
@@ -37,17 +36,13 @@ def download(name: str, root: Path) -> Path:
     if dest.is_file() and md5(dest) == want:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    os.close(fd)
-    try:
-        urllib.request.urlretrieve(f"{RECORD}/{fname}?download=1", tmp)
-    except OSError as e:
-        os.unlink(tmp)
-        raise DatasetError(f"could not download {fname} ({e}); download it by hand and pass the .npz path") from None
-    if md5(Path(tmp)) != want:
-        os.unlink(tmp)
-        raise DatasetError(f"{fname} downloaded with a wrong MD5 (truncated or an error page); try again")
-    os.replace(tmp, dest)
+    with atomic_path(dest, suffix=".part") as tmp:
+        try:
+            urllib.request.urlretrieve(f"{RECORD}/{fname}?download=1", tmp)
+        except OSError as e:
+            raise DatasetError(f"could not download {fname} ({e}); download it by hand and pass the .npz path") from None
+        if md5(tmp) != want:
+            raise DatasetError(f"{fname} downloaded with a wrong MD5 (truncated or an error page); try again")
     return dest
 
 

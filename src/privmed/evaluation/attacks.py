@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from privmed.evaluation.metrics import roc_auc
+from privmed.models.batched import batched_forward
 
 __all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confidence", "ce_loss",
            "loss_scores", "lira_offline_scores", "Recipe", "train_reference", "attack_summary"]
@@ -31,19 +32,15 @@ __all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confid
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds): one point per distinct score, from (0, 0) to (1, 1); "member" means
-    score >= threshold. Ties are kept together (no optimistic splitting)."""
+    score >= threshold. Ties are kept together (no optimistic splitting). ``sklearn.metrics.roc_curve``
+    with every point kept."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=float)
     if y.all() or (~y).all():
         raise ValueError("ROC needs both members and non-members")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each tie group
-    tps = np.cumsum(y)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0.0, tps / y.sum()]
-    fpr = np.r_[0.0, fps / (~y).sum()]
-    thr = np.r_[np.inf, s[last]]
+    fpr, tpr, thr = sk_roc_curve(y, np.asarray(scores, dtype=float), drop_intermediate=False)
+    thr[0] = np.inf  # (0, 0): nothing is called a member
     return fpr, tpr, thr
 
 
@@ -215,5 +212,4 @@ def _train(net, x, y, num_classes, recipe, seed, augment, units=None) -> nn.Modu
 def logits_of(net: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """Logits of a trainable module (eval mode, batched)."""
     net.eval()
-    with torch.no_grad():
-        return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else torch.empty(0)
+    return batched_forward(net, x, batch) if len(x) else torch.empty(0)

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from privmed.config import TrainConfig
-from privmed.data.datasets import file_sha256
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
 from privmed.evaluation import dp_bounds as B
+from privmed.files import sha256_file
 from privmed.inference.bundle import load_bundle
 from privmed.models import get_model
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
@@ -80,7 +80,7 @@ def audit_data(meta: dict, model, cfg: TrainConfig, progress: bool = False):
 
 
 def _hash(r) -> str:
-    return file_sha256(r.path) if r.index is None else f"{r.path}#{r.split}#{r.index}"
+    return sha256_file(r.path) if r.index is None else f"{r.path}#{r.split}#{r.index}"
 
 
 def choose_targets(y_members: np.ndarray, y_non: np.ndarray, src: np.ndarray, n_per_side: int,

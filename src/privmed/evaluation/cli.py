@@ -2,7 +2,6 @@
 
 * ``privmed privacy audit BUNDLE [--json] [--k N] [--n N] [--seed S] [--canaries M]``
 * ``privmed report BUNDLE_OR_RUN --out DIR``
-* ``privmed bench paper [--quick] [--out docs/RESULTS.md] [--run-dir DIR]``
 """
 from __future__ import annotations
 
@@ -21,21 +20,15 @@ def cmd_audit(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from privmed.bench.report import is_run_dir, write_run_report  # a face: the CLI may import the harness
     from privmed.evaluation.report import write_report
 
-    out = write_report(a.target, a.out, data_root=a.data_root, progress=not a.quiet)
+    if not (Path(a.target) / "metadata.json").is_file() and is_run_dir(Path(a.target)):
+        out = write_run_report(a.target, a.out)
+    else:
+        out = write_report(a.target, a.out, data_root=a.data_root, progress=not a.quiet)
     print(f"report written: {out['html']} and {out['markdown']}")
     return 0
-
-
-def cmd_bench_paper(a) -> int:
-    from privmed.evaluation.paper import run_paper
-
-    res = run_paper(quick=a.quick, out=a.out, run_dir=a.run_dir, only=a.only, progress=not a.quiet)
-    print(f"results written to {res['markdown']} (raw results in {res['run_dir']})")
-    for k, v in res["failed"].items():
-        print(f"error: {k}: {v}")
-    return 1 if res["failed"] else 0
 
 
 def register(sub, privacy_sub) -> None:
@@ -57,12 +50,3 @@ def register(sub, privacy_sub) -> None:
     r.add_argument("--data-root", type=Path)
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(fn=cmd_report)
-
-    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True)
-    bp = b.add_parser("paper", help="the paper's comparison tables, ablation, robustness, privacy-utility curve")
-    bp.add_argument("--quick", action="store_true", help="the cheap subset (11 min on 2 CPU cores, docs/RESULTS.md)")
-    bp.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"))
-    bp.add_argument("--run-dir", type=Path, help="where bundles and raw results go (default runs/paper[-quick], git-ignored)")
-    bp.add_argument("--only", action="append", help="run only entries whose id starts with this (repeatable)")
-    bp.add_argument("--quiet", action="store_true")
-    bp.set_defaults(fn=cmd_bench_paper)

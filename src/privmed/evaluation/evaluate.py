@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from privmed.config import TrainConfig
 from privmed.data.datasets import open_dataset
@@ -24,8 +23,7 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
 
     out = []
     for i in tqdm(range(0, len(records), batch), desc="evaluate", disable=not progress, leave=False):
-        x = torch.cat([model.tensor(load_record(r)) for r in records[i:i + batch]])
-        out.append(model.scores(x)[0])
+        out.append(model.scores(model.batch([load_record(r).pixels for r in records[i:i + batch]]))[0])
     return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
 
 

@@ -1,5 +1,6 @@
 """Classification metrics from labels and probabilities: accuracy, precision/recall/F1 (macro and
-per class), AUC (one-vs-rest for multi-class), confusion matrix, sensitivity/specificity, ECE."""
+per class), AUC (one-vs-rest for multi-class), confusion matrix, sensitivity/specificity, ECE.
+Computed by ``sklearn.metrics``; this module fixes the report's shape and the conventions."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,38 +9,26 @@ from privmed.inference.calibration import expected_calibration_error
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Binary ROC AUC via the rank statistic (ties averaged); nan if one class is missing."""
+    """Binary ROC AUC (``sklearn.metrics.roc_auc_score``: ties count one half); nan if one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
     y_true, score = np.asarray(y_true).astype(bool), np.asarray(score, dtype=float)
-    n_pos, n_neg = y_true.sum(), (~y_true).sum()
-    if n_pos == 0 or n_neg == 0:
+    if y_true.all() or not y_true.any():
         return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score))
-    sorted_s = score[order]
-    i = 0
-    while i < len(score):  # average ranks over ties
-        j = i
-        while j + 1 < len(score) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y_true, score))
 
 
 def classification_report(labels, probs, classes: list[str], pred=None) -> dict:
     """``pred``: the served decision (an operating point for two classes); argmax when omitted."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     pred = probs.argmax(1) if pred is None else np.asarray(pred)
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     k = len(classes)
-    cm = np.zeros((k, k), int)
-    np.add.at(cm, (labels, pred), 1)
-    per = {}
-    for i, c in enumerate(classes):
-        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        per[c] = {"precision": float(p), "recall": float(r), "f1": float(2 * p * r / (p + r) if p + r else 0.0),
-                  "support": int(cm[i].sum()), "auc": roc_auc(labels == i, probs[:, i])}
+    cm = confusion_matrix(labels, pred, labels=range(k))  # rows: true class, columns: predicted
+    prec, rec, f1, support = precision_recall_fscore_support(labels, pred, labels=range(k), zero_division=0)
+    per = {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i]),
+               "auc": roc_auc(labels == i, probs[:, i])} for i, c in enumerate(classes)}
     out = {
         "n": int(len(labels)),
         "accuracy": float((pred == labels).mean()),

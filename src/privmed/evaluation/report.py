@@ -4,7 +4,7 @@ same content (plots as PNG files beside it).
 * a bundle: training/validation curves with epsilon per epoch, test confusion matrix, ROC,
   reliability diagram, membership-inference ROC against the theoretical ceiling (from the
   private run log's ``audit.json``; run ``privmed privacy audit`` first), privacy ledger;
-* a ``bench paper`` run directory: comparison table and the privacy-utility curve.
+* a ``bench paper`` run directory: ``privmed.bench.report`` (comparison table, privacy-utility curve).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _plt():
     return plt
 
 
-class _Doc:
+class Doc:
     """Collects sections once and renders both HTML and Markdown."""
 
     def __init__(self, title: str, out: Path):
@@ -239,7 +239,7 @@ def plot_privacy_utility(rows: list[dict], metric: str = "accuracy"):
 
 # --------------------------------------------------------------------------- reports
 
-def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> _Doc:
+def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> Doc:
     from privmed.config import TrainConfig
     from privmed.evaluation.evaluate import predict_records
     from privmed.evaluation.metrics import classification_report
@@ -248,7 +248,7 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
 
     model = load_model(bundle)
     meta = model.metadata
-    doc = _Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
+    doc = Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
     priv = meta.get("privacy") or {}
     doc.h("Model")
     doc.table(["field", "value"], [["bundle", str(bundle)], ["dataset", meta.get("dataset")],
@@ -317,54 +317,17 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
     return doc
 
 
-def run_report(run_dir: Path, out: Path) -> _Doc:
-    from privmed.evaluation.paper import load_results
-
-    results = load_results(run_dir)
-    doc = _Doc(f"privmed benchmark report: {run_dir.name}", out)
-    doc.h("Results")
-    main = [r for r in results if r.get("table") == "main"]
-    if main:
-        doc.table(["model", "dataset", "accuracy", "precision", "recall", "F1", "AUC", "images/s", "epsilon", "MIA AUC"],
-                  [[r["label"], r["dataset"], r["test"]["accuracy"], r["test"]["precision_macro"],
-                    r["test"]["recall_macro"], r["test"]["f1_macro"], r["test"]["auc"], r.get("images_per_s"),
-                    r.get("epsilon"), (r.get("audit") or {}).get("max_auc")] for r in main])
-    curve = [r for r in results if r.get("table") == "privacy_utility" or (
-        r["dataset"] == "chest_xray_pneumonia" and r["model"] == "effnet_lite0_head" and not r.get("clahe"))]
-    curve.sort(key=lambda r: r["epsilon"] if r.get("epsilon") is not None else float("inf"))
-    if curve:
-        rows = [{"epsilon": r.get("epsilon"), "delta": r.get("delta"), "accuracy": r["test"]["accuracy"],
-                 "auc": r["test"]["auc"], "mia_auc": (r.get("audit") or {}).get("max_auc")} for r in curve]
-        doc.h("Privacy-utility curve")
-        doc.fig(plot_privacy_utility(rows, "accuracy"), "privacy_utility_accuracy",
-                "Test accuracy and MIA AUC against epsilon (head model); dotted: non-private twin")
-        doc.table(["epsilon", "accuracy", "AUC", "MIA AUC"],
-                  [[r["epsilon"] if r["epsilon"] is not None else "none", r["accuracy"], r["auc"], r["mia_auc"]]
-                   for r in rows])
-    audits = [r for r in results if r.get("audit")]
-    if audits:
-        doc.h("Membership-inference audits")
-        best = max(audits, key=lambda r: r["audit"]["max_auc"])
-        doc.fig(plot_mia(best["audit"]), "mia_roc",
-                f"MIA ROC of the most leaking audited model ({best['label']}, {best['dataset']})")
-        doc.table(["entry", "epsilon", "MIA AUC", "TPR@1%FPR", "ceiling AUC", "empirical eps (95% lower bound)"],
-                  [[r["id"], r.get("epsilon") if r.get("epsilon") is not None else "none", r["audit"]["max_auc"],
-                    r["audit"]["max_tpr_at_fpr"]["0.01"], (r["audit"].get("ceiling") or {}).get("auc", "—"),
-                    r["audit"]["empirical_epsilon"]["lower_bound"]] for r in audits])
-    return doc
-
-
 def write_report(target: str | Path, out: str | Path, data_root: Path | None = None, progress: bool = False) -> dict:
     target, out = Path(target), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (target / "metadata.json").is_file():
-        doc = bundle_report(target, out, data_root, progress)
-    elif (target / "results.json").is_file() or any(target.glob("*/result.json")):
-        doc = run_report(target, out)
-    else:
+    if not (target / "metadata.json").is_file():
         from privmed.errors import PrivmedError
 
-        raise PrivmedError(f"{target} is neither a bundle (metadata.json) nor a `bench paper` run directory")
+        raise PrivmedError(f"{target} is not a bundle (no metadata.json)")
+    return write_doc(bundle_report(target, out, data_root, progress), out)
+
+
+def write_doc(doc: Doc, out: Path) -> dict:
     h, md = doc.render()
     (out / "report.html").write_text(h)
     (out / "report.md").write_text(md)

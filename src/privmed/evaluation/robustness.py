@@ -2,8 +2,8 @@
 
 Each degradation has three severities and is applied to the decoded grayscale test image
 (values in [0, 1], at the file's own resolution) *before* the bundle's preprocessing, the way a
-worse acquisition would reach the model; the same preprocessing and calibrated model as
-``privmed evaluate`` then run on it.
+worse acquisition would reach the model; then the served batched predictor (``Model.batch`` +
+``Model.scores``, torch or ONNX Runtime), as in ``privmed evaluate``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
 from PIL import ImageFilter
 
@@ -56,9 +55,8 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
     Streams the split: ``batch`` images at native resolution are in memory at a time (the whole split
     at native resolution is GBs); each degradation keeps its own generator, drawn in image order, so
     the numbers do not depend on ``batch``."""
-    from privmed.config import PreprocessConfig, TrainConfig
+    from privmed.config import TrainConfig
     from privmed.data.datasets import load_record
-    from privmed.data.transforms import Preprocess
     from privmed.evaluation.metrics import classification_report
     from privmed.inference.predictor import load_model
     from privmed.training.data import test_records
@@ -71,25 +69,20 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
     if max_images and len(records) > max_images:
         records = [records[i] for i in np.sort(rng.choice(len(records), max_images, replace=False))]
     labels = np.array([r.label for r in records])
-    pre = Preprocess(PreprocessConfig(**model.metadata.get("preprocessing", {})))
     conds = [("clean", 0, None)] + [(k, sev, lv) for k in kinds or SEVERITIES for sev, lv in enumerate(SEVERITIES[k], 1)]
     rngs = {(k, sev): np.random.default_rng(seed + sev) for k, sev, _ in conds[1:]}
     probs: dict = {(k, sev): [] for k, sev, _ in conds}
-
-    def forward(images) -> np.ndarray:
-        x = torch.from_numpy(np.stack([pre(im) for im in images])).float().unsqueeze(1)
-        with torch.no_grad():
-            return torch.softmax(model.net(x) / model.temperature, 1).numpy()
 
     for start in range(0, len(records), batch):
         raw = [load_record(r).pixels for r in records[start:start + batch]]
         for k, sev, lv in conds:
             imgs = raw if k == "clean" else [degrade(im, k, lv, rngs[(k, sev)]) for im in raw]
-            probs[(k, sev)].append(forward(imgs))
+            probs[(k, sev)].append(model.scores(model.batch(imgs))[0])  # the served path
         del raw
 
     def score(key) -> dict:
-        rep = classification_report(labels, np.concatenate(probs[key]), model.classes)
+        p = np.concatenate(probs[key])
+        rep = classification_report(labels, p, model.classes, pred=model.label_index(p))  # the served decision
         return {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "auc": rep["auc"]}
 
     out = {"bundle": str(bundle), "dataset": cfg.dataset, "n": len(records), "leaked_test_images_removed": n_leaked,

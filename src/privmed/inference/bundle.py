@@ -7,7 +7,6 @@ weights' SHA-256 is checked on every load, so a tampered bundle is refused.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from privmed.errors import BundleError
+from privmed.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
 from privmed.models import MODELS, SplitModel, get_model
 
 FORMAT_VERSION = 1
@@ -34,10 +34,6 @@ def versions() -> dict:
 
     return {"privmed": __version__, "torch": torch.__version__, "opacus": opacus.__version__,
             "monai": monai.__version__, "python": platform.python_version()}
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
@@ -64,14 +60,6 @@ def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename: readers see the old file or the new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def update_metadata(path: Path, **blocks) -> dict:
@@ -151,8 +139,7 @@ def write_run_log(bundle: Path, blocks: dict, name: str = "run.json") -> Path:
     path = d / name
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update(blocks)
-    atomic_write_text(path, json.dumps(old, indent=2, default=str))
-    os.chmod(path, 0o600)
+    atomic_write_text(path, json.dumps(old, indent=2, default=str), private=True)  # 0600 from creation
     return path
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from privmed.files import atomic_path, sha256_file
+
 ONNX_FILE = "model.onnx"
 TOLERANCE = 1e-4
 
@@ -73,30 +75,27 @@ def export(bundle_path: str | Path, *, opset: int = 17, repeats: int = 10, check
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(2, 1, h, w, generator=gen)
     out = bundle_path / ONNX_FILE
-    tmp = bundle_path / (ONNX_FILE + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(wrapper, (example,), str(tmp), input_names=["input"],
-                          output_names=["logits", "embedding"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}})
-    model = onnx.load(str(tmp))
-    onnx.checker.check_model(model)
-    for k, v in {"privmed.weights_sha256": meta.get("weights_sha256") or "",
-                 "privmed.model_id": meta.get("model_id") or ""}.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(model, str(tmp))
+    with atomic_path(out) as tmp:  # a graph that fails its check never replaces model.onnx
+        with torch.no_grad():
+            torch.onnx.export(wrapper, (example,), str(tmp), input_names=["input"],
+                              output_names=["logits", "embedding"], opset_version=opset, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}})
+        model = onnx.load(str(tmp))
+        onnx.checker.check_model(model)
+        for k, v in {"privmed.weights_sha256": meta.get("weights_sha256") or "",
+                     "privmed.model_id": meta.get("model_id") or ""}.items():
+            p = model.metadata_props.add()
+            p.key, p.value = k, v
+        onnx.save(model, str(tmp))
 
-    sess = session(tmp)
-    x = torch.rand(check_images, 1, h, w, generator=gen)
-    with torch.no_grad():
-        t_logits, t_emb = net.forward_with_embedding(x)
-    o_logits, o_emb = sess.run(["logits", "embedding"], {"input": x.numpy()})
-    diff = max(float(np.abs(o_logits - t_logits.numpy()).max()), float(np.abs(o_emb - t_emb.numpy()).max()))
-    if diff > TOLERANCE:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {TOLERANCE:g}); not used")
-    tmp.replace(out)
-    from privmed.inference.bundle import sha256_file
+        sess = session(tmp)
+        x = torch.rand(check_images, 1, h, w, generator=gen)
+        with torch.no_grad():
+            t_logits, t_emb = net.forward_with_embedding(x)
+        o_logits, o_emb = sess.run(["logits", "embedding"], {"input": x.numpy()})
+        diff = max(float(np.abs(o_logits - t_logits.numpy()).max()), float(np.abs(o_emb - t_emb.numpy()).max()))
+        if diff > TOLERANCE:
+            raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> {TOLERANCE:g}); not used")
 
     one = torch.rand(1, 1, h, w, generator=gen)
 
@@ -133,6 +132,4 @@ def usable(bundle_path: Path, meta: dict) -> bool:
     if not (path.is_file() and block.get("weights_sha256") == meta.get("weights_sha256")
             and (forced or bool(block.get("faster")))):
         return False
-    from privmed.inference.bundle import sha256_file
-
     return sha256_file(path) == block.get("sha256")  # a replaced or stale graph is never used

@@ -81,7 +81,12 @@ class Model:
         return probs.argmax(1)
 
     def tensor(self, image: Image) -> torch.Tensor:
-        return torch.from_numpy(self.preprocess(image.pixels)).float()[None, None]
+        return self.batch([image.pixels])
+
+    def batch(self, pixels) -> torch.Tensor:
+        """Decoded grayscale images (arrays in [0, 1], any size) -> the preprocessed batch (N, 1, H, W)
+        that ``scores`` takes: the preprocessing an upload gets."""
+        return torch.from_numpy(np.stack([self.preprocess(p) for p in pixels])).float()[:, None]
 
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.session is not None:

@@ -11,7 +11,6 @@ No web framework is imported here.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 
 from privmed.errors import ImageReadError
@@ -28,10 +27,6 @@ DEFAULT_WINDOWS = {"covid19_ct": "lung"}
 _MODALITY_NAMES = {"CR": "computed radiography", "DX": "digital X-ray", "DR": "digital radiography",
                    "RG": "radiographic imaging", "MR": "MRI", "CT": "CT", "US": "ultrasound",
                    "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "angiography"}
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def check_modality(image_meta: dict, model_metadata: dict) -> None:

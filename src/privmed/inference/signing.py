@@ -9,12 +9,12 @@ the files themselves. Re-sign after ``update_metadata`` (calibration, audit, OOD
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from privmed.errors import BundleError
+from privmed.files import sha256_bytes, sha256_file
 
 SIGNATURE = "signature.ed25519"
 SIGNED_FILES = ("weights.safetensors", "model.onnx")  # model.onnx only when present
@@ -38,11 +38,11 @@ def message(bundle: Path) -> bytes:
     except (OSError, json.JSONDecodeError) as e:
         raise BundleError(f"{bundle} has no readable metadata.json ({e})") from None
     canon = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    files = {n: hashlib.sha256((bundle / n).read_bytes()).hexdigest()
+    files = {n: sha256_file(bundle / n)
              for n in SIGNED_FILES if (bundle / n).is_file()}
     if "weights.safetensors" not in files:
         raise BundleError(f"{bundle} has no weights.safetensors")
-    return _DOMAIN + hashlib.sha256(canon).hexdigest().encode() + b"\n" + json.dumps(files, sort_keys=True).encode()
+    return _DOMAIN + sha256_bytes(canon).encode() + b"\n" + json.dumps(files, sort_keys=True).encode()
 
 
 def keygen(out: Path) -> tuple[Path, Path]:

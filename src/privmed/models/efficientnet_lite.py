@@ -16,13 +16,14 @@ per-sample gradients and Opacus's validators are then happy.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from privmed.files import sha256_file
 
 # Version of this file's forward computation. It is part of the frozen-feature cache key
 # (training.data.model_inputs) so features computed by an older implementation are never reused.
@@ -135,7 +136,7 @@ def weights_path() -> Path:
 
 
 def weights_sha256() -> str:
-    return hashlib.sha256(weights_path().read_bytes()).hexdigest()
+    return sha256_file(weights_path())
 
 
 def pretrained_lite0() -> EfficientNetLite0:

@@ -5,7 +5,6 @@ keyed by a content hash; never file names or patient ids.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
@@ -18,6 +17,8 @@ from privmed.config import TrainConfig, cache_dir
 from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
 from privmed.data.transforms import Preprocess
 from privmed.errors import DatasetError, ImageReadError
+from privmed.files import sha256_bytes
+from privmed.models.batched import batched_forward
 
 
 @dataclass
@@ -78,7 +79,7 @@ def test_records(cfg: TrainConfig, split: str = "test") -> tuple[list[Record], i
 
 
 def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:24]
 
 
 def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) -> np.ndarray:
@@ -104,16 +105,12 @@ def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) 
 def frozen_outputs(frozen: torch.nn.Module, pixels: np.ndarray, key: str, progress: bool = True,
                    batch: int = 64) -> torch.Tensor:
     """Run the frozen part once over all images (cached): DP training then touches only the head."""
-    path = cache_dir() / f"frozen-{_key(key, pixels.shape, hashlib.sha256(pixels.tobytes()).hexdigest())}.npy"
+    path = cache_dir() / f"frozen-{_key(key, pixels.shape, sha256_bytes(pixels.tobytes()))}.npy"
     hit = cache.load(path)
     if hit is not None:
         return torch.from_numpy(hit.astype(np.float32))
-    outs = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(pixels), batch), desc="features", disable=not progress, leave=False):
-            x = pixels_to_tensor(pixels[i:i + batch])
-            outs.append(frozen(x).numpy().astype(np.float16))
-    arr = np.concatenate(outs)
+    arr = batched_forward(lambda p: frozen(pixels_to_tensor(p)).numpy().astype(np.float16), pixels, batch,
+                          progress=progress, desc="features")
     cache.save(path, arr)
     return torch.from_numpy(arr.astype(np.float32))
 

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from privmed.config import TrainConfig
 from privmed.data.transforms import Augment
+from privmed.files import atomic_path
 from privmed.models import MODELS, get_model
+from privmed.models.batched import batched_forward
 from privmed.privacy import DPPlan, DPSGD, default_delta
 from privmed.privacy.ledger import training_ledger
 from privmed.privacy.randomness import secret_generator, secret_seed
@@ -53,8 +55,7 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
     net.eval()
-    with torch.no_grad():
-        logits = torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
+    logits = batched_forward(net, x, batch)
     return float((logits.argmax(1) == y).float().mean())
 
 
@@ -205,6 +206,5 @@ def _plain(net: nn.Module) -> nn.Module:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill never leaves a half-written checkpoint
+    with atomic_path(path) as tmp:  # a kill never leaves a half-written checkpoint
+        torch.save(state, tmp)

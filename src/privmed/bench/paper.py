@@ -109,10 +109,8 @@ def entry_config(entry: dict) -> TrainConfig:
 
 
 def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
-    """End-to-end model throughput (preprocessed test image -> calibrated probabilities, batch 32,
-    frozen backbone included), on this machine's CPUs."""
-    import torch
-
+    """End-to-end model throughput (preprocessed test image -> ``Model.scores``: calibrated
+    probabilities and OOD scores, batch 32, frozen backbone included), on this machine's CPUs."""
     from privmed.data.datasets import open_dataset
     from privmed.inference.predictor import load_model
     from privmed.training.data import load_pixels, pixels_to_tensor
@@ -122,12 +120,11 @@ def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
     recs = open_dataset(dataset, cfg.data_root).records("test")  # any test images: only speed is measured
     px = load_pixels(recs[:n], cfg, progress=False)
     x = pixels_to_tensor(px)
-    with torch.no_grad():
-        model.net(x[:4])  # warm-up
-        t = time.perf_counter()
-        for i in range(0, len(x), 32):
-            torch.softmax(model.net(x[i:i + 32]) / model.temperature, 1)
-        return len(x) / (time.perf_counter() - t)
+    model.scores(x[:4])  # warm-up
+    t = time.perf_counter()
+    for i in range(0, len(x), 32):
+        model.scores(x[i:i + 32])  # the served batched predictor (probabilities and OOD scores)
+    return len(x) / (time.perf_counter() - t)
 
 
 def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:

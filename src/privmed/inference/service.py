@@ -8,7 +8,8 @@ import threading
 
 from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
 from privmed.errors import ImageReadError
-from privmed.inference.report import check_modality, result_dict, sha256_hex
+from privmed.files import sha256_bytes
+from privmed.inference.report import check_modality, result_dict
 
 IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
 _PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
@@ -64,7 +65,7 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
     check modality, predict. Returns the JSON-able result and the image as the model saw it
     (preprocessed; the decoded upload is released before the network runs)."""
-    digest = sha256_hex(data) if data else sha256_hex(b"")
+    digest = sha256_bytes(data or b"")
     return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
 
 
