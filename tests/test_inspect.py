@@ -1,6 +1,5 @@
 """Dataset audit on real data: exact and near duplicates, leakage into test, patient counts."""
 import hashlib
-import io
 import json
 import shutil
 import time
