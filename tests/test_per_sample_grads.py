@@ -18,7 +18,7 @@ def _real_batch(data_root, size, n=4):
     return load_pixels(pick, cfg, progress=False), torch.tensor([r.label for r in pick])
 
 
-@pytest.mark.parametrize("name,size", [("cnn", 64), ("effnet_lite0_tail", 224)])
+@pytest.mark.parametrize("name,size", [("cnn", 64), ("scatter_cnn", 64), ("effnet_lite0_tail", 224)])
 def test_opacus_per_sample_grads_match_autograd(data_root, name, size):
     torch.manual_seed(0)
     px, y = _real_batch(data_root, size)

@@ -41,7 +41,7 @@ def _inputs(name: str, n: int):
         x = torch.rand(n, 1, 32, 32)
     elif name == "effnet_lite0_head":
         x = torch.rand(n, 1280)
-    else:  # the tail takes the frozen trunk's activation map
+    else:  # the tail (and scatter_cnn) take the frozen part's activation map
         with torch.no_grad():
             x = model.frozen(torch.rand(n, 1, 96, 96))
     return model.trainable, x

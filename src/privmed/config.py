@@ -80,6 +80,8 @@ MODEL_DEFAULTS = {
     "effnet_lite0_multi": {"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"},
     "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3},
     "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
+    # Tramer & Boneh: large batches, SGD with a high rate (the clip C is small, so lr * C is the step)
+    "scatter_cnn": {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"},
     "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
     "vgg": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
 }

@@ -11,6 +11,7 @@ from torch import nn
 
 from privmed.models import efficientnet_lite as effl
 from privmed.models.cnn import PaperCNN
+from privmed.models.scatter_cnn import VERSION as SCATTER_VERSION, ScatterCNN, ScatterFrozen
 
 
 class SplitModel(nn.Module):
@@ -134,6 +135,14 @@ def cnn(num_classes: int, dropout: float = 0.3, **_) -> SplitModel:
     return SplitModel(nn.Identity(), PaperCNN(num_classes, dropout=dropout))
 
 
+def scatter_cnn(num_classes: int, size: int = 64, **_) -> SplitModel:
+    """Fixed scattering features (J = 2, L = 8) of a ``size`` px image + a small GroupNorm tanh CNN."""
+    frozen = ScatterFrozen(size)
+    backbone = {"name": "scattering2d-J2-L8", "package": "none (closed-form Morlet filters, no weights)",
+                "code_version": f"{SCATTER_VERSION}-{size}px"}
+    return SplitModel(frozen, ScatterCNN(num_classes, frozen.channels), backbone)
+
+
 def resnet50(num_classes: int, **_) -> SplitModel:
     """Non-private baseline (BatchNorm, so not DP-compatible), from MONAI, random init."""
     from monai.networks.nets import ResNet
@@ -169,6 +178,8 @@ MODELS: dict[str, ModelSpec] = {
                                     "multi-layer features (3,264-d), DP linear head"),
     "effnet_lite0_tail": ModelSpec(effnet_lite0_tail, True, "EfficientNet-Lite0, last block + head trained (BN folded)"),
     "cnn": ModelSpec(cnn, True, "the paper's CNN (GroupNorm), trained from scratch"),
+    "scatter_cnn": ModelSpec(scatter_cnn, True, "fixed ScatterNet features (64 px, J=2, L=8) + small GroupNorm CNN "
+                             "trained from scratch (Tramer & Boneh 2021)"),
     "resnet50": ModelSpec(resnet50, False, "ResNet-50 (MONAI), non-private baseline"),
     "vgg": ModelSpec(vgg, False, "VGG-style CNN with BatchNorm, non-private baseline"),
 }
