@@ -50,7 +50,7 @@ class UpdateFedAvg(FedAvg):
     def __init__(self, initial: list[np.ndarray], n: int, on_round: Callable[[int, list[dict]], None] | None):
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_evaluate_clients=0,
                          min_available_clients=n, initial_parameters=ndarrays_to_parameters(initial),
-                         accept_failures=True)
+                         accept_failures=True, fit_metrics_aggregation_fn=lambda _: {})
         self.current = [a.copy() for a in initial]
         self.on_round = on_round
         self.ledgers: dict[int, dict] = {}

@@ -51,7 +51,7 @@ class Hospital:
         pixel_model = x.dim() == 4
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
-        self.last_update: list[np.ndarray] | None = None  # kept for tests only (never leaves the hospital)
+        self.updates: list[list[np.ndarray]] = []  # kept in the hospital for tests; never sent as is
 
     def get_weights(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy().copy() for p in self.net.parameters()]
@@ -76,7 +76,7 @@ class Hospital:
             self.engine.step(xb, self.y[idx], local, chosen, per_sample_loss)
         self.rounds_done += 1
         update = [w - g for w, g in zip(self.get_weights(), global_weights)]
-        self.last_update = [u.copy() for u in update]
+        self.updates.append([u.copy() for u in update])
         return update
 
     def ledger(self) -> dict:
