@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
-from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.grid import Grid
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.run import Run
@@ -63,7 +63,11 @@ class LocalGrid(Grid):
             received, n = _wire(msg)
             self.bytes_to_hospitals += n
             self.messages += 1
-            reply = self.client_app(message=received, context=self.contexts[dst])
+            try:
+                reply = self.client_app(message=received, context=self.contexts[dst])
+            except Exception as e:  # as a SuperNode does: the hospital answers with an error, the run goes on
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(e).__name__}: {e}"),
+                                reply_to=received)
             answer, n = _wire(reply)
             self.bytes_to_server += n
             if self.on_reply:

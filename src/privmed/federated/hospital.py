@@ -79,7 +79,7 @@ class Hospital:
         self.updates.append([u.copy() for u in update])
         return update
 
-    def ledger(self) -> dict:
+    def ledger(self, with_epsilon: bool = True) -> dict:
         """Public numbers only: what an accountant needs to recompute this hospital's epsilon."""
         releases = []
         if self.counts is not None:
@@ -92,5 +92,6 @@ class Hospital:
                 "local_steps_per_round": self.local_steps, "steps": self.engine.steps,
                 "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
                 "max_grad_norm": self.plan.max_grad_norm, "delta": self.plan.delta,
-                "epsilon_target": self.plan.epsilon, "epsilon": round(self.engine.spent(), 4),
+                "epsilon_target": self.plan.epsilon,
+                "epsilon": round(self.engine.spent(), 4) if with_epsilon else None,
                 "accountant": self.plan.accountant, "releases": releases}

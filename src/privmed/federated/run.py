@@ -76,7 +76,7 @@ class Federation:
                                     "bytes_to_server": self.grid.bytes_to_server})
             last[0] = now
             bar.update(1)
-            bar.set_postfix(eps=f"{max(x['epsilon'] for x in rows):.2f}")
+            bar.set_postfix(steps=max(x["steps"] for x in rows))
 
         self.strategy = UpdateFedAvg(self.initial, n, on_round)
         capp = client_app(self.hospitals, cfg.secagg.enabled)
