@@ -90,6 +90,8 @@ def test_plain_fedavg_exposes_updates_so_the_check_can_fail(data_root):
     arrays, masked = _capture(fed)
     updates = [u for h in fed.hospitals.values() for u in h.updates]
     assert not masked and sum(_close_to_any(a, updates, atol=1e-6) for a in arrays) >= 3
+    for a, w in zip(fed.strategy.aggregates[0], _weighted_mean(fed, 0)):  # same FedAvg without SecAgg+
+        np.testing.assert_allclose(a, w, atol=1e-6)
 
 
 def test_each_hospital_ledger_recomputes_with_opacus(secagg_run):
