@@ -185,6 +185,34 @@ def cmd_privacy_account(a):
                       f"steps={a.steps}, accountant={a.accountant})")
 
 
+def add_train_arguments(t: argparse.ArgumentParser, with_no_dp: bool = True) -> None:
+    """The model-recipe flags `privmed train` and `privmed federate` share."""
+    t.add_argument("--dataset", default="chest_xray_pneumonia",
+                   help="chest_xray_pneumonia, brain_tumor_mri, covid19_xray, covid19_ct, a folder or an .npz")
+    t.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>)")
+    t.add_argument("--model")
+    t.add_argument("--epsilon", type=float)
+    t.add_argument("--delta", type=float)
+    t.add_argument("--max-grad-norm", type=float)
+    t.add_argument("--accountant", choices=["prv", "rdp", "gdp"])
+    t.add_argument("--privacy-unit", choices=["auto", "patient", "image"],
+                   help="unit of privacy (default auto: the patient where the data carry patient ids)")
+    if with_no_dp:
+        t.add_argument("--no-dp", action="store_true", help="train the non-private twin")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--patience", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--data-root", type=Path)
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--clahe", action="store_true")
+    t.add_argument("--denoise", action="store_true")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. augment.zoom=0.2")
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privmed", description="Privacy-aware medical image analysis")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -223,29 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         x.set_defaults(fn=cmd_bundle)
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
-    t.add_argument("--dataset", default="chest_xray_pneumonia",
-                   help="chest_xray_pneumonia, brain_tumor_mri, covid19_xray, covid19_ct, a folder or an .npz")
-    t.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>)")
-    t.add_argument("--model")
-    t.add_argument("--epsilon", type=float)
-    t.add_argument("--delta", type=float)
-    t.add_argument("--max-grad-norm", type=float)
-    t.add_argument("--accountant", choices=["prv", "rdp", "gdp"])
-    t.add_argument("--privacy-unit", choices=["auto", "patient", "image"],
-                   help="unit of privacy (default auto: the patient where the data carry patient ids)")
-    t.add_argument("--no-dp", action="store_true", help="train the non-private twin")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--patience", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--data-root", type=Path)
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--clahe", action="store_true")
-    t.add_argument("--denoise", action="store_true")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. augment.zoom=0.2")
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--json", action="store_true")
+    add_train_arguments(t)
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a bundle on a dataset split")
@@ -291,7 +297,8 @@ def _extensions(sub, privacy_sub) -> None:
     """Subcommands that live in the faces and evaluation layers register themselves here."""
     import importlib
 
-    for mod in ("privmed.evaluation.cli", "privmed.bench.cli", "privmed.api.cli", "privmed.app.cli"):
+    for mod in ("privmed.evaluation.cli", "privmed.bench.cli", "privmed.federated.cli", "privmed.api.cli",
+                "privmed.app.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -71,6 +71,13 @@ def statement(meta: dict) -> str:
         return ("This model was trained without differential privacy: it may reveal information about the "
                 "patients whose images trained it.")
     unit = p.get("unit_of_privacy", "image")
+    if p.get("federation"):
+        f = p["federation"]
+        return (f"Federated training across {len(f['participants'])} hospitals; differential privacy inside each "
+                f"hospital (epsilon <= {p['epsilon']:g}, delta = {p['delta']:.1g} per hospital) protects each {unit} "
+                f"of that hospital against everyone outside it, the coordinating server included: the released "
+                f"model changes little whether or not that {unit}'s data were used; it does not cover images sent "
+                f"to the model for prediction, nor the public test set.")
     who = {"patient": "patient (all of a patient's images together)",
            "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
     return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}) protects each {who} "

@@ -1,0 +1,104 @@
+"""The Flower apps: a ClientApp per hospital (local DP-SGD; with SecAgg+ its ``secaggplus_mod``
+masks the update before it leaves) and a ServerApp running weighted FedAvg of the updates,
+through Flower's SecAgg+ workflow (the server only ever holds the sum) or its plain fit workflow.
+
+Hospitals send updates (local - global), weighted by their number of units (public, as in DP-SGD
+accounting); SecAgg+ quantises them after clipping to +-clipping_range, a deterministic
+post-processing of DP outputs. The metrics a hospital returns are its public ledger numbers.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Context
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+# epsilon itself is left to the final ledger: the PRV accountant takes seconds per call
+LEDGER_KEYS = ("hospital", "n_units", "rounds", "local_steps_per_round", "steps", "noise_multiplier",
+               "sample_rate", "delta")
+
+
+class _HospitalClient(NumPyClient):
+    def __init__(self, hospital):
+        self.hospital = hospital
+
+    def fit(self, parameters, config):
+        update = self.hospital.fit(parameters)
+        led = self.hospital.ledger(with_epsilon=False)
+        return update, self.hospital.n_units, {k: led[k] for k in LEDGER_KEYS}
+
+
+def client_app(hospitals: dict[int, object], secagg: bool) -> ClientApp:
+    """``hospitals``: node config 'hospital' index -> Hospital (each node sees only its own)."""
+    def client_fn(context: Context):
+        return _HospitalClient(hospitals[int(context.node_config["hospital"])]).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secagg else [])
+
+
+class UpdateFedAvg(FedAvg):
+    """FedAvg over updates: global += weighted mean of the hospitals' updates. With SecAgg+ the
+    workflow hands in the unmasked weighted mean once per hospital (identical copies)."""
+
+    def __init__(self, initial: list[np.ndarray], n: int, on_round: Callable[[int, list[dict]], None] | None):
+        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_evaluate_clients=0,
+                         min_available_clients=n, initial_parameters=ndarrays_to_parameters(initial),
+                         accept_failures=True, fit_metrics_aggregation_fn=lambda _: {})
+        self.current = [a.copy() for a in initial]
+        self.on_round = on_round
+        self.ledgers: dict[int, dict] = {}
+        self.aggregates: list[list[np.ndarray]] = []  # what the server computed each round (tests)
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        # the server's own current model, not whatever parameters the workflow carries
+        return [(c, FitIns(ndarrays_to_parameters(self.current), {"round": server_round}))
+                for c, _ in super().configure_fit(server_round, parameters, client_manager)]
+
+    def aggregate_fit(self, server_round, results, failures):
+        if not results:
+            raise RuntimeError(f"round {server_round}: no hospital returned an update ({len(failures)} failures)")
+        avg, _ = super().aggregate_fit(server_round, results, failures)
+        mean_update = parameters_to_ndarrays(avg)
+        self.aggregates.append([a.copy() for a in mean_update])
+        self.current = [c + u.astype(c.dtype) for c, u in zip(self.current, mean_update)]
+        rows = [dict(r.metrics) for _, r in results]
+        for row in rows:
+            self.ledgers[int(row["hospital"])] = row
+        if self.on_round:
+            self.on_round(server_round, rows)
+        return ndarrays_to_parameters(self.current), {}
+
+
+def server_app(strategy: UpdateFedAvg, rounds: int, secagg_cfg, n: int, total_units: int) -> ServerApp:
+    """``total_units``: the weights' sum (public); SecAgg+ scales each update by its weight / max_weight
+    before quantising, so max_weight = total keeps the quantisation step small relative to the update."""
+    if secagg_cfg.enabled:
+        shares = secagg_cfg.num_shares or n
+        threshold = secagg_cfg.reconstruction_threshold or max(2, n - 1)
+        fit = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold,
+                                 clipping_range=secagg_cfg.clipping_range,
+                                 quantization_range=secagg_cfg.quantization_range,
+                                 max_weight=float(total_units))
+        workflow = DefaultWorkflow(fit_workflow=fit)
+    else:
+        workflow = DefaultWorkflow()
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context: Context) -> None:
+        workflow(grid, LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy))
+
+    return app
+
+
+def quiet_flower(on: bool = True) -> None:
+    """Flower logs every stage at INFO; privmed shows its own progress bar instead."""
+    logging.getLogger("flwr").setLevel(logging.WARNING if on else logging.INFO)

@@ -1,0 +1,97 @@
+"""One hospital: its own patients, its own DP-SGD engine and ledger, kept across rounds.
+
+Each round it loads the global weights, takes ``local_steps`` DP-SGD steps on its own units
+(Poisson sampling, per-unit clipping, Gaussian noise from its own secret generator) and returns
+the update (local - global). Everything it sends is a function of its noisy steps and of what it
+received, so by adaptive composition its accountant over all rounds bounds what anyone outside
+the hospital (server, other hospitals, the released model) learns about one of its patients.
+It refuses a round that would take it past its planned budget.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from privmed.data.transforms import Augment
+from privmed.errors import PrivacyBudgetError
+from privmed.models import get_model
+from privmed.privacy import DPPlan, DPSGD
+from privmed.privacy.randomness import secret_generator, secret_seed
+from privmed.privacy.releases import dp_class_weights
+from privmed.training.trainer import per_sample_loss
+
+
+class Hospital:
+    def __init__(self, index: int, x: torch.Tensor, y: torch.Tensor, units: torch.Tensor, n_classes: int,
+                 cfg, delta: float):
+        """``units``: local unit index (0..n-1) of each image; ``cfg``: a FederatedConfig."""
+        tc, pc = cfg.train, cfg.train.privacy
+        self.index, self.x, self.y, self.units = index, x, y, units
+        self.n_units = int(units.max()) + 1
+        batch = min(tc.batch_size, max(1, self.n_units // 4))  # q <= 1/4, as privmed train
+        self.local_steps = math.ceil(self.n_units / batch) * cfg.local_epochs
+        self.rounds = cfg.rounds
+        gen = secret_generator()
+        prefix, weight, self.counts = [], torch.ones(n_classes), None
+        if tc.class_weights:  # the hospital's own DP class counts (a Gaussian release, composed in)
+            prefix = [(pc.count_noise, 1.0, 1)]
+            self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, gen)
+            weight = torch.tensor(w, dtype=torch.float32)
+        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, cfg.rounds * cfg.local_epochs,
+                           pc.accountant, prefix)
+        torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
+        self.net = get_model(tc.model, n_classes).trainable
+        opt = (torch.optim.SGD(self.net.parameters(), lr=tc.lr, momentum=0.9) if tc.optimizer == "sgd"
+               else torch.optim.Adam(self.net.parameters(), lr=tc.lr))
+        unit_weight = (torch.zeros(self.n_units).index_add_(0, units, weight[y])
+                       / torch.bincount(units, minlength=self.n_units))
+        self.engine = DPSGD(self.net, opt, units, self.plan, unit_weight, pc.grad_sample_mode, gen)
+        pixel_model = x.dim() == 4
+        self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
+        self.rounds_done = 0
+        self.updates: list[list[np.ndarray]] = []  # kept in the hospital for tests; never sent as is
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [p.detach().cpu().numpy().copy() for p in self.net.parameters()]
+
+    def set_weights(self, arrays: list[np.ndarray]) -> None:
+        with torch.no_grad():
+            for p, a in zip(self.net.parameters(), arrays):
+                p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)).view_as(p))
+
+    def fit(self, global_weights: list[np.ndarray]) -> list[np.ndarray]:
+        """One round of local DP-SGD; returns the update local - global."""
+        if self.engine.steps + self.local_steps > self.plan.planned_steps:
+            raise PrivacyBudgetError(
+                f"hospital {self.index + 1} refuses round {self.rounds_done + 1}: {self.local_steps} more steps would "
+                f"exceed its budget (epsilon {self.plan.epsilon:g}, {self.plan.planned_steps} steps planned for "
+                f"{self.rounds} rounds)")
+        self.set_weights(global_weights)
+        self.engine.module.train()
+        for _ in range(self.local_steps):
+            idx, local, chosen = self.engine.sample()
+            xb = self.augment(self.x[idx]) if self.augment and len(idx) else self.x[idx]
+            self.engine.step(xb, self.y[idx], local, chosen, per_sample_loss)
+        self.rounds_done += 1
+        update = [w - g for w, g in zip(self.get_weights(), global_weights)]
+        self.updates.append([u.copy() for u in update])
+        return update
+
+    def ledger(self, with_epsilon: bool = True) -> dict:
+        """Public numbers only: what an accountant needs to recompute this hospital's epsilon."""
+        releases = []
+        if self.counts is not None:
+            releases.append({"release": "class counts per unit (Gaussian mechanism, sensitivity 1)",
+                             "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1})
+        releases.append({"release": "local DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)",
+                         "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
+                         "steps": self.engine.steps})
+        return {"hospital": self.index + 1, "n_units": self.n_units, "rounds": self.rounds_done,
+                "local_steps_per_round": self.local_steps, "steps": self.engine.steps,
+                "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
+                "max_grad_norm": self.plan.max_grad_norm, "delta": self.plan.delta,
+                "epsilon_target": self.plan.epsilon,
+                "epsilon": round(self.engine.spent(), 4) if with_epsilon else None,
+                "accountant": self.plan.accountant, "releases": releases}

@@ -1,0 +1,142 @@
+"""Run a federation and write an ordinary privmed bundle (+ private run log beside it).
+
+The training split (after the same patient-grouped validation split as ``privmed train``, so the
+training patients are the same as a centralised run's) is partitioned into hospitals by patient;
+each hospital trains locally with DP-SGD; the server aggregates with FedAvg, through SecAgg+.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context, RecordDict
+from tqdm import tqdm
+
+from privmed.config import bundles_dir
+from privmed.federated.apps import UpdateFedAvg, client_app, quiet_flower, server_app
+from privmed.federated.config import FederatedConfig
+from privmed.federated.grid import LocalGrid
+from privmed.federated.hospital import Hospital
+from privmed.federated.ledger import federated_ledger
+from privmed.federated.partition import partition
+from privmed.inference.bundle import save_bundle, write_run_log
+from privmed.models import MODELS, get_model
+from privmed.pipeline import TASKS
+from privmed.privacy import check_budget, default_delta
+from privmed.training.data import load_pixels, model_inputs, split_records, unit_ids
+
+
+class Federation:
+    """Hospitals built from a config, the Flower apps and the grid; ``run()`` trains."""
+
+    def __init__(self, cfg: FederatedConfig, progress: bool = True):
+        tc = cfg.train
+        spec = MODELS.get(tc.model)
+        if spec is None:
+            raise ValueError(f"unknown model '{tc.model}'; choose one of {', '.join(MODELS)}")
+        if not spec.dp_ok:
+            raise ValueError(f"model '{tc.model}' uses BatchNorm and cannot train with DP")
+        self.cfg, self.progress = cfg, progress
+        self.splits = split_records(tc)
+        k = len(self.splits.classes)
+        self.model = get_model(tc.model, k)
+        x = model_inputs(self.model, load_pixels(self.splits.train, tc, progress), progress)
+        y = torch.tensor([r.label for r in self.splits.train])
+        units, self.unit = unit_ids(self.splits.train, tc.privacy.unit)
+        self.parts = partition(units.numpy(), y.numpy(), k, cfg.hospitals, cfg.partition, cfg.alpha,
+                               cfg.partition_seed)
+        # one delta for every hospital: 1/(10 N) of the whole federation, as a centralised run on the
+        # same images (strictly below 1/N_h for each hospital)
+        self.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(x))
+        self.hospitals: dict[int, Hospital] = {}
+        for h in cfg.participants():
+            idx = torch.from_numpy(self.parts[h])
+            _, local = torch.unique(units[idx], return_inverse=True)
+            check_budget(tc.privacy.epsilon, self.delta, len(idx))
+            self.hospitals[h] = Hospital(h, x[idx], y[idx], local, k, cfg, self.delta)
+        torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
+        self.initial = [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+        self.n_units = sum(hp.n_units for hp in self.hospitals.values())
+        self.rounds_log: list[dict] = []
+
+    def run(self, on_reply=None) -> list[np.ndarray]:
+        cfg = self.cfg
+        quiet_flower(True)
+        n = len(self.hospitals)
+        bar = tqdm(total=cfg.rounds, desc=f"federate ({n} hospitals)", disable=not self.progress)
+        last = [time.time()]
+        node_ids = [1000 + h for h in self.hospitals]  # node config 'hospital' maps a node to its data
+
+        def on_round(r: int, rows: list[dict]) -> None:
+            now = time.time()
+            self.rounds_log.append({"round": r, "seconds": round(now - last[0], 2), "hospitals": len(rows),
+                                    "bytes_to_hospitals": self.grid.bytes_to_hospitals,
+                                    "bytes_to_server": self.grid.bytes_to_server})
+            last[0] = now
+            bar.update(1)
+            bar.set_postfix(steps=max(x["steps"] for x in rows))
+
+        self.strategy = UpdateFedAvg(self.initial, n, on_round)
+        capp = client_app(self.hospitals, cfg.secagg.enabled)
+        self.grid = LocalGrid(capp, node_ids, list(self.hospitals), on_reply=on_reply)
+        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.n_units)
+        t0 = time.time()
+        sapp(grid=self.grid, context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+        bar.close()
+        self.seconds = time.time() - t0
+        if len(self.rounds_log) != cfg.rounds:
+            raise RuntimeError(f"the federation completed {len(self.rounds_log)} of {cfg.rounds} rounds")
+        return self.strategy.current
+
+    def ledger(self) -> dict:
+        sa = None
+        if self.cfg.secagg.enabled:
+            s = self.cfg.secagg
+            n = len(self.hospitals)
+            sa = {"protocol": "SecAgg+ (Flower SecAggPlusWorkflow + secaggplus_mod)", "num_shares": s.num_shares or n,
+                  "reconstruction_threshold": s.reconstruction_threshold or max(2, n - 1),
+                  "clipping_range": s.clipping_range, "quantization_range": s.quantization_range}
+        hl = [self.hospitals[h].ledger() for h in sorted(self.hospitals)]
+        return federated_ledger(hl, self.unit, self.cfg, self.delta, sa, self.n_units)
+
+
+def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progress: bool = True) -> Path:
+    tc = cfg.train
+    out = Path(out) if out else bundles_dir() / f"{tc.dataset}-federated"
+    fed = Federation(cfg, progress)
+    weights = fed.run()
+    model = fed.model
+    with torch.no_grad():
+        for p, a in zip(model.trainable.parameters(), weights):
+            p.copy_(torch.from_numpy(np.asarray(a, np.float32)).view_as(p))
+    model.eval()
+    privacy = fed.ledger()
+    note = ("federated: no validation releases (temperature 1, argmax decision, no out-of-distribution "
+            "detector; the quality gate still runs)")
+    meta = {
+        "model_id": f"{TASKS.get(tc.dataset, tc.dataset)}-{tc.model}-fed{len(fed.hospitals)}-eps{tc.privacy.epsilon:g}",
+        "task": TASKS.get(tc.dataset, tc.dataset), "dataset": tc.dataset, "classes": fed.splits.classes,
+        "model": {"name": tc.model, "kwargs": {}},
+        "input": {"channels": 1, "height": tc.preprocess.size, "width": tc.preprocess.size, "range": [0, 1],
+                  "color": "grayscale"},
+        "preprocessing": tc.preprocess.model_dump(),
+        "training": tc.model_dump(mode="json"),
+        "federated": cfg.model_dump(mode="json", exclude={"train"}),
+        "released_weights": f"global model after round {cfg.rounds}",
+        "privacy": privacy, "calibration": {"method": "none", "temperature": 1.0, "note": note},
+        "decision": None, "ood": None,
+        "run_log": "private, beside the bundle (<bundle>.run/), never released",
+    }
+    save_bundle(out, model, meta)
+    sizes = [{"hospital": h + 1, "images": int(len(p)),
+              "class_counts": np.bincount(np.array([fed.splits.train[i].label for i in p]),
+                                          minlength=len(fed.splits.classes)).tolist()}
+             for h, p in enumerate(fed.parts)]
+    write_run_log(out, {"rounds": fed.rounds_log, "partition": sizes, "dataset_fingerprint": fed.splits.fingerprint,
+                        "training_seconds": round(fed.seconds, 1), "messages": fed.grid.messages,
+                        "bytes_to_hospitals": fed.grid.bytes_to_hospitals,
+                        "bytes_to_server": fed.grid.bytes_to_server})
+    return out
+
