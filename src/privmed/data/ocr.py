@@ -122,25 +122,74 @@ def stroke_views(gray: np.ndarray, target: int = 1000) -> tuple[list[np.ndarray]
         th = cv2.morphologyEx(big, op, kernel)
         # a stroke must stand out by a fixed contrast, or Otsu's on a faint-only image marks noise
         level, _ = cv2.threshold(th, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        _, b = cv2.threshold(th, max(level * 0.6, 20), 255, cv2.THRESH_BINARY)
+        _, b = cv2.threshold(th, max(level * 0.8, 45), 255, cv2.THRESH_BINARY)
         views.append(255 - b)
     return views, scale
 
 
-def find_text(img: np.ndarray, min_conf: float = 30.0, lang: str = "eng") -> list[TextBox]:
-    """Words in ``img`` (any grayscale/colour array), boxes in its own pixel coordinates."""
+def find_text(img: np.ndarray, min_conf: float = 30.0, lang: str = "eng", grow: bool = False) -> list[TextBox]:
+    """Words in ``img`` (any grayscale/colour array), boxes in its own pixel coordinates.
+
+    ``grow``: extend each word's box over the stroke components that continue its line (a glyph or word
+    Tesseract skipped or misread next to one it read); the grown boxes carry no text."""
     gray = to_uint8(img)
     views, scale = stroke_views(gray)
     words: list[TextBox] = []
     for v in views:
-        for b in ocr(v, psm=11, lang=lang):
-            if b.conf < min_conf and not (len(b.text) >= 3 and b.conf >= 10):
-                continue
-            if b.height < 8 or b.height > 0.3 * v.shape[0]:  # specks and whole-image blobs are not text
-                continue
+        found = [b for b in ocr(v, psm=11, lang=lang)
+                 if plausible(b, min_conf) and 8 <= b.height <= 0.3 * v.shape[0]]  # not specks or blobs
+        if grow:
+            found = found + _grow(v, found)
+        for b in found:
             words.append(TextBox(int(b.left / scale), int(b.top / scale), max(1, round(b.width / scale)),
                                  max(1, round(b.height / scale)), b.conf, b.text))
     return words
+
+
+def _grow(view: np.ndarray, seeds: list[TextBox]) -> list[TextBox]:
+    """Boxes of ink components that continue a seed word's line: similar height, vertically overlapping,
+    within 1.2 line heights of the growing box on either side."""
+    import cv2
+
+    if not seeds:
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats((view < 128).astype(np.uint8), connectivity=8)
+    comps = [tuple(int(x) for x in stats[i][:4]) for i in range(1, n)]
+    out = []
+    for s in seeds:
+        l, t, r, b = s.left, s.top, s.right, s.bottom
+        h = b - t
+        changed = True
+        while changed:
+            changed = False
+            for cl, ct, cw, ch in comps:
+                cr, cb = cl + cw, ct + ch
+                if cl >= l and cr <= r and ct >= t and cb <= b:
+                    continue
+                if ch > 1.6 * h or cw > 4 * h:
+                    continue
+                overlap = min(b, cb) - max(t, ct)
+                gap = max(cl - r, l - cr)
+                if overlap > 0.3 * min(h, ch) and gap < 1.2 * h:
+                    l, t, r, b = min(l, cl), min(t, ct), max(r, cr), max(b, cb)
+                    changed = True
+        if (l, t, r, b) != (s.left, s.top, s.right, s.bottom):
+            out.append(TextBox(l, t, r - l, b - t, s.conf, ""))
+    return out
+
+
+def plausible(b: TextBox, min_conf: float = 30.0) -> bool:
+    """Texture on a radiograph reads as short junk ('ae', 'oy'); identifiers are digits, capitals or
+    long words. Keep a word when it looks like one of those and Tesseract is sure enough."""
+    alnum = [c for c in b.text if c.isalnum()]
+    digits = sum(c.isdigit() for c in alnum)
+    if digits >= 2 and b.conf >= min_conf:
+        return True
+    if len(alnum) >= 4 and b.conf >= min_conf:
+        return True
+    if len(alnum) >= 2 and all(c.isupper() or c.isdigit() for c in alnum) and b.conf >= max(min_conf, 60):
+        return True
+    return b.conf >= 85 and len(alnum) >= 2
 
 
 def line_boxes(words: list[TextBox], pad: float = 0.25) -> list[tuple[int, int, int, int]]:

@@ -24,8 +24,9 @@ def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
 
 def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]:
     """(words, merged padded line boxes) found in a display image."""
-    words = find_text(display, min_conf=min_conf)
-    return words, line_boxes(words)
+    words = find_text(display, min_conf=min_conf, grow=True)
+    words, grown = [w for w in words if w.text], words
+    return words, line_boxes(grown)
 
 
 def _report(words, boxes, shape) -> dict:
