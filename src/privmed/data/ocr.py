@@ -148,7 +148,7 @@ def find_text(img: np.ndarray, min_conf: float = 30.0, lang: str = "eng", grow: 
 
 def _grow(view: np.ndarray, seeds: list[TextBox]) -> list[TextBox]:
     """Boxes of ink components that continue a seed word's line: similar height, vertically overlapping,
-    within 1.2 line heights of the growing box on either side."""
+    within 2 line heights of the growing box on either side."""
     import cv2
 
     if not seeds:
@@ -170,7 +170,7 @@ def _grow(view: np.ndarray, seeds: list[TextBox]) -> list[TextBox]:
                     continue
                 overlap = min(b, cb) - max(t, ct)
                 gap = max(cl - r, l - cr)
-                if overlap > 0.3 * min(h, ch) and gap < 1.2 * h:
+                if overlap > 0.3 * min(h, ch) and gap < 2.0 * h:
                     l, t, r, b = min(l, cl), min(t, ct), max(r, cr), max(b, cb)
                     changed = True
         if (l, t, r, b) != (s.left, s.top, s.right, s.bottom):
@@ -183,6 +183,11 @@ def plausible(b: TextBox, min_conf: float = 30.0) -> bool:
     long words. Keep a word when it looks like one of those and Tesseract is sure enough."""
     alnum = [c for c in b.text if c.isalnum()]
     digits = sum(c.isdigit() for c in alnum)
+    capsdigits = sum(c.isupper() or c.isdigit() for c in alnum)
+    # identifier-shaped reads count at any confidence: a stray blob beside a number drives the
+    # word's confidence to 0 while the digits are right, and texture never reads as 4 digits
+    if digits >= 4 or (len(alnum) >= 5 and capsdigits >= 0.8 * len(alnum)):
+        return True
     if digits >= 2 and b.conf >= min_conf:
         return True
     if len(alnum) >= 4 and b.conf >= min_conf:
