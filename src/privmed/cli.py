@@ -290,7 +290,7 @@ def _extensions(sub, privacy_sub) -> None:
     """Subcommands that live in the faces and evaluation layers register themselves here."""
     import importlib
 
-    for mod in ("privmed.evaluation.cli", "privmed.api.cli", "privmed.app.cli"):
+    for mod in ("privmed.evaluation.cli", "privmed.api.cli", "privmed.app.cli", "privmed.hospital.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:
