@@ -44,8 +44,10 @@ def deid_dataset(ds, secret: bytes, options: Options, pixels: str = "ocr") -> di
     if pixels not in PIXEL_MODES:
         raise DeidError(f"pixels must be one of {', '.join(PIXEL_MODES)}")
     rep: dict = {}
-    has_pixels = "PixelData" in ds
-    if pixels == "ocr" and has_pixels:
+    if pixels == "ocr" and "PixelData" not in ds:
+        raise DeidError("the DICOM file has no pixel data, so there is nothing to check for burned-in text; "
+                        "de-identify its header only with --pixels skip")
+    if pixels == "ocr":
         rep["pixels"] = redact_dataset(ds)
         options = Options(options.dates, options.clean_descriptors, pixels_cleaned=True)
     elif str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
