@@ -170,6 +170,7 @@ def identifying_values(ds, words: bool = True) -> list[str]:
     addresses), split into words too: what must not survive anywhere. Used by Clean Descriptors and
     by the tests' leak check."""
     table = action_table()
+    descr = {_tag_of(k) for k in DESCRIPTORS}  # what Clean Descriptors cleans is not itself the evidence
     vals: set[str] = set()
 
     def visit(d):
@@ -177,6 +178,8 @@ def identifying_values(ds, words: bool = True) -> list[str]:
             if el.VR == "SQ":
                 for item in el.value or []:
                     visit(item)
+                continue
+            if int(el.tag) in descr:
                 continue
             if el.tag.is_private or (int(el.tag) in table and table[int(el.tag)] != "U"):
                 for v in (el.value if el.VM > 1 else [el.value]):
