@@ -104,10 +104,11 @@ def burn_into_dicom(ds, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     arr = ds.pixel_array
     b = burn(to_uint8(arr), random.Random(seed), n=3)
     lo, hi = int(arr.min()), int(arr.max())
-    bright = lo if ds.PhotometricInterpretation == "MONOCHROME1" else hi
+    inverted = ds.PhotometricInterpretation == "MONOCHROME1"
     out = arr.copy()
-    for m in b.masks:
-        out[m] = bright
+    for m in b.masks:  # bright or dark on display, as burn() chose for the local background
+        bright = b.image[m].mean() > 127
+        out[m] = (lo if inverted else hi) if bright else (hi if inverted else lo)
     ds.PixelData = out.astype(arr.dtype).tobytes()
     ds.BurnedInAnnotation = "YES"
     return list(zip(b.strings, b.masks))

@@ -113,8 +113,10 @@ def stroke_views(gray: np.ndarray, target: int = 1000) -> tuple[list[np.ndarray]
     import cv2
 
     h, w = gray.shape
-    scale = max(1.0, target / max(h, w))
-    big = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC) if scale > 1 else gray
+    # Tesseract reads 20-60 px glyphs best: small images are enlarged, large ones shrunk to ~target px
+    scale = target / max(h, w)
+    interp = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+    big = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=interp) if scale != 1 else gray
     k = max(15, round(max(big.shape) / 45)) | 1
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     views = []
@@ -124,6 +126,12 @@ def stroke_views(gray: np.ndarray, target: int = 1000) -> tuple[list[np.ndarray]
         level, _ = cv2.threshold(th, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         _, b = cv2.threshold(th, max(level * 0.8, 45), 255, cv2.THRESH_BINARY)
         views.append(255 - b)
+    # burned-in text is usually drawn at the extreme value (the display's white or black): a view of
+    # just those pixels reads text that touches bright anatomy, where the top-hat loses strokes
+    lo, hi = int(big.min()), int(big.max())
+    for m in (big >= hi - 2, big <= lo + 2):
+        if 0 < m.mean() < 0.25:  # a view that is mostly "extreme" is background, not text
+            views.append(np.where(m, 0, 255).astype(np.uint8))
     return views, scale
 
 
