@@ -50,6 +50,7 @@ def predict_study(url: str, study: str, bundle, push: bool = False, window: str 
     from privmed.inference import load_model
 
     model = load_model(bundle)
+    info = model.info  # a property
     with DICOMwebClient(url) as c:
         datasets = c.retrieve_study(study)
         results, skipped = [], 0
@@ -71,11 +72,11 @@ def predict_study(url: str, study: str, bundle, push: bool = False, window: str 
             raise PACSError(f"no image in the study could be read ({skipped} instance(s) skipped)")
         sr_uid = None
         if push:
-            sr = build_sr(next(d for d in datasets if "PixelData" in d), results, model.info())
+            sr = build_sr(next(d for d in datasets if "PixelData" in d), results, info)
             c.store([sr])
             sr_uid = str(sr.SOPInstanceUID)
-    return {"study": study, "predictions": results, "skipped": skipped, "model": model.info()["id"],
-            "epsilon": (model.info()["privacy"] or {}).get("epsilon"), "sr_stored": sr_uid}
+    return {"study": study, "predictions": results, "skipped": skipped, "model": info["id"],
+            "epsilon": (info["privacy"] or {}).get("epsilon"), "sr_stored": sr_uid}
 
 
 def push(url: str, files: list[Path]) -> dict:
