@@ -109,7 +109,7 @@ def test_pull_deidentifies_before_disk_then_push_back(orthanc, study, tmp_path, 
     ds, secrets = study
     out = tmp_path / "pulled"
     rc = main(["pacs", "pull", "--url", orthanc, "--study", ds.StudyInstanceUID, "--out", str(out),
-               "--secret-file", str(tmp_path / "site.key"), "--pixels", "skip", "--json"])
+               "--secret-file", str(tmp_path / "site.key"), "--json"])
     printed = capsys.readouterr().out
     assert rc == 0
     files = list(out.iterdir())
