@@ -192,3 +192,24 @@ def test_burned_in_yes_without_redaction_is_refused(tmp_path):
 def test_bad_dates_option():
     with pytest.raises(DeidError, match="dates"):
         deidentify(real_dicom(), SECRET, Options(dates="keep"))
+
+
+def test_hospital_modules_stay_in_their_layer():
+    """Data-layer modules import neither the faces nor the PACS layer; the CLI knows the new commands."""
+    import ast
+    from pathlib import Path
+
+    import privmed
+
+    root = Path(privmed.__file__).parent
+    for name in ("deid", "deid_files", "ocr", "redact", "labelling"):
+        tree = ast.parse((root / "data" / f"{name}.py").read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+            {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        bad = {m for m in mods if m.split(".")[0] in ("fastapi", "streamlit", "uvicorn")
+               or m.startswith(("privmed.hospital", "privmed.api", "privmed.app", "privmed.inference"))}
+        assert not bad, f"data/{name}.py imports {bad}"
+    from privmed.cli import build_parser
+
+    cmds = build_parser()._subparsers._group_actions[0].choices
+    assert {"deid", "label", "pacs"} <= set(cmds)
