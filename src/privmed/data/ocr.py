@@ -207,7 +207,7 @@ def plausible(b: TextBox, min_conf: float = 30.0) -> bool:
 
 def line_boxes(words: list[TextBox], pad: float = 0.25) -> list[tuple[int, int, int, int]]:
     """Merge words that share a line and lie within 1.5 text heights, then pad by ``pad`` of the
-    height: (left, top, right, bottom), exclusive."""
+    height up and down and by 2.4 x that sideways: (left, top, right, bottom), exclusive."""
     boxes = [[w.left, w.top, w.right, w.bottom] for w in words]
     merged = True
     while merged:
@@ -228,5 +228,6 @@ def line_boxes(words: list[TextBox], pad: float = 0.25) -> list[tuple[int, int, 
     res = []
     for l, t, r, b in boxes:
         p = max(2, round(pad * (b - t)))
-        res.append((l - p, t - p, r + p, b + p))
+        px = max(2, round(2.4 * pad * (b - t)))  # ~ one glyph sideways: OCR often drops the first/last one
+        res.append((l - px, t - p, r + px, b + p))
     return res
