@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[serve,report,test,federated]"
+	$(PY) -m pip install -q -e ".[serve,report,test,hospital,federated]"
 	touch $@
 
 app: setup

@@ -298,7 +298,7 @@ def _extensions(sub, privacy_sub) -> None:
     import importlib
 
     for mod in ("privmed.evaluation.cli", "privmed.bench.cli", "privmed.federated.cli", "privmed.api.cli",
-                "privmed.app.cli"):
+                "privmed.app.cli", "privmed.hospital.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -1,0 +1,93 @@
+"""Burned-in text: find it by OCR (``data.ocr``) and fill its boxes, in DICOM pixel data or in a
+PNG/JPEG image. The report says how many boxes and where, never what they said."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+from privmed.data.deid import DeidError
+from privmed.data.ocr import find_text, line_boxes
+
+
+def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
+    """Copy of ``arr`` (H, W[, C]) with each (left, top, right, bottom) box set to ``fill``."""
+    out = np.array(arr, copy=True)
+    h, w = out.shape[:2]
+    for l, t, r, b in boxes:
+        l, t, r, b = max(0, l), max(0, t), min(w, r), min(h, b)
+        if r > l and b > t:
+            out[t:b, l:r] = fill
+    return out
+
+
+def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]:
+    """(words, merged padded line boxes) found in a display image."""
+    words = find_text(display, min_conf=min_conf, grow=True)
+    words, grown = [w for w in words if w.text], words
+    return words, line_boxes(grown)
+
+
+def _report(words, boxes, shape) -> dict:
+    area = sum(max(0, r - l) * max(0, b - t) for l, t, r, b in boxes)
+    return {"words_found": len(words), "boxes_redacted": len(boxes), "boxes": [list(map(int, b)) for b in boxes],
+            "redacted_fraction": round(area / float(shape[0] * shape[1]), 4)}
+
+
+def redact_pil(img):
+    """PNG/JPEG: returns (redacted PIL image, report). Fills with black."""
+    from PIL import Image
+
+    arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    words, boxes = text_boxes(arr)
+    red = redact_array(arr, boxes, 0)
+    return Image.fromarray(red), _report(words, boxes, arr.shape)
+
+
+def redact_dataset(ds) -> dict:
+    """Redact burned-in text in a pydicom Dataset in place (every frame). The pixel data is written back
+    uncompressed (a compressed file is decompressed first, which needs its decoder). Sets
+    BurnedInAnnotation = NO only after the pixels were checked and cleaned."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from privmed.data.dicom import read_dicom
+
+    if "PixelData" not in ds:
+        raise DeidError("the DICOM file has no pixel data to check for burned-in text")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ts is not None and ts.is_compressed:
+                ds.decompress()
+            arr = ds.pixel_array
+    except Exception as e:
+        raise DeidError(f"cannot decode the pixel data to look for burned-in text ({type(e).__name__}); install "
+                        "a decoder for its transfer syntax (pylibjpeg, python-gdcm) or pass --pixels skip "
+                        "when the images are known to be free of text") from None
+    frames = int(ds.get("NumberOfFrames") or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    fill = (arr.max() if photometric == "MONOCHROME1" else arr.min()) if arr.ndim - (frames > 1) == 2 else 0
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    raw = buf.getvalue()
+    all_words, all_boxes, out = 0, [], arr.copy()
+    for k in range(frames):
+        display, _ = read_dicom(raw, max_pixels=1 << 28, frame=k if frames > 1 else None)
+        words, boxes = text_boxes(display)
+        all_words += len(words)
+        all_boxes += [[k, *b] for b in boxes]
+        if frames > 1:
+            out[k] = redact_array(arr[k], boxes, fill)
+        else:
+            out = redact_array(arr, boxes, fill)
+    if all_boxes:
+        ds.PixelData = out.astype(arr.dtype).tobytes()
+        if ts is not None and ts.is_compressed:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.BurnedInAnnotation = "NO"
+    shape = arr.shape[-3:-1] if photometric not in ("MONOCHROME1", "MONOCHROME2") else arr.shape[-2:]
+    area = sum((b[3] - b[1]) * (b[4] - b[2]) for b in all_boxes)
+    return {"words_found": all_words, "boxes_redacted": len(all_boxes), "boxes": all_boxes, "frames": frames,
+            "redacted_fraction": round(area / float(frames * shape[0] * shape[1]), 4)}
