@@ -10,7 +10,6 @@ import argparse
 import json
 import random
 import time
-from pathlib import Path
 
 from privmed.config import default_data_root
 

@@ -3,7 +3,6 @@ the CLI works without the ``federated`` extra."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from privmed.errors import PrivmedError
 
