@@ -201,7 +201,11 @@ def canary_audit(model, meta: dict, x_tr, y_tr, x_non, y_non, m: int = 500, gues
     order = np.argsort(-score)
     top, bottom = order[:r], order[-r:]
     correct = int(inside[top].sum() + (~inside[bottom]).sum())
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(inside, score)) if 0 < inside.sum() < m else None
     return {"canaries": m, "inserted": int(inside.sum()), "guesses": 2 * r, "correct": correct,
+            "score_auc": auc,  # all canaries, not only the guessed ones: a less noisy view of the same signal
             "eps_lower_bound": one_run_eps_lower_bound(correct, 2 * r), "confidence": 0.95,
             "canary": "held-out image with a wrong label", "audits": "the training recipe (a fresh model), not "
             "the released weights", "note": "pure-DP form of the one-run bound; with delta > 0 it is approximate "
