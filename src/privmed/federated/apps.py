@@ -31,7 +31,7 @@ class _HospitalClient(NumPyClient):
         self.hospital = hospital
 
     def fit(self, parameters, config):
-        update = self.hospital.fit(parameters)
+        update = self.hospital.fit(parameters, round_no=int(config.get("round", 0)) or None)
         led = self.hospital.ledger(with_epsilon=False)
         return update, self.hospital.n_units, {k: led[k] for k in LEDGER_KEYS}
 
@@ -48,23 +48,28 @@ class UpdateFedAvg(FedAvg):
     """FedAvg over updates: global += weighted mean of the hospitals' updates. With SecAgg+ the
     workflow hands in the unmasked weighted mean once per hospital (identical copies)."""
 
-    def __init__(self, initial: list[np.ndarray], n: int, on_round: Callable[[int, list[dict]], None] | None):
-        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_evaluate_clients=0,
-                         min_available_clients=n, initial_parameters=ndarrays_to_parameters(initial),
+    def __init__(self, initial: list[np.ndarray], n: int, on_round: Callable[[int, list[dict]], None] | None,
+                 min_hospitals: int | None = None, round_offset: int = 0):
+        """``min_hospitals``: a round runs with this many (process mode: n - 1, so a dead SuperNode does
+        not stall it); ``round_offset``: rounds already done before a resume (round numbers stay global)."""
+        m = min_hospitals or n
+        super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=m, min_evaluate_clients=0,
+                         min_available_clients=m, initial_parameters=ndarrays_to_parameters(initial),
                          accept_failures=True, fit_metrics_aggregation_fn=lambda _: {})
         self.current = [a.copy() for a in initial]
-        self.on_round = on_round
+        self.on_round, self.round_offset = on_round, round_offset
         self.ledgers: dict[int, dict] = {}
         self.aggregates: list[list[np.ndarray]] = []  # what the server computed each round (tests)
 
     def configure_fit(self, server_round, parameters, client_manager):
         # the server's own current model, not whatever parameters the workflow carries
-        return [(c, FitIns(ndarrays_to_parameters(self.current), {"round": server_round}))
+        r = server_round + self.round_offset
+        return [(c, FitIns(ndarrays_to_parameters(self.current), {"round": r}))
                 for c, _ in super().configure_fit(server_round, parameters, client_manager)]
 
     def aggregate_fit(self, server_round, results, failures):
         if not results:
-            raise RuntimeError(f"round {server_round}: no hospital returned an update ({len(failures)} failures)")
+            raise RuntimeError(f"round {server_round + self.round_offset}: no hospital returned an update ({len(failures)} failures)")
         avg, _ = super().aggregate_fit(server_round, results, failures)
         mean_update = parameters_to_ndarrays(avg)
         self.aggregates.append([a.copy() for a in mean_update])
@@ -73,23 +78,27 @@ class UpdateFedAvg(FedAvg):
         for row in rows:
             self.ledgers[int(row["hospital"])] = row
         if self.on_round:
-            self.on_round(server_round, rows)
+            self.on_round(server_round + self.round_offset, rows)
         return ndarrays_to_parameters(self.current), {}
 
 
-def server_app(strategy: UpdateFedAvg, rounds: int, secagg_cfg, n: int, total_units: int) -> ServerApp:
+def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = None) -> DefaultWorkflow:
     """``total_units``: the weights' sum (public); SecAgg+ scales each update by its weight / max_weight
-    before quantising, so max_weight = total keeps the quantisation step small relative to the update."""
+    before quantising, so max_weight = total keeps the quantisation step small relative to the update.
+    ``timeout``: seconds a stage waits for replies (process mode: a dead hospital must not stall it)."""
     if secagg_cfg.enabled:
         shares = secagg_cfg.num_shares or n
         threshold = secagg_cfg.reconstruction_threshold or max(2, n - 1)
         fit = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold,
                                  clipping_range=secagg_cfg.clipping_range,
                                  quantization_range=secagg_cfg.quantization_range,
-                                 max_weight=float(total_units))
-        workflow = DefaultWorkflow(fit_workflow=fit)
-    else:
-        workflow = DefaultWorkflow()
+                                 max_weight=float(total_units), timeout=timeout)
+        return DefaultWorkflow(fit_workflow=fit)
+    return DefaultWorkflow()
+
+
+def server_app(strategy: UpdateFedAvg, rounds: int, secagg_cfg, n: int, total_units: int) -> ServerApp:
+    workflow = make_workflow(secagg_cfg, n, total_units)
     app = ServerApp()
 
     @app.main()

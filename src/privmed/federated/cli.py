@@ -13,9 +13,11 @@ def federated_config(a):
 
     tc = train_config(a).model_dump(mode="json")
     over: dict = {"train": tc, "secagg": {"enabled": not a.no_secagg}}
+    if a.insecure:
+        over["tls"] = False
     for k, v in {"hospitals": a.hospitals, "rounds": a.rounds, "local_epochs": a.local_epochs,
                  "partition": a.partition, "alpha": a.alpha, "partition_seed": a.partition_seed,
-                 "only": a.only}.items():
+                 "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds}.items():
         if v is not None:
             over[k] = v
     for item in a.fed_set or []:
@@ -42,7 +44,8 @@ def cmd_federate(a):
                "hospitals": [{k: h[k] for k in ("hospital", "n_units", "noise_multiplier", "sample_rate", "steps",
                                                 "epsilon")} for h in p["hospitals"]],
                "secure_aggregation": p["federation"]["secure_aggregation"] is not None,
-               "training_seconds": run["training_seconds"], "bytes_to_server": run["bytes_to_server"],
+               "training_seconds": run["training_seconds"], "engine": run.get("engine"),
+               "processes": run.get("processes"), "bytes_to_server": run["bytes_to_server"],
                "bytes_to_hospitals": run["bytes_to_hospitals"]}
     if a.json:
         print(json.dumps(summary, indent=2))
@@ -69,6 +72,11 @@ def register(sub, privacy_sub) -> None:
     f.add_argument("--partition-seed", type=int, help="seed of the (reproducible) partition")
     f.add_argument("--only", type=int, nargs="+", help="train only these hospitals (0-based), e.g. one alone")
     f.add_argument("--no-secagg", action="store_true", help="plain FedAvg: the server sees each hospital's update")
+    f.add_argument("--engine", choices=["inprocess", "processes"],
+                   help="inprocess (default): one process; processes: flower-superlink + one flower-supernode per "
+                        "hospital as OS processes on 127.0.0.1, started with flwr run (TLS)")
+    f.add_argument("--insecure", action="store_true", help="processes: no TLS between SuperNodes and SuperLink")
+    f.add_argument("--spare-rounds", type=int, help="budget planned in for rounds lost to a crash (default 0)")
     f.add_argument("--fed-set", action="append", metavar="KEY=VALUE",
                    help="any federation field, e.g. secagg.clipping_range=4")
     f.set_defaults(fn=cmd_federate, no_dp=False)

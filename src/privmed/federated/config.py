@@ -28,6 +28,12 @@ class FederatedConfig(BaseModel):
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration for label-skew (small = strong skew)
     partition_seed: int = 0
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    # "processes": one flower-superlink and one flower-supernode per hospital as OS processes
+    engine: Literal["inprocess", "processes"] = "inprocess"
+    tls: bool = True  # processes: TLS between SuperNodes and SuperLink (certificates made at start)
+    spare_rounds: int = Field(0, ge=0, le=100)  # budget for rounds lost to a crash (raises sigma)
+    stage_timeout: float = Field(120.0, gt=0)  # processes: seconds the server waits for a SecAgg+/fit stage
+    restarts: int = Field(2, ge=0, le=10)  # processes: SuperLink restarts (resume from checkpoint)
     # train only these hospitals (0-based) of the partition: one index = "that hospital alone"
     only: list[int] | None = None
 

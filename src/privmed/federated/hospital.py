@@ -25,8 +25,10 @@ from privmed.training.trainer import per_sample_loss
 
 class Hospital:
     def __init__(self, index: int, x: torch.Tensor, y: torch.Tensor, units: torch.Tensor, n_classes: int,
-                 cfg, delta: float):
-        """``units``: local unit index (0..n-1) of each image; ``cfg``: a FederatedConfig."""
+                 cfg, delta: float, restore: dict | None = None):
+        """``units``: local unit index (0..n-1) of each image; ``cfg``: a FederatedConfig. ``restore``: a
+        ``state_dict()`` saved by this hospital (process mode: each round runs in a fresh process); its
+        class counts are reused, never released again."""
         tc, pc = cfg.train, cfg.train.privacy
         self.index, self.x, self.y, self.units = index, x, y, units
         self.n_units = int(units.max()) + 1
@@ -37,10 +39,15 @@ class Hospital:
         prefix, weight, self.counts = [], torch.ones(n_classes), None
         if tc.class_weights:  # the hospital's own DP class counts (a Gaussian release, composed in)
             prefix = [(pc.count_noise, 1.0, 1)]
-            self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, gen)
+            if restore is not None:
+                self.counts, w = restore["counts"], restore["class_weight"]
+            else:
+                self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, gen)
             weight = torch.tensor(w, dtype=torch.float32)
-        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, cfg.rounds * cfg.local_epochs,
-                           pc.accountant, prefix)
+            self._class_weight = w
+        # spare rounds: budget planned in for rounds lost to a crash (their steps still count)
+        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch,
+                           (cfg.rounds + cfg.spare_rounds) * cfg.local_epochs, pc.accountant, prefix)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
         self.net = get_model(tc.model, n_classes).trainable
         opt = (torch.optim.SGD(self.net.parameters(), lr=tc.lr, momentum=0.9) if tc.optimizer == "sgd"
@@ -51,6 +58,11 @@ class Hospital:
         pixel_model = x.dim() == 4
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
+        self.rounds_run: list[int] = []  # the server's round number of each round this hospital ran
+        if restore is not None:
+            self.engine.load_state_dict(restore["engine"])
+            opt.load_state_dict(restore["optimizer"])
+            self.rounds_done, self.rounds_run = restore["rounds_done"], list(restore["rounds_run"])
         self.updates: list[list[np.ndarray]] = []  # kept in the hospital for tests; never sent as is
 
     def get_weights(self) -> list[np.ndarray]:
@@ -61,7 +73,14 @@ class Hospital:
             for p, a in zip(self.net.parameters(), arrays):
                 p.copy_(torch.from_numpy(np.asarray(a, dtype=np.float32)).view_as(p))
 
-    def fit(self, global_weights: list[np.ndarray]) -> list[np.ndarray]:
+    def state_dict(self) -> dict:
+        """What a fresh process needs to continue: accountant, optimizer, DP class counts (no data)."""
+        w = getattr(self, "_class_weight", None)
+        return {"engine": self.engine.state_dict(), "optimizer": self.engine.optimizer.state_dict(),
+                "rounds_done": self.rounds_done, "rounds_run": list(self.rounds_run), "counts": self.counts,
+                "class_weight": w}
+
+    def fit(self, global_weights: list[np.ndarray], round_no: int | None = None) -> list[np.ndarray]:
         """One round of local DP-SGD; returns the update local - global."""
         if self.engine.steps + self.local_steps > self.plan.planned_steps:
             raise PrivacyBudgetError(
@@ -75,6 +94,7 @@ class Hospital:
             xb = self.augment(self.x[idx]) if self.augment and len(idx) else self.x[idx]
             self.engine.step(xb, self.y[idx], local, chosen, per_sample_loss)
         self.rounds_done += 1
+        self.rounds_run.append(round_no if round_no is not None else self.rounds_done)
         update = [w - g for w, g in zip(self.get_weights(), global_weights)]
         self.updates.append([u.copy() for u in update])
         return update
@@ -89,6 +109,7 @@ class Hospital:
                          "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
                          "steps": self.engine.steps})
         return {"hospital": self.index + 1, "n_units": self.n_units, "rounds": self.rounds_done,
+                "rounds_run": list(self.rounds_run),
                 "local_steps_per_round": self.local_steps, "steps": self.engine.steps,
                 "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
                 "max_grad_norm": self.plan.max_grad_norm, "delta": self.plan.delta,

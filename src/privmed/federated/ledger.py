@@ -17,7 +17,9 @@ from privmed.privacy.randomness import SOURCE
 
 
 def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float, secagg: dict | None,
-                     n_units_total: int) -> dict:
+                     n_units_total: int, rounds_log: list[dict] | None = None,
+                     framework: str = "Flower (flwr) ServerApp/ClientApp, in-process grid") -> dict:
+    """``rounds_log``: per round, the hospitals whose update the server aggregated ("participants")."""
     from opacus import __version__ as opacus_version
 
     pc = cfg.train.privacy
@@ -40,7 +42,9 @@ def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float,
             "partition_seed": cfg.partition_seed, "partition_by": unit,
             "aggregation": "weighted FedAvg of updates (weight = the hospital's number of units)",
             "secure_aggregation": secagg,
-            "framework": "Flower (flwr) ServerApp/ClientApp, in-process grid",
+            "framework": framework,
+            "spare_rounds": cfg.spare_rounds,
+            "participation": [{"round": r["round"], "hospitals": r.get("participants")} for r in rounds_log or []],
         },
         "hospitals": hospital_ledgers,
         "releases": releases,

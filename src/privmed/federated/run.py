@@ -21,7 +21,7 @@ from privmed.federated.grid import LocalGrid
 from privmed.federated.hospital import Hospital
 from privmed.federated.ledger import federated_ledger
 from privmed.federated.partition import partition
-from privmed.inference.bundle import save_bundle, write_run_log
+from privmed.inference.bundle import run_dir, save_bundle, write_run_log
 from privmed.models import MODELS, get_model
 from privmed.pipeline import TASKS
 from privmed.privacy import check_budget, default_delta
@@ -33,11 +33,7 @@ class Federation:
 
     def __init__(self, cfg: FederatedConfig, progress: bool = True):
         tc = cfg.train
-        spec = MODELS.get(tc.model)
-        if spec is None:
-            raise ValueError(f"unknown model '{tc.model}'; choose one of {', '.join(MODELS)}")
-        if not spec.dp_ok:
-            raise ValueError(f"model '{tc.model}' uses BatchNorm and cannot train with DP")
+        _check_model(tc)
         self.cfg, self.progress = cfg, progress
         self.splits = split_records(tc)
         k = len(self.splits.classes)
@@ -72,6 +68,7 @@ class Federation:
         def on_round(r: int, rows: list[dict]) -> None:
             now = time.time()
             self.rounds_log.append({"round": r, "seconds": round(now - last[0], 2), "hospitals": len(rows),
+                                    "participants": sorted(int(x["hospital"]) for x in rows),
                                     "bytes_to_hospitals": self.grid.bytes_to_hospitals,
                                     "bytes_to_server": self.grid.bytes_to_server})
             last[0] = now
@@ -91,22 +88,95 @@ class Federation:
         return self.strategy.current
 
     def ledger(self) -> dict:
-        sa = None
-        if self.cfg.secagg.enabled:
-            s = self.cfg.secagg
-            n = len(self.hospitals)
-            sa = {"protocol": "SecAgg+ (Flower SecAggPlusWorkflow + secaggplus_mod)", "num_shares": s.num_shares or n,
-                  "reconstruction_threshold": s.reconstruction_threshold or max(2, n - 1),
-                  "clipping_range": s.clipping_range, "quantization_range": s.quantization_range}
         hl = [self.hospitals[h].ledger() for h in sorted(self.hospitals)]
-        return federated_ledger(hl, self.unit, self.cfg, self.delta, sa, self.n_units)
+        return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(self.hospitals)),
+                                self.n_units, self.rounds_log)
 
 
-def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progress: bool = True) -> Path:
+def _secagg_block(cfg, n: int) -> dict | None:
+    if not cfg.secagg.enabled:
+        return None
+    s = cfg.secagg
+    return {"protocol": "SecAgg+ (Flower SecAggPlusWorkflow + secaggplus_mod)", "num_shares": s.num_shares or n,
+            "reconstruction_threshold": s.reconstruction_threshold or max(2, n - 1),
+            "clipping_range": s.clipping_range, "quantization_range": s.quantization_range}
+
+
+def _check_model(tc):
+    spec = MODELS.get(tc.model)
+    if spec is None:
+        raise ValueError(f"unknown model '{tc.model}'; choose one of {', '.join(MODELS)}")
+    if not spec.dp_ok:
+        raise ValueError(f"model '{tc.model}' uses BatchNorm and cannot train with DP")
+
+
+class ProcessFederation:
+    """Process mode: the same setup as ``Federation`` (splits, partition by patient, delta, initial
+    model) without loading any image here; each hospital's SuperNode gets only its own records and
+    loads them itself. ``run()`` drives the OS processes (``privmed.federated.processes``)."""
+
+    def __init__(self, cfg: FederatedConfig, progress: bool = True):
+        tc = cfg.train
+        _check_model(tc)
+        self.cfg, self.progress = cfg, progress
+        self.splits = split_records(tc)
+        k = len(self.splits.classes)
+        self.model = get_model(tc.model, k)
+        y = np.array([r.label for r in self.splits.train])
+        units, self.unit = unit_ids(self.splits.train, tc.privacy.unit)
+        self.parts = partition(units.numpy(), y, k, cfg.hospitals, cfg.partition, cfg.alpha, cfg.partition_seed)
+        self.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(self.splits.train))
+        self.site_records, self.units_of = {}, {}
+        for h in cfg.participants():
+            check_budget(tc.privacy.epsilon, self.delta, len(self.parts[h]))
+            self.site_records[h] = [self.splits.train[i] for i in self.parts[h]]
+            self.units_of[h] = len(torch.unique(units[torch.from_numpy(self.parts[h])]))
+        self.n_units = sum(self.units_of.values())
+        torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
+        self.initial = [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+        self.hospitals = self.site_records  # the participants (their data stay in their own processes)
+        self.rounds_log: list[dict] = []
+        self.timing: dict = {}
+
+    def run(self, root: Path, on_tick=None) -> list[np.ndarray]:
+        from privmed.federated.processes import run_processes
+
+        quiet_flower(True)
+        res = run_processes(self.cfg, self, root, self.progress, on_tick)
+        self.rounds_log, self.timing, self.site_ledgers = res["rounds"], res["timing"], res["ledgers"]
+        self.seconds = self.timing["seconds"]
+        return res["weights"]
+
+    def ledger(self) -> dict:
+        """Each hospital's own public ledger, as it wrote it (counting any round it started and lost);
+        epsilon recomputed here from its releases."""
+        from privmed.privacy.accounting import epsilon_of
+
+        pc = self.cfg.train.privacy
+        hl = []
+        for h in sorted(self.site_records):
+            led = self.site_ledgers.get(h) or {"hospital": h + 1, "n_units": self.units_of[h], "rounds": 0,
+                                               "rounds_run": [], "steps": 0, "releases": []}
+            hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in led["releases"] if r["steps"]]
+            led["epsilon"] = round(epsilon_of(hist, self.delta, pc.accountant), 4) if hist else 0.0
+            hl.append(led)
+        fw = ("Flower (flwr) ServerApp/ClientApp, deployment engine: flower-superlink + one flower-supernode per "
+              "hospital as OS processes, flwr run" + (", TLS" if self.cfg.tls else ", insecure (no TLS)"))
+        return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(hl)), self.n_units,
+                                self.rounds_log, framework=fw)
+
+
+def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progress: bool = True,
+                    on_tick=None) -> Path:
+    """``on_tick``: process mode only, called about once a second with (deployment, rounds done)."""
     tc = cfg.train
     out = Path(out) if out else bundles_dir() / f"{tc.dataset}-federated"
-    fed = Federation(cfg, progress)
-    weights = fed.run()
+    if cfg.engine == "processes":
+        fed = ProcessFederation(cfg, progress)
+        weights = fed.run(run_dir(out) / "processes", on_tick)
+    else:
+        fed = Federation(cfg, progress)
+        weights = fed.run()
     model = fed.model
     with torch.no_grad():
         for p, a in zip(model.trainable.parameters(), weights):
@@ -134,9 +204,13 @@ def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progres
               "class_counts": np.bincount(np.array([fed.splits.train[i].label for i in p]),
                                           minlength=len(fed.splits.classes)).tolist()}
              for h, p in enumerate(fed.parts)]
-    write_run_log(out, {"rounds": fed.rounds_log, "partition": sizes, "dataset_fingerprint": fed.splits.fingerprint,
-                        "training_seconds": round(fed.seconds, 1), "messages": fed.grid.messages,
-                        "bytes_to_hospitals": fed.grid.bytes_to_hospitals,
-                        "bytes_to_server": fed.grid.bytes_to_server})
+    log = {"rounds": fed.rounds_log, "partition": sizes, "dataset_fingerprint": fed.splits.fingerprint,
+           "training_seconds": round(fed.seconds, 1), "engine": cfg.engine}
+    if cfg.engine == "processes":  # bytes go over sockets there, not counted
+        log.update(processes=fed.timing, messages=None, bytes_to_hospitals=None, bytes_to_server=None)
+    else:
+        log.update(messages=fed.grid.messages, bytes_to_hospitals=fed.grid.bytes_to_hospitals,
+                   bytes_to_server=fed.grid.bytes_to_server)
+    write_run_log(out, log)
     return out
 
