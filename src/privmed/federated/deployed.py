@@ -8,6 +8,7 @@ in fresh ``flwr-clientapp`` / ``flwr-serverapp`` processes, so all state lives i
   pending: if the process dies mid-round those steps are counted anyway (never under-count epsilon).
 * the server folder holds ``plan.json``, ``checkpoint.npz`` (global weights and participation after
   each completed round, written atomically) and ``status.json``; a restarted run resumes from it.
+Only the fit stage imports torch: every SecAgg+ stage is a fresh process, so the others stay light.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import Context
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
@@ -29,12 +29,16 @@ from privmed.federated.apps import LEDGER_KEYS, UpdateFedAvg, make_workflow
 
 
 def _save_torch(obj, path: Path) -> None:
+    import torch
+
     with atomic_path(path, private=True) as tmp:
         torch.save(obj, tmp)
 
 
 def load_site(site: Path):
     """(hospital index, FederatedConfig, delta, n_classes, x, y, local unit ids) from a hospital folder."""
+    import torch
+
     from privmed.data.datasets import Record
     from privmed.federated.config import FederatedConfig
     from privmed.models import get_model
@@ -56,6 +60,8 @@ class SiteClient(NumPyClient):
         self.site = site
 
     def fit(self, parameters, config):
+        import torch
+
         from privmed.errors import PrivacyBudgetError
         from privmed.federated.hospital import Hospital
 
