@@ -1,0 +1,126 @@
+"""Process mode of ``privmed federate`` (``--engine processes``): a real flower-superlink and one
+flower-supernode per hospital as OS processes, TLS, ``flwr run``; covid19_xray (216 training images,
+cached features), 3 hospitals, 2 rounds. Faults: a SuperNode killed mid-round, a SuperLink killed
+mid-round (resume from the checkpoint). A few minutes each on 2 shared cores."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from privmed.federated.processes import flower_commands, processes_with_token  # noqa: E402
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(flower_commands()), reason=f"Flower commands missing: {flower_commands()}")]
+
+
+def _cfg(data_root, **kw):
+    from privmed.federated.config import FederatedConfig
+
+    base = {"train": {"dataset": "covid19_xray", "data_root": str(data_root)}, "hospitals": 3, "rounds": 2,
+            "local_epochs": 1, "engine": "processes", "stage_timeout": 90}
+    base.update(kw)
+    return FederatedConfig(**base)
+
+
+def _run(cfg, out, fault=None):
+    from privmed.federated.run import federate_bundle
+
+    seen = {}
+
+    def on_tick(dep, done):
+        seen["dep"] = dep
+        if fault:
+            fault(dep, done)
+
+    federate_bundle(cfg, out, progress=False, on_tick=on_tick)
+    return seen["dep"]
+
+
+def _site_ledger(dep, h):
+    p = dep.root / f"hospital-{h}" / "ledger.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _check_logs_and_processes(dep, data_root):
+    assert processes_with_token(dep.token) == []  # nothing left running, children included
+    logs = {p.name: p.read_text(errors="replace") for p in dep.logs.iterdir()}
+    assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= set(logs)
+    names = [p.name for p in (data_root / "covid19_xray" / "train").rglob("*") if p.is_file()]
+    assert not any(n in text for n in names for text in logs.values())  # no image (patient) file names
+
+
+def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
+    from privmed.inference import load_model
+    from privmed.inference.bundle import read_metadata, read_run_log
+    from privmed.privacy.ledger import recompute
+
+    out = tmp_path / "fed"
+    dep = _run(_cfg(data_root), out)
+    meta = read_metadata(out)
+    p = meta["privacy"]
+    assert recompute(p) == pytest.approx(p["epsilon"], abs=1e-3) and p["epsilon"] <= p["epsilon_target"] + 1e-9
+    assert [r["hospitals"] for r in p["federation"]["participation"]] == [[1, 2, 3], [1, 2, 3]]
+    assert "OS processes" in p["federation"]["framework"] and "TLS" in p["federation"]["framework"]
+    for h in p["hospitals"]:
+        assert h["steps"] == 2 * h["local_steps_per_round"] and h["rounds_run"] == [1, 2]
+    run = read_run_log(out)
+    assert run["engine"] == "processes" and run["processes"]["restarts"] == 0
+    # each SuperNode got only its own hospital's records, disjoint from the others'
+    sites = [{r["path"] for r in json.loads((dep.root / f"hospital-{h}" / "site.json").read_text())["records"]}
+             for h in range(3)]
+    assert all(sites[a].isdisjoint(sites[b]) for a in range(3) for b in range(a + 1, 3))
+    assert "--ssl-certfile" in (dep.root / "logs" / "superlink.log").read_text() or (dep.root / "tls" / "ca.crt").is_file()
+    assert "insecure" not in (dep.root / "logs" / "superlink.log").read_text().lower()
+    _check_logs_and_processes(dep, data_root)
+    img = next((data_root / "covid19_xray" / "test" / "covid").iterdir())
+    assert set(load_model(out).predict(str(img)).probabilities) == {"covid", "normal", "viral_pneumonia"}
+
+
+def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
+    from privmed.inference.bundle import read_metadata
+    from privmed.privacy.ledger import recompute
+
+    killed = []
+
+    def fault(dep, done):
+        # hospital 3 has started its round-2 training (its write-ahead ledger says so): kill its SuperNode
+        if not killed and _site_ledger(dep, 2).get("pending_round") == 2:
+            dep.kill_supernode(2)
+            killed.append(done)
+
+    out = tmp_path / "fed"
+    dep = _run(_cfg(data_root, tls=False), out, fault)
+    assert killed == [1]
+    p = read_metadata(out)["privacy"]
+    assert [r["hospitals"] for r in p["federation"]["participation"]] == [[1, 2, 3], [1, 2]]
+    h3 = p["hospitals"][2]
+    # the lost round's steps are counted (write-ahead), so epsilon is never under-stated
+    assert h3["steps"] == 2 * h3["local_steps_per_round"] and h3["pending_round"] == 2
+    assert recompute(p) == pytest.approx(p["epsilon"], abs=1e-3)
+    _check_logs_and_processes(dep, data_root)
+
+
+def test_a_killed_superlink_resumes_from_the_checkpoint(data_root, tmp_path):
+    from privmed.inference.bundle import read_metadata, read_run_log
+
+    killed = []
+
+    def fault(dep, done):
+        if not killed and done == 1 and _site_ledger(dep, 0).get("pending_round") == 2:
+            dep.kill_superlink()
+            killed.append(done)
+
+    out = tmp_path / "fed"
+    # one spare round of budget: the lost round 2 is run again and both runs of it count
+    dep = _run(_cfg(data_root, tls=False, spare_rounds=1), out, fault)
+    assert killed == [1]
+    assert read_run_log(out)["processes"]["restarts"] == 1
+    p = read_metadata(out)["privacy"]
+    assert [r["round"] for r in p["federation"]["participation"]] == [1, 2]
+    h1 = p["hospitals"][0]
+    assert h1["steps"] == 3 * h1["local_steps_per_round"]  # round 1, lost round 2, round 2 again
+    assert p["epsilon"] <= p["epsilon_target"] + 1e-9
+    _check_logs_and_processes(dep, data_root)
