@@ -72,8 +72,9 @@ def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
     sites = [{r["path"] for r in json.loads((dep.root / f"hospital-{h}" / "site.json").read_text())["records"]}
              for h in range(3)]
     assert all(sites[a].isdisjoint(sites[b]) for a in range(3) for b in range(a + 1, 3))
-    assert "--ssl-certfile" in (dep.root / "logs" / "superlink.log").read_text() or (dep.root / "tls" / "ca.crt").is_file()
-    assert "insecure" not in (dep.root / "logs" / "superlink.log").read_text().lower()
+    link_log = (dep.root / "logs" / "superlink.log").read_text()
+    assert "running on https://127.0.0.1" in link_log and "insecure" not in link_log.lower()  # TLS, our CA
+    assert (dep.root / "tls" / "ca.crt").is_file() and (dep.root / "tls" / "superlink.key").stat().st_mode & 0o077 == 0
     _check_logs_and_processes(dep, data_root)
     img = next((data_root / "covid19_xray" / "test" / "covid").iterdir())
     assert set(load_model(out).predict(str(img)).probabilities) == {"covid", "normal", "viral_pneumonia"}
