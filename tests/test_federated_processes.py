@@ -12,8 +12,7 @@ pytest.importorskip("flwr")
 
 from privmed.federated.processes import flower_commands, processes_with_token  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(bool(flower_commands()), reason=f"Flower commands missing: {flower_commands()}")]
+pytestmark = pytest.mark.skipif(bool(flower_commands()), reason=f"Flower commands missing: {flower_commands()}")
 
 
 def _cfg(data_root, **kw):
@@ -52,6 +51,28 @@ def _check_logs_and_processes(dep, data_root):
     assert not any(n in text for n in names for text in logs.values())  # no image (patient) file names
 
 
+def test_stop_ends_detached_grandchildren_and_the_certificate_verifies(tmp_path):
+    import time
+
+    from cryptography import x509
+
+    from privmed.federated.processes import Deployment
+
+    dep = Deployment(tmp_path, [0], tls=True)
+    # a child that starts a detached grandchild (as Flower's SuperExec is started) and one that exits
+    dep.superlink = dep._spawn(["bash", "-c", "setsid sleep 300 & sleep 300"], "superlink.log")
+    time.sleep(0.5)
+    assert len(processes_with_token(dep.token)) >= 2
+    dep.stop(grace=2)
+    assert processes_with_token(dep.token) == []
+    ca = x509.load_pem_x509_certificate(dep.tls["ca"].read_bytes())
+    cert = x509.load_pem_x509_certificate(dep.tls["cert"].read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+
+
+@pytest.mark.slow
 def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
     from privmed.inference import load_model
     from privmed.inference.bundle import read_metadata, read_run_log
@@ -80,6 +101,7 @@ def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
     assert set(load_model(out).predict(str(img)).probabilities) == {"covid", "normal", "viral_pneumonia"}
 
 
+@pytest.mark.slow
 def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
     from privmed.inference.bundle import read_metadata
     from privmed.privacy.ledger import recompute
@@ -104,6 +126,7 @@ def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
     _check_logs_and_processes(dep, data_root)
 
 
+@pytest.mark.slow
 def test_a_killed_superlink_resumes_from_the_checkpoint(data_root, tmp_path):
     from privmed.inference.bundle import read_metadata, read_run_log
 

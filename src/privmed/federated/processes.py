@@ -178,7 +178,10 @@ class Deployment:
     def flwr_run(self, plan: Path) -> str:
         cmd = ["flwr", "run", str(self.root / "app"), "local", "--format", "json", "--run-config", f'plan="{plan}"']
         with open(self.logs / "flwr-run.log", "ab") as f:
-            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, env=self.env, cwd=self.root, timeout=300)
+            try:
+                p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, env=self.env, cwd=self.root, timeout=300)
+            except subprocess.TimeoutExpired:
+                raise PrivmedError(f"flwr run did not answer in 300 s; see {self.logs / 'flwr-run.log'}") from None
         f_out = p.stdout.decode(errors="replace")
         with open(self.logs / "flwr-run.log", "a") as f:
             f.write(f_out)
