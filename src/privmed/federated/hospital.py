@@ -46,8 +46,12 @@ class Hospital:
             weight = torch.tensor(w, dtype=torch.float32)
             self._class_weight = w
         # spare rounds: budget planned in for rounds lost to a crash (their steps still count)
-        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch,
-                           (cfg.rounds + cfg.spare_rounds) * cfg.local_epochs, pc.accountant, prefix)
+        epochs = (cfg.rounds + cfg.spare_rounds) * cfg.local_epochs
+        self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, epochs, pc.accountant, prefix))
+        saved = (restore or {}).get("plan") or {}
+        sigma = saved.get("noise_multiplier") if saved.get("key") == self._plan_key else None
+        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, epochs, pc.accountant, prefix,
+                           noise_multiplier=sigma)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
         self.net = get_model(tc.model, n_classes).trainable
         opt = (torch.optim.SGD(self.net.parameters(), lr=tc.lr, momentum=0.9) if tc.optimizer == "sgd"
@@ -78,7 +82,7 @@ class Hospital:
         w = getattr(self, "_class_weight", None)
         return {"engine": self.engine.state_dict(), "optimizer": self.engine.optimizer.state_dict(),
                 "rounds_done": self.rounds_done, "rounds_run": list(self.rounds_run), "counts": self.counts,
-                "class_weight": w}
+                "class_weight": w, "plan": {"key": self._plan_key, "noise_multiplier": self.plan.noise_multiplier}}
 
     def fit(self, global_weights: list[np.ndarray], round_no: int | None = None) -> list[np.ndarray]:
         """One round of local DP-SGD; returns the update local - global."""

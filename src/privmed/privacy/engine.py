@@ -31,15 +31,17 @@ class DPPlan:
     the releases in ``prefix`` (e.g. DP class counts) have been composed in."""
 
     def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_units: int, batch_size: int,
-                 epochs: int, accountant: str = "prv", prefix: History = ()):
+                 epochs: int, accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None):
+        """``noise_multiplier``: from an earlier calibration of this same plan (a federated hospital's
+        saved state, one process per round): skips the search; the budget check below still runs."""
         check_budget(epsilon, delta, n_units)
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
         self.accountant, self.prefix, self.n_units = accountant, list(prefix), n_units
         self.steps_per_epoch = math.ceil(n_units / batch_size)
         self.sample_rate = 1.0 / self.steps_per_epoch
         self.planned_steps = self.steps_per_epoch * epochs
-        self.noise_multiplier = sigma_for(epsilon, delta, self.sample_rate, self.planned_steps, accountant,
-                                          prefix=self.prefix)
+        self.noise_multiplier = noise_multiplier or sigma_for(epsilon, delta, self.sample_rate, self.planned_steps,
+                                                              accountant, prefix=self.prefix)
         self.planned_epsilon = self.epsilon_after(self.planned_steps)
         if self.planned_epsilon > epsilon + 1e-9:
             raise PrivacyBudgetError(f"calibrated noise gives epsilon {self.planned_epsilon:.4f} > target {epsilon}")
