@@ -72,6 +72,26 @@ def test_stop_ends_detached_grandchildren_and_the_certificate_verifies(tmp_path)
     assert "127.0.0.1" in [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
 
 
+def test_a_checkpoint_is_resumed_only_by_the_same_federation(tmp_path, data_root):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from privmed.errors import PrivmedError
+    from privmed.federated.processes import prepare
+
+    setup = SimpleNamespace(site_records={}, n_units=216, initial=[np.zeros(3)], delta=4e-4,
+                            splits=SimpleNamespace(classes=["a", "b"]))
+    plan = prepare(tmp_path, _cfg(data_root), setup)
+    (plan.parent / "checkpoint.npz").write_bytes(b"round 1")
+    (plan.parent / "status.json").write_text('{"state": "failed"}')
+    prepare(tmp_path, _cfg(data_root), setup)  # the same federation: resumes
+    assert not (plan.parent / "status.json").exists()  # an old verdict never ends the new run
+    with pytest.raises(PrivmedError, match="different federation"):
+        prepare(tmp_path, _cfg(data_root, rounds=3), setup)
+    assert (plan.parent / "checkpoint.npz").read_bytes() == b"round 1"
+
+
 @pytest.mark.slow
 def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
     from privmed.inference import load_model

@@ -277,6 +277,20 @@ def prepare(root: Path, cfg, setup) -> Path:
     (root / "app" / "pyproject.toml").write_text(PYPROJECT)
     server = root / "server"
     server.mkdir(exist_ok=True, mode=0o700)
+    n = len(setup.site_records)
+    secagg = cfg.secagg.enabled
+    plan = {"hospitals": n, "rounds": cfg.rounds, "secagg": cfg.secagg.model_dump(), "total_units": setup.n_units,
+            # a round goes on without one dead hospital (SecAgg+ threshold n - 1 allows it)
+            "min_hospitals": max(2 if secagg else 1, n - 1), "stage_timeout": cfg.stage_timeout,
+            "node_wait": 120}
+    plan["config"] = cfg.model_dump(mode="json")
+    path = server / "plan.json"
+    (server / "status.json").unlink(missing_ok=True)  # a previous run's verdict
+    if (server / "checkpoint.npz").is_file():  # an interrupted run: resume it only if it is the same one
+        old = json.loads(path.read_text()) if path.is_file() else None
+        if old != plan:
+            raise PrivmedError(f"{root} holds the checkpoint of a different federation; delete that folder or "
+                               "choose another --out")
     np.savez(server / "initial.npz", **{f"w{i}": w for i, w in enumerate(setup.initial)})
     for h, records in setup.site_records.items():
         site = root / f"hospital-{h}"
@@ -286,13 +300,6 @@ def prepare(root: Path, cfg, setup) -> Path:
         atomic_write_text(site / "site.json", json.dumps({
             "hospital": h, "config": cfg.model_dump(mode="json"), "delta": setup.delta,
             "n_classes": len(setup.splits.classes), "records": rows}), private=True)
-    n = len(setup.site_records)
-    secagg = cfg.secagg.enabled
-    plan = {"hospitals": n, "rounds": cfg.rounds, "secagg": cfg.secagg.model_dump(), "total_units": setup.n_units,
-            # a round goes on without one dead hospital (SecAgg+ threshold n - 1 allows it)
-            "min_hospitals": max(2 if secagg else 1, n - 1), "stage_timeout": cfg.stage_timeout,
-            "node_wait": 120}
-    path = server / "plan.json"
     atomic_write_text(path, json.dumps(plan))
     return path
 
