@@ -88,6 +88,7 @@ class SiteClient(NumPyClient):
             update = hospital.fit(parameters, round_no=round_no)
         except PrivacyBudgetError:  # refused before any step
             _save_torch(dict(hospital.state_dict(), pending=None), state_path)
+            atomic_write_text(self.site / "ledger.json", json.dumps(hospital.ledger(with_epsilon=False)), private=True)
             raise
         _save_torch(dict(hospital.state_dict(), pending=None), state_path)
         led = hospital.ledger(with_epsilon=False)
