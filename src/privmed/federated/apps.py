@@ -82,6 +82,19 @@ class UpdateFedAvg(FedAvg):
         return ndarrays_to_parameters(self.current), {}
 
 
+class SetupDropoutSecAggPlus(SecAggPlusWorkflow):
+    """Flower 1.42's SecAgg+ keeps a hospital that never answered the setup stage (stage 0) among the
+    sampled nodes, then fails the round at unmasking because nobody holds key shares of it. Such a
+    hospital sent nothing (no keys, no shares, no vector), so it leaves the round as if never sampled;
+    the threshold check over the others still applies. A hospital lost after stage 0 is unmasked by
+    Flower's own dropout path."""
+
+    def setup_stage(self, grid, context, state) -> bool:
+        ok = super().setup_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return ok
+
+
 def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = None) -> DefaultWorkflow:
     """``total_units``: the weights' sum (public); SecAgg+ scales each update by its weight / max_weight
     before quantising, so max_weight = total keeps the quantisation step small relative to the update.
@@ -89,7 +102,7 @@ def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = 
     if secagg_cfg.enabled:
         shares = secagg_cfg.num_shares or n
         threshold = secagg_cfg.reconstruction_threshold or max(2, n - 1)
-        fit = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold,
+        fit = SetupDropoutSecAggPlus(num_shares=shares, reconstruction_threshold=threshold,
                                  clipping_range=secagg_cfg.clipping_range,
                                  quantization_range=secagg_cfg.quantization_range,
                                  max_weight=float(total_units), timeout=timeout)
