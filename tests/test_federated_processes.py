@@ -46,7 +46,8 @@ def _site_ledger(dep, h):
 def _check_logs_and_processes(dep, data_root):
     assert processes_with_token(dep.token) == []  # nothing left running, children included
     logs = {p.name: p.read_text(errors="replace") for p in dep.logs.iterdir()}
-    assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"} <= set(logs)
+    assert {"superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log", "serverapp.log"} <= set(logs)
+    assert "[ROUND 2]" in logs["serverapp.log"]
     names = [p.name for p in (data_root / "covid19_xray" / "train").rglob("*") if p.is_file()]
     assert not any(n in text for n in names for text in logs.values())  # no image (patient) file names
 

@@ -193,6 +193,17 @@ class Deployment:
             raise PrivmedError(f"flwr run failed (exit {p.returncode}); see {self.logs / 'flwr-run.log'}")
         return str(res["run-id"])
 
+    def save_serverapp_log(self, run_id: str) -> None:
+        """The ServerApp's output lives in the SuperLink; copy it into logs/serverapp.log."""
+        if self.superlink is None or self.superlink.poll() is not None:
+            return
+        with open(self.logs / "serverapp.log", "ab") as f:
+            try:
+                subprocess.run(["flwr", "log", run_id, "local", "--show"], stdout=f, stderr=subprocess.STDOUT,
+                               env=self.env, cwd=self.root, timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+
     def kill_supernode(self, h: int) -> None:
         """Fault injection (tests): the SuperNode of hospital ``h`` and its ClientApp processes die."""
         p = self.supernodes[h]
@@ -359,6 +370,8 @@ def run_processes(cfg, setup, root: Path, progress: bool = True, on_tick=None) -
         timing["seconds"] = round(time.time() - t0, 2)
     finally:
         bar.close()
+        if timing.get("run_ids"):
+            dep.save_serverapp_log(timing["run_ids"][-1])
         dep.stop()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
