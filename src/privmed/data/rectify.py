@@ -18,7 +18,8 @@ WORK_SIDE = 512
 MIN_AREA = 0.15  # of the frame: a film photographed from further away is too small to read anyway
 MAX_AREA = 0.97  # a "quadrilateral" that is the whole frame is the frame, not a film
 MIN_FILL, MAX_FILL = 0.93, 1.03  # contour area / quadrilateral area: the outline is (nearly) that quadrilateral
-MARGIN = 0.02  # cropped from each side after the warp: film edges, bezel shadow, glare at the rim
+MARGIN = 0.005  # cropped from each side after the warp: the outline's blur. More zooms the film and moves
+# the chest model's output (2 % raised P(pneumonia) by up to 0.15)
 
 
 @dataclass
@@ -110,7 +111,8 @@ def _refine(points: np.ndarray, quad: np.ndarray) -> np.ndarray:
         if length < 1:
             return quad
         t = (points - a) @ d / length**2
-        dist = np.abs(np.cross(d, points - a)) / length
+        rel = points - a
+        dist = np.abs(d[0] * rel[:, 1] - d[1] * rel[:, 0]) / length
         near = points[(t > 0.1) & (t < 0.9) & (dist < max(3.0, 0.02 * length))]
         if len(near) < 5:
             return quad
