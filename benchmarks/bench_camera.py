@@ -75,10 +75,11 @@ def main() -> None:
         clean = served(model, p.read_bytes(), "file")
         photo = phone_photo(load_image(p).pixels, rng)
         row = {"film": f"{p.parent.name}/{p.name}", "kind": photo.kind, "clean_label": clean["label"],
-               "clean_accepted": not clean["abstain"]}
+               "clean_accepted": not clean["abstain"], "clean_p": clean["probabilities"].get("pneumonia")}
         for source in ("file", "camera"):
             res = served(model, photo.jpeg, source)
             row[source] = {"accepted": not res["abstain"], "label": res["label"],
+                           "p": (res.get("probabilities") or {}).get("pneumonia"),
                            "agree": res["label"] == clean["label"], "reasons": res.get("abstain_reasons", [])}
         row["corner_error_pct"] = corner_error(served(model, photo.jpeg, "camera"), photo.corners)
         rows.append(row)
@@ -91,6 +92,10 @@ def main() -> None:
         for kind in sorted({r["kind"] for r in rows}):
             k = [r for r in rows if r["kind"] == kind]
             summary[source][f"accepted_{kind}"] = f"{sum(r[source]['accepted'] for r in k)}/{len(k)}"
+    sure = [r for r in rows if r["clean_p"] is not None and abs(r["clean_p"] - 0.5) >= 0.2 and r["camera"]["accepted"]]
+    summary["camera"]["confident_clean_agree"] = f"{sum(r['camera']['agree'] for r in sure)}/{len(sure)}"
+    shift = [r["camera"]["p"] - r["clean_p"] for r in rows if r["camera"]["p"] is not None and r["clean_p"] is not None]
+    summary["camera"]["p_pneumonia_shift_median"] = float(np.median(shift)) if shift else None
     errs = [r["corner_error_pct"] for r in rows]
     found = [e for e in errs if e is not None]
     summary["rectified"] = {"found": len(found), "of": len(rows),
@@ -109,7 +114,8 @@ def main() -> None:
         print(o)
     for r in rows:
         if not r["camera"]["accepted"] or not r["camera"]["agree"]:
-            print("camera miss:", r["film"], r["kind"], r["corner_error_pct"], r["camera"])
+            print("camera miss:", r["film"], r["kind"], "clean p", round(r["clean_p"] or 0, 3),
+                  "corner err %", r["corner_error_pct"], r["camera"])
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "photos": rows, "non_xray": others}, indent=2))
 
