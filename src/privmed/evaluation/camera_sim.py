@@ -29,8 +29,9 @@ class SimPhoto:
 
 
 def phone_photo(film: np.ndarray, rng: np.random.Generator, *, kind: str | None = None,
-                size: tuple[int, int] | None = None, quality: int = 80) -> SimPhoto:
-    """``film``: grey X-ray in [0, 1] (HxW). Returns the photo as JPEG bytes and where the film lies."""
+                size: tuple[int, int] | None = None, quality: int = 80, glare: float = 1.0) -> SimPhoto:
+    """``film``: grey X-ray in [0, 1] (HxW). Returns the photo as JPEG bytes and where the film lies.
+    ``glare`` scales the highlight (0: none; the random draws stay the same, for ablations)."""
     kind = kind or KINDS[rng.integers(len(KINDS))]
     w, h = size or SIZES[rng.integers(len(SIZES))]
     film = _film(np.asarray(film, np.float32), rng, kind)
@@ -47,7 +48,7 @@ def phone_photo(film: np.ndarray, rng: np.random.Generator, *, kind: str | None 
     warped = cv2.warpPerspective(film, m, (w, h), flags=cv2.INTER_LINEAR)
     mask = cv2.warpPerspective(np.ones_like(film), m, (w, h), flags=cv2.INTER_LINEAR)
     grey = _surround(rng, kind, w, h) * (1 - mask) + warped * mask
-    grey = grey + _glare(rng, corners, w, h)
+    grey = grey + glare * _glare(rng, corners, w, h)
     rgb = grey[..., None] * np.array([1.0, rng.uniform(0.88, 0.95), rng.uniform(0.72, 0.85)], np.float32)  # warm
     rgb = rgb + rng.normal(0, 0.01, rgb.shape).astype(np.float32)
     rgb = cv2.GaussianBlur(rgb, (0, 0), rng.uniform(0.6, 1.2))
