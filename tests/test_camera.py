@@ -136,3 +136,14 @@ def test_api_source_camera_and_bad_value(chest_model, data_root, tmp_path):
         assert r.status_code == 422 and "source" in r.json()["detail"] and "camera" in r.json()["detail"]
         params = {p["name"]: p for p in app.openapi()["paths"]["/v1/predict"]["post"]["parameters"]}
         assert params["source"]["schema"]["enum"] == ["file", "camera"]
+
+
+def test_app_shows_the_film_as_the_model_saw_it(data_root):
+    from privmed.app.backend import display_pixels
+    from privmed.data.rectify import rectify
+
+    photo = phone_photo(load_image(chest_films(data_root, 1)[0]).pixels, np.random.default_rng(4))
+    r = rectify(load_image(photo.jpeg).pixels)
+    shown = display_pixels(photo.jpeg, {"source": "camera", "rectified": r.to_dict()})
+    assert shown.shape == r.pixels.shape and np.abs(shown - r.pixels).mean() < 0.01  # rounded corners only
+    assert display_pixels(photo.jpeg, {}).shape == (photo.size[1], photo.size[0])  # an upload: as it is
