@@ -1,6 +1,6 @@
 """Phone photos of chest films through the served prediction path, as a file and as a camera frame.
 
-    python benchmarks/bench_camera.py [--bundle chest_xray_pneumonia] [--n 40] [--seed 0] [--glare 1] [--json OUT]
+    python benchmarks/bench_camera.py [--bundle chest_xray_pneumonia] [--n 40] [--seed 0] [--glare 1] [--moire 1] [--json OUT]
 
 Simulated photos (``privmed.evaluation.camera_sim``) of films from the official chest_xray_pneumonia
 test split, half of each class. For each: accepted (not refused by quality or OOD) and label agreement
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--glare", type=float, default=1.0, help="scale of the glare spot (0: none; an ablation)")
+    ap.add_argument("--moire", type=float, default=1.0, help="scale of the monitor's moire lines (an ablation)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     root = default_data_root()
@@ -74,7 +75,7 @@ def main() -> None:
     rows = []
     for p in films:
         clean = served(model, p.read_bytes(), "file")
-        photo = phone_photo(load_image(p).pixels, rng, glare=a.glare)
+        photo = phone_photo(load_image(p).pixels, rng, glare=a.glare, moire=a.moire)
         row = {"film": f"{p.parent.name}/{p.name}", "kind": photo.kind, "clean_label": clean["label"],
                "clean_accepted": not clean["abstain"], "clean_p": clean["probabilities"].get("pneumonia")}
         for source in ("file", "camera"):

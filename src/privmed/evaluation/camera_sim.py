@@ -29,12 +29,14 @@ class SimPhoto:
 
 
 def phone_photo(film: np.ndarray, rng: np.random.Generator, *, kind: str | None = None,
-                size: tuple[int, int] | None = None, quality: int = 80, glare: float = 1.0) -> SimPhoto:
+                size: tuple[int, int] | None = None, quality: int = 80, glare: float = 1.0,
+                moire: float = 1.0) -> SimPhoto:
     """``film``: grey X-ray in [0, 1] (HxW). Returns the photo as JPEG bytes and where the film lies.
-    ``glare`` scales the highlight (0: none; the random draws stay the same, for ablations)."""
+    ``glare`` and ``moire`` scale the highlight and the monitor's lines (0: none; the random draws
+    stay the same, for ablations)."""
     kind = kind or KINDS[rng.integers(len(KINDS))]
     w, h = size or SIZES[rng.integers(len(SIZES))]
-    film = _film(np.asarray(film, np.float32), rng, kind)
+    film = _film(np.asarray(film, np.float32), rng, kind, moire)
     side = rng.uniform(0.55, 0.75) * min(w, h)  # film height in the photo
     fh, fw = side, side * film.shape[1] / film.shape[0]
     cx, cy = w / 2 + rng.uniform(-0.08, 0.08) * w, h / 2 + rng.uniform(-0.06, 0.06) * h
@@ -61,14 +63,14 @@ def _unit(angles: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(angles), np.sin(angles)], 1)
 
 
-def _film(x: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+def _film(x: np.ndarray, rng: np.random.Generator, kind: str, moire: float = 1.0) -> np.ndarray:
     """Upscale the X-ray to roughly photo resolution and lift its black level; maybe a clear margin."""
     x = cv2.resize(x, (x.shape[1] * 3, x.shape[0] * 3), interpolation=cv2.INTER_CUBIC)
     black, white = rng.uniform(0.12, 0.2), rng.uniform(0.85, 0.97)
     x = black + (white - black) * np.clip(x, 0, 1)
     if kind == "monitor":  # faint moire from the screen's pixel grid
         yy = np.arange(x.shape[0], dtype=np.float32)[:, None]
-        x = x + 0.015 * np.sin(2 * np.pi * yy / rng.uniform(5, 9))
+        x = x + moire * 0.015 * np.sin(2 * np.pi * yy / rng.uniform(5, 9))
     elif rng.random() < 0.5:  # a film's clear margin, a few pixels wide
         b = int(rng.integers(6, 16))
         x = cv2.copyMakeBorder(x, b, b, b, b, cv2.BORDER_CONSTANT, value=float(rng.uniform(0.7, 0.85)))
