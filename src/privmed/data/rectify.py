@@ -34,22 +34,15 @@ class Rectified:
         return {"found": self.found, "method": self.method, "corners": c}
 
 
-def rectify(pixels: np.ndarray, *, min_area: float = MIN_AREA, margin: float = MARGIN,
-            target: int | None = None) -> Rectified:
-    """Grey image in [0, 1] (HxW) -> the film, upright, inner margin cropped, grey levels stretched.
-    ``target``: the side the model resizes to; the film is low-passed to that scale first, because a
-    screen's pixel grid (moire) otherwise aliases into stripes (it cost 3 of 40 labels, docs/BENCHMARKS.md)."""
+def rectify(pixels: np.ndarray, *, min_area: float = MIN_AREA, margin: float = MARGIN) -> Rectified:
+    """Grey image in [0, 1] (HxW) -> the film, upright, inner margin cropped, grey levels stretched."""
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 2 or min(pixels.shape) < 32:
         return Rectified(pixels, False)
     corners, method = find_film(pixels, min_area=min_area)
     if corners is None:
         return Rectified(pixels, False)
-    out = warp(pixels, corners, margin=margin)
-    scale = max(out.shape) / target if target else 1.0
-    if scale > 1.5:
-        out = np.clip(cv2.GaussianBlur(out, (0, 0), 0.5 * scale), 0.0, 1.0)
-    return Rectified(out, True, corners, method)
+    return Rectified(warp(pixels, corners, margin=margin), True, corners, method)
 
 
 def find_film(pixels: np.ndarray, *, min_area: float = MIN_AREA) -> tuple[np.ndarray | None, str]:

@@ -134,7 +134,7 @@ class Model:
 
         img = load_image(image, **self.dicom_options(window, frame))
         check_modality(img.meta, self.metadata)
-        img = camera_input(img, source, target=self.preprocess.cfg.size)
+        img = camera_input(img, source)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
         return img, verdict, self.tensor(img)
 
@@ -167,17 +167,16 @@ class Model:
 SOURCES = ("file", "camera")
 
 
-def camera_input(img: Image, source: str = "file", target: int | None = None) -> Image:
+def camera_input(img: Image, source: str = "file") -> Image:
     """``source="camera"``: the film found in the photo, upright, and ``meta["rectified"]`` saying
-    whether it was found (and where); the photo itself when not. ``"file"``: ``img`` unchanged.
-    ``target``: the model's input side (the film is low-passed to it: see ``data.rectify``)."""
+    whether it was found (and where); the photo itself when not. ``"file"``: ``img`` unchanged."""
     if source not in SOURCES:
         raise ImageReadError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if source == "file":
         return img
     from privmed.data.rectify import rectify
 
-    r = rectify(img.pixels, target=target)
+    r = rectify(img.pixels)
     return Image(r.pixels, {**img.meta, "source": "camera", "rectified": r.to_dict()})
 
 
