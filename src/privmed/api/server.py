@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -233,7 +234,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ---------- predict
     @app.post("/v1/predict", responses=errors(400, 404, 413, 415, 422, *V1), openapi_extra=PREDICT_BODY)
-    async def predict(request: Request, p: Principal = Depends(require("predict"))):
+    async def predict(request: Request, p: Principal = Depends(require("predict")),
+                      source: Literal["file", "camera"] = Query(
+                          "file", description="'camera': a phone photo of a film or monitor; the film is found "
+                                              "and rectified before the quality gate (result: image.rectified)")):
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise _err(415, f"send images as multipart/form-data (field 'file'), not '{ctype or 'no content type'}'")
@@ -309,7 +313,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             audit["input_sha256"].append(sha256_bytes(data))
             try:
                 res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
-                                                 max_bytes=settings.max_file_bytes, window=window, frame=frame)
+                                                 max_bytes=settings.max_file_bytes, window=window, frame=frame,
+                                                 source=source)
             except InputError as e:
                 prefix = f"file {i + 1} of {len(uploads)}: " if len(uploads) > 1 else ""
                 raise _err(e.status, prefix + e.detail) from None

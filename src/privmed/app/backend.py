@@ -41,7 +41,7 @@ class LocalBackend:
 
         return [model_card(e["metadata"], e["name"]) for e in self.registry.entries()]
 
-    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool) -> dict:
+    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool, source: str = "file") -> dict:
         from privmed.inference.registry import UnknownModel
         from privmed.inference.service import InputError, analyse
 
@@ -56,7 +56,7 @@ class LocalBackend:
         except BundleError as e:
             raise BackendError(f"model '{model_id}' is unavailable: {e}") from None
         try:
-            result, _ = analyse(model, data, filename=filename, explain=explain)
+            result, _ = analyse(model, data, filename=filename, explain=explain, source=source)
         except InputError as e:
             raise BackendError(e.detail) from None
         return result
@@ -86,11 +86,12 @@ class RemoteBackend:
     def models(self) -> list[dict]:
         return [self._get(f"/v1/models/{m['id']}") for m in self._get("/v1/models")["models"]]
 
-    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool) -> dict:
+    def analyse(self, model_id: str, data: bytes, filename: str, explain: bool, source: str = "file") -> dict:
         import httpx
 
         try:
-            r = self.client.post("/v1/predict", files={"file": (filename, data, "application/octet-stream")},
+            r = self.client.post("/v1/predict", params={"source": source},
+                                 files={"file": (filename, data, "application/octet-stream")},
                                  data={"model": model_id, "explain": "true" if explain else "false"})
         except httpx.HTTPError as e:
             raise BackendError(f"cannot reach the privmed API at {self.url} ({type(e).__name__})") from None
@@ -123,6 +124,12 @@ def display_pixels(data: bytes, image_meta: dict | None = None) -> np.ndarray | 
     w = m.get("window") or {}
     named = w.get("name") if w.get("source") in ("default", "requested") else None
     try:
-        return load_image(data, window=named, frame=m.get("frame")).pixels
+        pixels = load_image(data, window=named, frame=m.get("frame")).pixels
     except (ImageReadError, Exception):
         return None
+    r = m.get("rectified") or {}
+    if r.get("found") and r.get("corners"):  # a camera photo: show the film as the model saw it
+        from privmed.data.rectify import warp
+
+        pixels = warp(pixels, np.asarray(r["corners"], np.float64))
+    return pixels

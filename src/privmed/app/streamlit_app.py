@@ -87,6 +87,10 @@ def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -
                          width="stretch")
             else:
                 st.image(pixels, caption="uploaded image", clamp=True, width="stretch")
+        rect = (res.get("image") or {}).get("rectified")
+        if rect is not None:
+            st.caption("Camera photo: film found and straightened (shown as the model saw it)" if rect.get("found")
+                       else "Camera photo: no film outline found; the photo was checked as it is")
     with right:
         q = res.get("quality") or {}
         if q.get("ok", True):
@@ -143,15 +147,15 @@ def main() -> None:
                                  type=["png", "jpg", "jpeg", "dcm", "dicom"])
     with tab_cam:
         shot = st.camera_input("Photograph a film or screen (quality is checked)", key="camera")
-    items = [(f.name, f.getvalue()) for f in files or []]
-    if shot is not None:
-        items.append(("camera.jpg", shot.getvalue()))
+    items = [(f.name, f.getvalue(), "file") for f in files or []]
+    if shot is not None:  # a photo of a film or monitor: the service finds and straightens the film
+        items.append(("camera.jpg", shot.getvalue(), "camera"))
     if not items:
         st.info("Upload one or more images (or take a camera frame) to classify them with the selected model.")
-    for name, data in items:
+    for name, data, source in items:
         try:
             with st.spinner(f"analysing {name}"):
-                res = be.analyse(card["id"], data, name, explain=show_cam)
+                res = be.analyse(card["id"], data, name, explain=show_cam, source=source)
         except BackendError as e:
             st.error(f"{name}: {e}")
             continue

@@ -14,7 +14,7 @@ import torch
 from privmed.config import PreprocessConfig, bundles_dir
 from privmed.data.read import Image, load_image
 from privmed.data.transforms import Preprocess
-from privmed.errors import BundleError
+from privmed.errors import BundleError, ImageReadError
 from privmed.inference.bundle import load_bundle
 
 
@@ -116,22 +116,25 @@ class Model:
         return {"window": window or "file", "default_window": default_window(self.metadata), "frame": frame}
 
     def predict(self, image, *, explain: bool = False, check_quality: bool = True, window: str | None = None,
-                frame: int | None = None, scores=None) -> Prediction:
+                frame: int | None = None, scores=None, source: str = "file") -> Prediction:
         """``window`` ("file", "lung", "mediastinal") and ``frame`` apply to DICOM input; a
         decoded ``Image`` is used as it is. A DICOM of the wrong Modality is refused. ``scores``
-        replaces ``self.scores`` for the forward (the API's micro-batcher)."""
-        img, verdict, x = self.prepare(image, check_quality=check_quality, window=window, frame=frame)
+        replaces ``self.scores`` for the forward (the API's micro-batcher). ``source="camera"``:
+        a photo of a film or monitor; the film is found and rectified first (``data.rectify``)."""
+        img, verdict, x = self.prepare(image, check_quality=check_quality, window=window, frame=frame,
+                                       source=source)
         probs, ood = (scores or self.scores)(x)
         return self.finish(img.meta, verdict, x, probs, ood, explain=explain)
 
     def prepare(self, image, *, check_quality: bool = True, window: str | None = None,
-                frame: int | None = None) -> tuple[Image, dict, torch.Tensor]:
-        """Decode, modality check, quality gate, preprocess: everything before the network."""
+                frame: int | None = None, source: str = "file") -> tuple[Image, dict, torch.Tensor]:
+        """Decode, modality check, (camera: rectify), quality gate, preprocess: everything before the network."""
         from privmed.data.quality import assess
         from privmed.inference.report import check_modality
 
         img = load_image(image, **self.dicom_options(window, frame))
         check_modality(img.meta, self.metadata)
+        img = camera_input(img, source)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
         return img, verdict, self.tensor(img)
 
@@ -159,6 +162,22 @@ class Model:
             quality=verdict, abstain=bool(reasons), abstain_reasons=reasons, ood_score=ood_score,
             model=self.info, heatmap=heat, dicom=_dicom_info(meta),
         )
+
+
+SOURCES = ("file", "camera")
+
+
+def camera_input(img: Image, source: str = "file") -> Image:
+    """``source="camera"``: the film found in the photo, upright, and ``meta["rectified"]`` saying
+    whether it was found (and where); the photo itself when not. ``"file"``: ``img`` unchanged."""
+    if source not in SOURCES:
+        raise ImageReadError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "file":
+        return img
+    from privmed.data.rectify import rectify
+
+    r = rectify(img.pixels)
+    return Image(r.pixels, {**img.meta, "source": "camera", "rectified": r.to_dict()})
 
 
 def _dicom_info(meta: dict) -> dict | None:

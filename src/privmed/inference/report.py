@@ -51,7 +51,8 @@ def default_window(model_metadata: dict) -> str | None:
 def safe_image_meta(meta: dict) -> dict:
     """The technical image description that may be shown or stored: no patient-derived values."""
     keep = ("format", "width", "height", "mode", "modality", "photometric_interpretation", "bits_stored",
-            "transfer_syntax", "voi", "inverted", "converted_to_gray_from", "window", "rescale", "frames", "frame")
+            "transfer_syntax", "voi", "inverted", "converted_to_gray_from", "window", "rescale", "frames", "frame",
+            "source", "rectified")
     return {k: meta[k] for k in keep if k in (meta or {})}
 
 

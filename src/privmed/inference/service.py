@@ -9,6 +9,7 @@ import threading
 from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
 from privmed.errors import ImageReadError
 from privmed.files import sha256_bytes
+from privmed.inference.predictor import SOURCES
 from privmed.inference.report import check_modality, result_dict
 
 IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
@@ -61,18 +62,24 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
 
 
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
-            max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None) -> tuple[dict, Image]:
+            max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None,
+            source: str = "file") -> tuple[dict, Image]:
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
-    check modality, predict. Returns the JSON-able result and the image as the model saw it
-    (preprocessed; the decoded upload is released before the network runs)."""
+    check modality, predict. ``source="camera"``: a phone photo of a film or monitor, rectified
+    before the quality gate (the result's ``image.rectified`` says whether a film was found).
+    Returns the JSON-able result and the image as the model saw it (preprocessed; the decoded
+    upload is released before the network runs). One call per image or per camera frame."""
+    if source not in SOURCES:
+        raise InputError(422, f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     digest = sha256_bytes(data or b"")
-    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame)
+    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame, source)
 
 
-def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame) -> tuple[dict, Image]:
+def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame,
+             source: str = "file") -> tuple[dict, Image]:
     batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
     with batcher.coming() if batcher is not None else _NO_LOCK:
-        meta, verdict, x = _prepare(model, data, max_bytes, window, frame)
+        meta, verdict, x = _prepare(model, data, max_bytes, window, frame, source)
     if batcher is not None:
         from privmed.inference.batcher import Busy
 
@@ -90,7 +97,7 @@ def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes
             Image(x[0, 0].numpy(), meta))
 
 
-def _prepare(model, data: bytes, max_bytes: int, window, frame):
+def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str = "file"):
     """Decode, modality check, quality gate, preprocess; the decoded upload (the big allocation) is
     released before the slot is, so at most ``_DECODE_SLOTS`` of them exist at once."""
     options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
@@ -103,7 +110,7 @@ def _prepare(model, data: bytes, max_bytes: int, window, frame):
         if min(img.pixels.shape) < 2:
             raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
         try:
-            img, verdict, x = model.prepare(img)  # img is decoded: the window is already applied
+            img, verdict, x = model.prepare(img, source=source)  # decoded: the window is already applied
         except ImageReadError as e:
             raise InputError(422, str(e)) from None
         return img.meta, verdict, x
