@@ -121,8 +121,9 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
     """Grow each (left, top, right, bottom) box sideways over glyphs of the text's own value.
 
     Faint text (200 on bone at 190) has too little contrast for a top-hat, so the end of a string is
-    often outside the found box. Its pixels still share one exact value: the box's most common value,
-    when that value is spiky (text), not a broad hump (anatomy). Components of that value on the box's
+    often outside the found box. Its pixels still share one exact value: the most common value of the
+    box's pixels away from its median (the background), when that value is spiky (text), not a broad
+    hump (anatomy). Components of that value on the box's
     rows that are glyph-sized and sparse extend the box when they lie within 1.5 heights of it."""
     import cv2
 
@@ -134,7 +135,12 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
         if r - l < 3 or b - t < 3:
             out.append((l, t, r, b))
             continue
-        hist = np.bincount(gray[t:b, l:r].ravel(), minlength=256)
+        box = gray[t:b, l:r].ravel()
+        ink = box[np.abs(box.astype(np.int16) - int(np.median(box))) >= 8]  # the text is not the box's median
+        if ink.size < 8:
+            out.append((l, t, r, b))
+            continue
+        hist = np.bincount(ink, minlength=256)
         v = int(hist.argmax())
         wide = hist[max(0, v - 8):v + 9].sum()
         # spiky: the exact value (+-1) holds most of its neighbourhood and a fair share of the box
