@@ -29,7 +29,10 @@ def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]
     words = find_text(display, min_conf=min_conf, grow=True)
     words, grown = [w for w in words if w.text], words
     gray = to_uint8(display)
-    return words, extend(gray, line_boxes(grown) + text_regions(gray))
+    boxes = extend(gray, line_boxes(grown) + text_regions(gray))
+    # a third of a line height more on each side: an end glyph drawn on a background of its own value
+    # (dark text running onto black) cannot be seen, only assumed
+    return words, [(l - round(0.3 * (b - t)), t, r + round(0.3 * (b - t)), b) for l, t, r, b in boxes]
 
 
 def _report(words, boxes, shape) -> dict:
