@@ -9,7 +9,7 @@ import numpy as np
 
 from privmed.data.deid import DeidError
 from privmed.data.ocr import find_text, line_boxes, to_uint8
-from privmed.data.text_regions import extend, text_regions
+from privmed.data.text_regions import confirmed, extend, text_regions
 
 
 def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
@@ -24,12 +24,13 @@ def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
 
 
 def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]:
-    """(words, boxes to black out) in a display image: Tesseract's padded line boxes, plus text lines
-    found without OCR (``text_regions``), each grown sideways over glyphs of the text's own value."""
+    """(words, boxes to black out) in a display image: Tesseract's padded line boxes that hold drawn-looking
+    glyphs, plus text lines found without OCR (``text_regions``), each grown sideways over glyphs of the
+    text's own value."""
     words = find_text(display, min_conf=min_conf, grow=True)
     words, grown = [w for w in words if w.text], words
     gray = to_uint8(display)
-    boxes = extend(gray, line_boxes(grown) + text_regions(gray))
+    boxes = extend(gray, confirmed(gray, line_boxes(grown)) + text_regions(gray))
     # a third of a line height more on each side: an end glyph drawn on a background of its own value
     # (dark text running onto black) cannot be seen, only assumed
     return words, [(l - round(0.3 * (b - t)), t, r + round(0.3 * (b - t)), b) for l, t, r, b in boxes]
