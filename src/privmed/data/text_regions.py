@@ -176,12 +176,17 @@ def _text_value(box: np.ndarray, spread: int) -> int | None:
     return v
 
 
-def confirmed(img: np.ndarray, boxes, need: int = 2) -> list[tuple[int, int, int, int]]:
+def confirmed(img: np.ndarray, boxes, need: int = 2, work: int = 800) -> list[tuple[int, int, int, int]]:
     """The boxes (OCR's) holding >= ``need`` drawn-looking glyphs (flat, sharp-edged, contrast >= 30):
     Tesseract reads rib and vessel texture on a radiograph as short words, and those boxes black out lung."""
+    import cv2
+
     gray = np.asarray(img)
-    h = gray.shape[0]
+    H, W = gray.shape
+    k = min(1.0, work / max(H, W))  # as in text_regions: large images are checked on a smaller copy
+    g = cv2.resize(gray, (round(W * k), round(H * k)), interpolation=cv2.INTER_AREA) if k < 1 else gray
+    h = g.shape[0]
     min_h, max_h = max(4, round(0.02 * h)), max(8, round(0.12 * h))
-    gs = [g for bright in (True, False) for g in glyphs(gray, bright, min_h, max_h, levels=(25, 40, 70, 110), strong=30)]
+    gs = [x for bright in (True, False) for x in glyphs(g, bright, min_h, max_h, levels=(25, 40, 70, 110), strong=30)]
     return [(l, t, r, b) for l, t, r, b in boxes
-            if sum(g.l >= l and g.r <= r and g.t >= t and g.b <= b for g in gs) >= need]
+            if sum(x.l >= l * k - 1 and x.r <= r * k + 1 and x.t >= t * k - 1 and x.b <= b * k + 1 for x in gs) >= need]
