@@ -188,5 +188,6 @@ def confirmed(img: np.ndarray, boxes, need: int = 2, work: int = 800) -> list[tu
     h = g.shape[0]
     min_h, max_h = max(4, round(0.02 * h)), max(8, round(0.12 * h))
     gs = [x for bright in (True, False) for x in glyphs(g, bright, min_h, max_h, levels=(25, 40, 70, 110), strong=30)]
+    e = 1 if k < 1 else 0  # rounding slack on the smaller copy
     return [(l, t, r, b) for l, t, r, b in boxes
-            if sum(x.l >= l * k - 1 and x.r <= r * k + 1 and x.t >= t * k - 1 and x.b <= b * k + 1 for x in gs) >= need]
+            if sum(x.l >= l * k - e and x.r <= r * k + e and x.t >= t * k - e and x.b <= b * k + e for x in gs) >= need]
