@@ -3,6 +3,7 @@ burned-in identifiers, and OCR-assisted labelling accuracy on real images with p
 
     python benchmarks/hospital.py redaction --per-dataset 50
     python benchmarks/hospital.py labels --per-class 15
+    python benchmarks/hospital.py redaction-cost --per-dataset 20
 """
 from __future__ import annotations
 
@@ -29,6 +30,41 @@ def redaction(n: int, seed: int) -> dict:
     return out
 
 
+def redaction_cost(n: int, seed: int) -> dict:
+    """Clean real test images, redacted as the API's redact=true does: how much area goes black, how
+    far the default model's probabilities move, seconds per image."""
+    import numpy as np
+
+    from privmed.config import bundles_dir
+    from privmed.data.read import load_image
+    from privmed.inference import load_model
+    from privmed.inference.service import redact_image
+
+    root = default_data_root()
+    rng = random.Random(seed)
+    out = {}
+    for ds in ("chest_xray_pneumonia", "covid19_xray"):
+        if not (bundles_dir() / ds / "metadata.json").is_file():
+            continue
+        model = load_model(bundles_dir() / ds)
+        files = sorted(p for p in (root / ds / "test").rglob("*") if p.is_file())
+        dps, areas, secs, with_boxes = [], [], [], 0
+        for f in rng.sample(files, n):
+            img = load_image(f.read_bytes())
+            t = time.time()
+            red, k = redact_image(img)
+            secs.append(time.time() - t)
+            with_boxes += k > 0
+            areas.append(float((red.pixels != img.pixels).mean()))
+            p0, p1 = model.predict(img).probabilities, model.predict(red).probabilities
+            dps.append(max(abs(p0[c] - p1[c]) for c in p0))
+        out[ds] = {"images": n, "images_with_regions": with_boxes, "mean_area_changed": round(float(np.mean(areas)), 4),
+                   "max_area_changed": round(float(np.max(areas)), 4), "max_abs_dp": round(float(np.max(dps)), 4),
+                   "mean_abs_dp": round(float(np.mean(dps)), 4), "images_dp_over_0.02": int(sum(d > 0.02 for d in dps)),
+                   "seconds_per_image": round(float(np.mean(secs)), 2)}
+    return out
+
+
 def labels(per_class: int, seed: int) -> dict:
     from privmed.evaluation.label_ocr import measure
 
@@ -44,10 +80,13 @@ def labels(per_class: int, seed: int) -> dict:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["redaction", "labels"])
+    p.add_argument("what", choices=["redaction", "labels", "redaction-cost"])
     p.add_argument("--per-dataset", type=int, default=50)
     p.add_argument("--per-class", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    r = redaction(a.per_dataset, a.seed) if a.what == "redaction" else labels(a.per_class, a.seed)
+    if a.what == "redaction-cost":
+        r = redaction_cost(a.per_dataset, a.seed)
+    else:
+        r = redaction(a.per_dataset, a.seed) if a.what == "redaction" else labels(a.per_class, a.seed)
     print(json.dumps(r, indent=2))

@@ -68,9 +68,10 @@ def test_redaction_on_real_xrays(data_root):
     imgs = sorted((data_root / "covid19_xray" / "test" / "normal").iterdir())[:4]
     r = measure(imgs, seed=2)
     assert r["strings"] >= 4
-    assert r["redacted"] / r["strings"] >= 0.75
+    assert r["redacted"] / r["strings"] >= 0.95  # measured 5 of 5 (OCR + text_regions); 0.75 with OCR alone
     assert r["strings_read_after_redaction"] == 0
-    assert r["clean_images_mean_redacted_fraction"] < 0.02
+    # measured 1.9 %: these clean images carry real markers ("L", "PA"), which are redacted too
+    assert r["clean_images_mean_redacted_fraction"] < 0.03
 
 
 def test_png_upload_is_redacted(tmp_path, data_root):

@@ -46,6 +46,8 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
         "explain": {"type": "boolean", "default": False, "description": "Grad-CAM heat map (JSON only)"},
         "window": {"type": "string", "enum": ["file", "lung", "mediastinal"], "description": "CT DICOM window"},
         "frame": {"type": "integer", "minimum": 0, "description": "frame of a multi-frame DICOM"},
+        "redact": {"type": "boolean", "default": False,
+                   "description": "black out burned-in text before predicting; the result counts the regions"},
     }}}}}}
 
 KEY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {

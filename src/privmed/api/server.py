@@ -40,7 +40,7 @@ log = logging.getLogger("privmed.api")
 PERMISSIONS = {"predict": {"clinician"}, "models": {"clinician", "auditor", "admin"}, "audit": {"auditor"},
                "keys": {"admin"}, "metrics": {"auditor", "admin"}}
 FILE_FIELDS = ("file", "files")
-TEXT_FIELDS = ("model", "format", "explain", "window", "frame")
+TEXT_FIELDS = ("model", "format", "explain", "window", "frame", "redact")
 
 
 @dataclass
@@ -288,6 +288,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if explain_raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             raise _err(400, f"explain must be true or false, got '{explain_raw}'")
         explain = explain_raw in ("1", "true", "yes", "on")
+        redact_raw = str(form.get("redact") or "false").lower()
+        if redact_raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise _err(400, f"redact must be true or false, got '{redact_raw}'")
+        redact = redact_raw in ("1", "true", "yes", "on")
         window, frame = _dicom_fields(form)
         model_ref = form.get("model")
         if model_ref is not None and not isinstance(model_ref, str):
@@ -314,7 +318,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 res, _ = await run_in_threadpool(analyse, model, data, filename=u.filename, explain=explain,
                                                  max_bytes=settings.max_file_bytes, window=window, frame=frame,
-                                                 source=source)
+                                                 source=source, redact=redact)
             except InputError as e:
                 prefix = f"file {i + 1} of {len(uploads)}: " if len(uploads) > 1 else ""
                 raise _err(e.status, prefix + e.detail) from None

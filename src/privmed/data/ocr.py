@@ -145,7 +145,7 @@ def find_text(img: np.ndarray, min_conf: float = 30.0, lang: str = "eng", grow: 
     words: list[TextBox] = []
     for v in views:
         found = [b for b in ocr(v, psm=11, lang=lang)
-                 if plausible(b, min_conf) and 8 <= b.height <= 0.3 * v.shape[0]]  # not specks or blobs
+                 if plausible(b, min_conf) and 8 <= b.height <= 0.12 * v.shape[0]]  # not specks or rib blobs
         if grow:
             found = found + _grow(v, found)
         for b in found:
@@ -178,7 +178,9 @@ def _grow(view: np.ndarray, seeds: list[TextBox]) -> list[TextBox]:
                     continue
                 overlap = min(b, cb) - max(t, ct)
                 gap = max(cl - r, l - cr)
-                if overlap > 0.3 * min(h, ch) and gap < 2.0 * h:
+                # the line may not grow taller than 1.5 seed heights: chained anatomy blobs grew
+                # single words into boxes over the whole lung field
+                if overlap > 0.3 * min(h, ch) and gap < 2.0 * h and max(b, cb) - min(t, ct) <= 1.5 * h:
                     l, t, r, b = min(l, cl), min(t, ct), max(r, cr), max(b, cb)
                     changed = True
         if (l, t, r, b) != (s.left, s.top, s.right, s.bottom):

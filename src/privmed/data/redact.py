@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 
 from privmed.data.deid import DeidError
-from privmed.data.ocr import find_text, line_boxes
+from privmed.data.ocr import find_text, line_boxes, to_uint8
+from privmed.data.text_regions import confirmed, extend, text_regions
 
 
 def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
@@ -23,10 +24,16 @@ def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
 
 
 def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]:
-    """(words, merged padded line boxes) found in a display image."""
+    """(words, boxes to black out) in a display image: Tesseract's padded line boxes that hold drawn-looking
+    glyphs, plus text lines found without OCR (``text_regions``), each grown sideways over glyphs of the
+    text's own value."""
     words = find_text(display, min_conf=min_conf, grow=True)
     words, grown = [w for w in words if w.text], words
-    return words, line_boxes(grown)
+    gray = to_uint8(display)
+    boxes = extend(gray, confirmed(gray, line_boxes(grown)) + text_regions(gray))
+    # a third of a line height more on each side: an end glyph drawn on a background of its own value
+    # (dark text running onto black) cannot be seen, only assumed
+    return words, [(l - round(0.3 * (b - t)), t, r + round(0.3 * (b - t)), b) for l, t, r, b in boxes]
 
 
 def _report(words, boxes, shape) -> dict:

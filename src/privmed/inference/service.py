@@ -63,23 +63,24 @@ def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = 
 
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
             max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None,
-            source: str = "file") -> tuple[dict, Image]:
+            source: str = "file", redact: bool = False) -> tuple[dict, Image]:
     """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
     check modality, predict. ``source="camera"``: a phone photo of a film or monitor, rectified
     before the quality gate (the result's ``image.rectified`` says whether a film was found).
-    Returns the JSON-able result and the image as the model saw it (preprocessed; the decoded
+    ``redact``: black out burned-in text first; the result says how many regions, never what they
+    said. Returns the JSON-able result and the image as the model saw it (preprocessed; the decoded
     upload is released before the network runs). One call per image or per camera frame."""
     if source not in SOURCES:
         raise InputError(422, f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     digest = sha256_bytes(data or b"")
-    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame, source)
+    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame, source, redact)
 
 
 def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame,
-             source: str = "file") -> tuple[dict, Image]:
+             source: str = "file", redact: bool = False) -> tuple[dict, Image]:
     batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
     with batcher.coming() if batcher is not None else _NO_LOCK:
-        meta, verdict, x = _prepare(model, data, max_bytes, window, frame, source)
+        meta, verdict, x, regions = _prepare(model, data, max_bytes, window, frame, source, redact)
     if batcher is not None:
         from privmed.inference.batcher import Busy
 
@@ -92,12 +93,30 @@ def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes
         with _PREDICT_LOCK:
             probs, ood = model.scores(x)
             pred = model.finish(meta, verdict, x, probs, ood, explain=explain)
+    res = result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain)
+    if redact:
+        res["redacted_regions"] = regions
     # the image as the model saw it (preprocessed, small), not the decoded upload
-    return (result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain),
-            Image(x[0, 0].numpy(), meta))
+    return res, Image(x[0, 0].numpy(), meta)
 
 
-def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str = "file"):
+def redact_image(img: Image) -> tuple[Image, int]:
+    """Burned-in text blacked out (filled with the image's minimum) before the model sees it; the
+    number of regions. The words found stay here: they may be PHI."""
+    from privmed.data.ocr import OCRError
+    from privmed.data.redact import redact_array, text_boxes
+
+    try:
+        _, boxes = text_boxes(img.pixels)
+    except OCRError as e:
+        raise InputError(503, f"redaction is unavailable on this server: {e}") from None
+    if not boxes:
+        return img, 0
+    return Image(redact_array(img.pixels, boxes, img.pixels.min()), img.meta), len(boxes)
+
+
+def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str = "file",
+             redact: bool = False):
     """Decode, modality check, quality gate, preprocess; the decoded upload (the big allocation) is
     released before the slot is, so at most ``_DECODE_SLOTS`` of them exist at once."""
     options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
@@ -109,11 +128,14 @@ def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str = "f
             raise InputError(422, str(e)) from None
         if min(img.pixels.shape) < 2:
             raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
+        regions = 0
+        if redact:
+            img, regions = redact_image(img)
         try:
             img, verdict, x = model.prepare(img, source=source)  # decoded: the window is already applied
         except ImageReadError as e:
             raise InputError(422, str(e)) from None
-        return img.meta, verdict, x
+        return img.meta, verdict, x, regions
 
 
 class _NoLock:
