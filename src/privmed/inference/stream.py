@@ -40,6 +40,11 @@ class NewestSlot:
             item, self._item, self._full = self._item, None, False
             return item
 
+    def counts(self) -> tuple[int, int]:
+        """(received, dropped), read together."""
+        with self._cond:
+            return self.received, self.dropped
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -187,7 +192,8 @@ class LiveStream:
         now = self.clock()
         with self._lock:
             lat = sorted(self.latencies)
-            return {"received": self.slot.received, "dropped": self.slot.dropped, "predicted": self.predicted,
+            received, dropped = self.slot.counts()
+            return {"received": received, "dropped": dropped, "predicted": self.predicted,
                     "refused": self.refused, "errors": self.errors,
                     "fps": self.fps_out.fps(now), "input_fps": self.fps_in.fps(now),
                     "latency_ms": 1000 * lat[len(lat) // 2] if lat else None,
