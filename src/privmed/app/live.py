@@ -47,8 +47,13 @@ def live_widget(be, card: dict):
                f"only the newest frame is analysed (older ones are dropped) and the result is the mean of the "
                f"last {SMOOTH_FRAMES} frames.")
     live, sink = _stream(be, card)
-    ctx = webrtc_streamer(key=f"live-{card['id']}", mode=WebRtcMode.SENDONLY, rtc_configuration=RTC_CONFIGURATION,
-                          media_stream_constraints=CONSTRAINTS, sink_video_track=sink)
+    try:
+        ctx = webrtc_streamer(key=f"live-{card['id']}", mode=WebRtcMode.SENDONLY,
+                              rtc_configuration=RTC_CONFIGURATION, media_stream_constraints=CONSTRAINTS,
+                              sink_video_track=sink)
+    except Exception as e:  # e.g. no Streamlit server behind the script (AppTest): the rest of the app still works
+        st.warning(f"The live camera is unavailable in this session ({type(e).__name__}).")
+        return None
     box = st.empty()
     show_readout(box, live.stats(), card)
     if not ctx.state.playing:
