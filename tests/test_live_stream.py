@@ -141,3 +141,13 @@ def test_broken_predict_does_not_stop_the_stream():
     live.step(0.0, object())
     s = live.stats()
     assert s["errors"] == 1 and s["last"]["abstain"] and "RuntimeError" in s["last"]["reasons"][0]
+
+
+def test_reset_starts_a_new_session_at_zero():
+    live = LiveStream(lambda frame: {"label": "a", "probabilities": {"a": 0.9, "b": 0.1}, "abstain": False})
+    live.slot.put((0.0, None))
+    live.step(*live.slot.take(0))
+    assert live.stats()["predicted"] == 1
+    live.reset()
+    s = live.stats()
+    assert (s["predicted"], s["received"], s["smoothed"]["frames"]) == (0, 0, 0)

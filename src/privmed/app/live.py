@@ -55,6 +55,10 @@ def live_widget(be, card: dict):
         st.warning(f"The live camera is unavailable in this session ({type(e).__name__}).")
         return None
     box = st.empty()
+    was_playing = st.session_state.get(f"_privmed_live_playing/{card['id']}")
+    st.session_state[f"_privmed_live_playing/{card['id']}"] = ctx.state.playing
+    if ctx.state.playing and not was_playing:
+        live.reset()  # a new camera session starts its counters at zero
     show_readout(box, live.stats(), card)
     if not ctx.state.playing:
         return None

@@ -132,15 +132,23 @@ class LiveStream:
                  refuse: tuple[type[BaseException], ...] = (ValueError,), idle: float = 2.0,
                  clock=time.monotonic):
         self.predict, self.refuse, self.clock, self.idle = predict, refuse, clock, idle
-        self.slot = NewestSlot()
-        self.smoother = Smoother(n, decision=decision)
-        self.fps_in, self.fps_out = FpsMeter(), FpsMeter()
-        self.latencies: deque[float] = deque(maxlen=30)
-        self.predicted = self.refused = self.errors = 0
-        self.last: dict = {}
+        self.n, self.decision = n, decision
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.slot = NewestSlot()
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh counters and smoothing (a new camera session); a frame already waiting is kept."""
+        with self._lock:
+            self.smoother = Smoother(self.n, decision=self.decision)
+            self.fps_in, self.fps_out = FpsMeter(), FpsMeter()
+            self.latencies: deque[float] = deque(maxlen=30)
+            self.predicted = self.refused = self.errors = 0
+            self.last: dict = {}
+            with self.slot._cond:
+                self.slot.received = self.slot.dropped = 0
 
     def submit(self, frame) -> None:
         """Cheap and non-blocking: keeps the frame (with its arrival time) for the worker."""
