@@ -22,23 +22,42 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def in_process_ms(bundle: Path, frames: list) -> float:
     """Median ms of one frame through LocalBackend.analyse (what the live worker calls)."""
     from privmed.app.backend import LocalBackend
-    from privmed.inference.stream import frame_jpeg
+    from privmed.inference.stream import frame_bytes
 
     be = LocalBackend([bundle])
     mid = json.loads((bundle / "metadata.json").read_text()).get("model_id")
-    jpegs = [frame_jpeg(f) for f in frames]
-    for j in jpegs[:3]:
-        be.analyse(mid, j, "live-frame.jpg", explain=False)
+    blobs = [frame_bytes(f) for f in frames]
+    for j in blobs[:3]:
+        be.analyse(mid, j, "live-frame.bmp", explain=False)
     times = []
-    for j in jpegs * 3:
+    for j in blobs * 3:
         t = time.perf_counter()
-        be.analyse(mid, j, "live-frame.jpg", explain=False)
+        be.analyse(mid, j, "live-frame.bmp", explain=False)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def format_ms(frames: list) -> dict:
+    """Median ms to encode a frame and decode it through the upload reader, per format."""
+    import cv2
+
+    from privmed.data.read import load_image
+
+    out = {}
+    for ext in (".bmp", ".jpg", ".png"):
+        times = []
+        for f in frames * 5:
+            t = time.perf_counter()
+            load_image(cv2.imencode(ext, np.ascontiguousarray(f[:, :, ::-1]))[1].tobytes())
+            times.append(time.perf_counter() - t)
+        out[ext[1:]] = 1000 * statistics.median(times)
+    return out
 
 
 def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
@@ -56,8 +75,6 @@ def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    import numpy as np
-
     from privmed.app.browser_check import CHROMIUM, write_y4m
     from privmed.config import bundles_dir, default_data_root
 
@@ -83,6 +100,7 @@ def main(argv=None) -> int:
             fr = np.zeros((480, 640), np.uint8)
             fr[:, 80:560] = g
             frames.append(np.repeat(fr[:, :, None], 3, 2))
+        formats = format_ms(frames)
         runs = {}
         os.environ["PRIVMED_ONNX"] = "off"
         runs["torch"] = {"bundle": a.bundle, "in_process_ms": in_process_ms(a.bundle, frames)}
@@ -118,6 +136,8 @@ def main(argv=None) -> int:
         worst = f"{r['latency_max_ms']:.0f}" if r["latency_max_ms"] is not None else "n/a"
         lines.append(f"| {name} | {r['fps']:.1f} | {r['camera_fps']:.1f} | {share} | {lat} | {worst} | "
                      f"{r['in_process_ms']:.0f} |")
+    lines += ["", "Frame hand-off (encode a 640x480 RGB frame, decode it with the upload reader; median ms): "
+              + ", ".join(f"{k.upper()} {v:.1f}" for k, v in formats.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.append:  # newest first, under the file's title

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from privmed.app.backend import BackendError, LocalBackend
-from privmed.inference.stream import FpsMeter, LiveStream, NewestSlot, Smoother, frame_jpeg, label_of
+from privmed.inference.stream import FpsMeter, LiveStream, NewestSlot, Smoother, frame_bytes, label_of
 
 
 def xray_frame(path, width=640, height=480) -> np.ndarray:
@@ -34,7 +34,7 @@ def chest(xray_bundle, data_root):
 
 
 def backend_predict(be, card):
-    return lambda rgb: be.analyse(card["id"], frame_jpeg(rgb), "live-frame.jpg", explain=False)
+    return lambda rgb: be.analyse(card["id"], frame_bytes(rgb), "live-frame.bmp", explain=False)
 
 
 def test_slot_keeps_only_the_newest():
@@ -97,7 +97,7 @@ def test_refused_frames_are_shown_with_the_reason(chest):
 
 def test_smoothing_is_the_mean_over_the_last_n_accepted(chest):
     be, card, frames = chest
-    results = [be.analyse(card["id"], frame_jpeg(f), "f.jpg", explain=False) for f in frames]
+    results = [be.analyse(card["id"], frame_bytes(f), "f.bmp", explain=False) for f in frames]
     sm = Smoother(n=4, decision=card.get("decision"))
     for r in results:
         sm.add({**r, "abstain": False})

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 from privmed.app.backend import BackendError
-from privmed.inference.stream import LiveStream, frame_jpeg
+from privmed.inference.stream import LiveStream, frame_bytes
 
 SMOOTH_FRAMES = 8
 # host candidates only: works on localhost and a LAN with no internet (no Google STUN lookups)
@@ -18,8 +18,8 @@ CONSTRAINTS = {"video": {"width": {"ideal": 640}, "height": {"ideal": 480}}, "au
 
 def _predictor(be, model_id: str):
     def predict(frame) -> dict:
-        data = frame_jpeg(frame.to_ndarray(format="rgb24"))
-        return be.analyse(model_id, data, "live-frame.jpg", explain=False)
+        data = frame_bytes(frame.to_ndarray(format="rgb24"))
+        return be.analyse(model_id, data, "live-frame.bmp", explain=False)
     return predict
 
 

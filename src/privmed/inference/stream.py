@@ -214,16 +214,17 @@ class LiveStream:
             self._thread.join(timeout=5)
 
 
-def frame_jpeg(rgb, quality: int = 90) -> bytes:
-    """An RGB frame (H, W, 3 uint8) as JPEG bytes: a camera frame then takes exactly the path of an
-    uploaded photo (format sniffing, decoding limits, quality gate)."""
+def frame_bytes(rgb) -> bytes:
+    """An RGB frame (H, W, 3 uint8) as BMP bytes: a camera frame then takes exactly the path of an
+    uploaded image (format sniffing, decoding limits, quality gate). BMP: lossless, and the cheapest of
+    BMP/JPEG/PNG to encode and decode (docs/BENCHMARKS.md, benchmarks/bench_live.py)."""
     import cv2
     import numpy as np
 
     a = np.asarray(rgb)
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 frame (H, W, 3), got {a.dtype} {a.shape}")
-    ok, buf = cv2.imencode(".jpg", a[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".bmp", np.ascontiguousarray(a[:, :, ::-1]))
     if not ok:
-        raise ValueError("the frame could not be encoded as JPEG")
+        raise ValueError("the frame could not be encoded")
     return buf.tobytes()
