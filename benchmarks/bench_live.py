@@ -68,10 +68,11 @@ def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
     a, b = r["first"], r["last"]
     got = b["received"] - a["received"]
     lat = [s["latency_ms"] for s in r["samples"][1:] if s["latency_ms"] is not None]
+    busy = [s["predict_ms"] for s in r["samples"][1:] if s["predict_ms"] is not None]
     return {"fps": (b["predicted"] - a["predicted"]) / r["seconds"], "camera_fps": got / r["seconds"],
             "dropped_share": (b["dropped"] - a["dropped"]) / got if got else None,
             "latency_ms": statistics.median(lat) if lat else None,
-            "latency_max_ms": max(lat) if lat else None, "predicted": b["predicted"], "seconds": r["seconds"]}
+            "latency_max_ms": max(lat) if lat else None, "predict_ms": statistics.median(busy) if busy else None, "predicted": b["predicted"], "seconds": r["seconds"]}
 
 
 def main(argv=None) -> int:

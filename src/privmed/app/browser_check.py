@@ -21,7 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 READOUT = re.compile(r"Frames predicted: (\d+) · dropped: (\d+) of (\d+) · ([\d.]+) FPS predicted "
-                     r"\(camera ([\d.]+) FPS\) · latency (n/a|[\d.]+ ms)")
+                     r"\(camera ([\d.]+) FPS\) · latency (n/a|[\d.]+ ms) \(median; of which prediction (n/a|[\d.]+ ms)\)")
 
 
 def write_y4m(path: Path, images: list, *, width: int = 640, height: int = 480, fps: int = 30,
@@ -97,9 +97,10 @@ def parse_readout(text: str) -> dict | None:
     m = READOUT.search(text)
     if not m:
         return None
-    lat = m.group(6)
+    lat, busy = m.group(6), m.group(7)
     return {"predicted": int(m.group(1)), "dropped": int(m.group(2)), "received": int(m.group(3)),
             "fps": float(m.group(4)), "input_fps": float(m.group(5)),
+            "predict_ms": None if busy == "n/a" else float(busy.split()[0]),
             "latency_ms": None if lat == "n/a" else float(lat.split()[0])}
 
 

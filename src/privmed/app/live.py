@@ -73,9 +73,11 @@ def live_widget(be, card: dict):
 def show_readout(box, s: dict, card: dict) -> None:
     sm, last = s["smoothed"], s["last"]
     lat = f"{s['latency_ms']:.0f} ms" if s["latency_ms"] is not None else "n/a"
+    busy = f"{s['predict_ms']:.0f} ms" if s["predict_ms"] is not None else "n/a"
     with box.container():
         st.markdown(f"**Frames predicted: {s['predicted']}** · dropped: {s['dropped']} of {s['received']} · "
-                    f"{s['fps']:.1f} FPS predicted (camera {s['input_fps']:.1f} FPS) · latency {lat} (median)")
+                    f"{s['fps']:.1f} FPS predicted (camera {s['input_fps']:.1f} FPS) · latency {lat} (median; "
+                    f"of which prediction {busy})")
         if not s["received"]:
             st.info("Press START to stream from the camera.")
             return

@@ -143,8 +143,9 @@ class LiveStream:
         """Fresh counters and smoothing (a new camera session); a frame already waiting is kept."""
         with self._lock:
             self.smoother = Smoother(self.n, decision=self.decision)
-            self.fps_in, self.fps_out = FpsMeter(), FpsMeter()
-            self.latencies: deque[float] = deque(maxlen=30)
+            self.fps_in, self.fps_out = FpsMeter(), FpsMeter(5.0)  # a slow model: a few results per window
+            self.latencies: deque[float] = deque(maxlen=30)  # frame arrival -> result
+            self.busy: deque[float] = deque(maxlen=30)  # the predict call alone
             self.predicted = self.refused = self.errors = 0
             self.last: dict = {}
             with self.slot._cond:
@@ -176,6 +177,7 @@ class LiveStream:
     def step(self, arrived: float, frame) -> None:
         """Predict one frame and update the readout (the worker's body; tests call it directly)."""
         result, refused = None, None
+        start = self.clock()
         try:
             result = self.predict(frame)
         except self.refuse as e:
@@ -188,6 +190,7 @@ class LiveStream:
         with self._lock:
             self.fps_out.tick(done)
             self.latencies.append(done - arrived)
+            self.busy.append(done - start)
             self.smoother.add(result, refused)
             if result is None or result.get("abstain"):
                 self.refused += 1
@@ -199,12 +202,13 @@ class LiveStream:
     def stats(self) -> dict:
         now = self.clock()
         with self._lock:
-            lat = sorted(self.latencies)
+            lat, busy = sorted(self.latencies), sorted(self.busy)
             received, dropped = self.slot.counts()
             return {"received": received, "dropped": dropped, "predicted": self.predicted,
                     "refused": self.refused, "errors": self.errors,
                     "fps": self.fps_out.fps(now), "input_fps": self.fps_in.fps(now),
                     "latency_ms": 1000 * lat[len(lat) // 2] if lat else None,
+                    "predict_ms": 1000 * busy[len(busy) // 2] if busy else None,
                     "smoothed": self.smoother.state(), "last": dict(self.last)}
 
     def stop(self) -> None:
