@@ -3,7 +3,7 @@ camera plays a 640x480 30 FPS .y4m made from real chest X-rays (test split), the
 the on-screen readout sampled once a second. Reports frames predicted per second (from the
 counter's growth), the share of camera frames dropped (newest-frame policy), and latency (frame
 arrival at the server -> prediction done, the readout's median). Also the in-process cost (wall and CPU) of one
-640x480 frame through the same path (JPEG -> decode -> quality gate -> model), as the ceiling.
+640x480 frame through the same path (BMP bytes -> decode -> quality gate -> model), as the ceiling.
 
     python benchmarks/bench_live.py [--bundle PATH] [--seconds 20] [--onnx] [--append docs/BENCHMARKS.md]
 
