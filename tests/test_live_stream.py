@@ -151,3 +151,21 @@ def test_reset_starts_a_new_session_at_zero():
     live.reset()
     s = live.stats()
     assert (s["predicted"], s["received"], s["smoothed"]["frames"]) == (0, 0, 0)
+
+
+def test_idle_worker_exits_and_a_new_frame_restarts_it():
+    done = threading.Event()
+    live = LiveStream(lambda frame: done.set() or {"label": "a", "probabilities": {"a": 1.0}, "abstain": False},
+                      idle=0.05)
+    live.submit("frame 1")
+    assert done.wait(30)
+    for _ in range(600):  # the worker leaves once nothing came for `idle` seconds
+        if live._thread is None:
+            break
+        threading.Event().wait(0.05)
+    assert live._thread is None
+    done.clear()
+    live.submit("frame 2")
+    assert done.wait(30)
+    live.stop()
+    assert live.stats()["predicted"] == 2

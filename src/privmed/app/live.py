@@ -90,4 +90,5 @@ def show_readout(box, s: dict, card: dict) -> None:
                        f"{sm['accepted']} accepted frames of {sm['frames']})")
         if last:
             state = "refused: " + "; ".join(last["reasons"]) if last["abstain"] else "accepted"
-            st.caption(f"latest frame: {last['label'] or 'no result'} ({state})")
+            st.caption(f"latest frame: {last['label'] or 'no result'} ({state}); "
+                       f"{s['refused']} frames refused so far")

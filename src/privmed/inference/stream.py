@@ -45,6 +45,14 @@ class NewestSlot:
         with self._cond:
             return self.received, self.dropped
 
+    def reset_counts(self) -> None:
+        with self._cond:
+            self.received = self.dropped = 0
+
+    def pending(self) -> bool:
+        with self._cond:
+            return self._full
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -148,8 +156,7 @@ class LiveStream:
             self.busy: deque[float] = deque(maxlen=30)  # the predict call alone
             self.predicted = self.refused = self.errors = 0
             self.last: dict = {}
-            with self.slot._cond:
-                self.slot.received = self.slot.dropped = 0
+            self.slot.reset_counts()
 
     def submit(self, frame) -> None:
         """Cheap and non-blocking: keeps the frame (with its arrival time) for the worker."""
@@ -160,19 +167,23 @@ class LiveStream:
         self._ensure_worker()
 
     def _ensure_worker(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if (self._thread is None or not self._thread.is_alive()) and not self._stop.is_set():
-                    self._thread = threading.Thread(target=self._run, name="privmed-live", daemon=True)
-                    self._thread.start()
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="privmed-live", daemon=True)
+                self._thread.start()
 
     def _run(self) -> None:
-        # exits when no frame came for `idle` seconds (stream stopped); the next submit starts a new one
+        # exits when no frame came for `idle` seconds (stream stopped); the next submit starts a new
+        # one. The exit is decided under the lock, so a frame put meanwhile is never left waiting.
         while not self._stop.is_set():
             got = self.slot.take(timeout=self.idle)
-            if got is None:
-                return
-            self.step(*got)
+            if got is not None:
+                self.step(*got)
+                continue
+            with self._lock:
+                if not self.slot.pending():
+                    self._thread = None
+                    return
 
     def step(self, arrived: float, frame) -> None:
         """Predict one frame and update the readout (the worker's body; tests call it directly)."""
@@ -214,8 +225,9 @@ class LiveStream:
     def stop(self) -> None:
         self._stop.set()
         self.slot.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        t = self._thread
+        if t is not None:
+            t.join(timeout=5)
 
 
 def frame_bytes(rgb) -> bytes:
