@@ -1,6 +1,6 @@
 """privmed clinician app (Streamlit). Run with ``privmed app``.
 
-Choose a task, upload PNG/JPEG/DICOM images (or take a camera frame), and see the quality verdict,
+Choose a task, upload PNG/JPEG/DICOM images (or take a camera frame, or stream the camera live), and see the quality verdict,
 the calibrated prediction, the abstain message, an optional Grad-CAM overlay, the model card with
 its privacy ledger, and download the report as JSON or FHIR R4.
 """
@@ -139,7 +139,7 @@ def main() -> None:
         card = labels[choice]
         show_cam = st.toggle("Show Grad-CAM overlay", value=False, key="gradcam")
         st.caption(f"backend: {be.name}")
-    tab_up, tab_cam, tab_card = st.tabs(["Upload images", "Camera", "Model card"])
+    tab_up, tab_cam, tab_live, tab_card = st.tabs(["Upload images", "Camera", "Live camera", "Model card"])
     with tab_card:
         show_card(card)
     with tab_up:
@@ -147,6 +147,10 @@ def main() -> None:
                                  type=["png", "jpg", "jpeg", "dcm", "dicom"])
     with tab_cam:
         shot = st.camera_input("Photograph a film or screen (quality is checked)", key="camera")
+    with tab_live:
+        from privmed.app.live import live_widget
+
+        follow_live = live_widget(be, card)
     items = [(f.name, f.getvalue(), "file") for f in files or []]
     if shot is not None:  # a photo of a film or monitor: the service finds and straightens the film
         items.append(("camera.jpg", shot.getvalue(), "camera"))
@@ -160,6 +164,8 @@ def main() -> None:
             st.error(f"{name}: {e}")
             continue
         show_result(name, data, res, card, show_cam)
+    if follow_live is not None:
+        follow_live()  # last: it keeps the live readout current until the stream stops
 
 
 main()
