@@ -3,10 +3,11 @@
     python benchmarks/federated.py --dataset chest_xray_pneumonia --model effnet_lite0_multi --rounds 10 --local-epochs 4
 
 Every setting runs through the same code (privmed.federated.run.Federation): "centralised" is one
-hospital holding every training patient (exactly privmed train's DP-SGD recipe: 30 epochs at
-q = batch / units); "alone" is one hospital of the 3-way partition training by itself. Test metrics
-on the official test split (leaked images removed) and on the validation split (recipe choice), argmax decision and raw softmax (no DP
-calibration in any setting), from the cached frozen features. One JSON line per setting.
+hospital holding every training patient (privmed train's DP-SGD recipe, rounds x local epochs
+epochs at q = batch / units, no early stopping); "alone" is one hospital of the 3-way partition
+training by itself. Metrics on the official test split (leaked images removed) and on the
+validation split (for recipe choice), argmax decision and raw softmax (no DP calibration in any
+setting), from the cached frozen features. One JSON line per setting.
 """
 from __future__ import annotations
 
