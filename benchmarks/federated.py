@@ -1,12 +1,13 @@
 """Federated vs centralised vs each hospital alone, same per-hospital epsilon (docs/FEDERATED.md).
 
-    python benchmarks/federated.py --dataset chest_xray_pneumonia --rounds 10 --local-epochs 3 --out runs/fedbench
+    python benchmarks/federated.py --dataset chest_xray_pneumonia --model effnet_lite0_multi --rounds 10 --local-epochs 4
 
 Every setting runs through the same code (privmed.federated.run.Federation): "centralised" is one
-hospital holding every training patient (exactly privmed train's DP-SGD recipe: 30 epochs at
-q = batch / units); "alone" is one hospital of the 3-way partition training by itself. Test metrics
-on the official test split (leaked images removed), argmax decision and raw softmax (no DP
-calibration in any setting), from the cached frozen features. One JSON line per setting.
+hospital holding every training patient (privmed train's DP-SGD recipe, rounds x local epochs
+epochs at q = batch / units, no early stopping); "alone" is one hospital of the 3-way partition
+training by itself. Metrics on the official test split (leaked images removed) and on the
+validation split (for recipe choice), argmax decision and raw softmax (no DP calibration in any
+setting), from the cached frozen features. One JSON line per setting.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from privmed.federated.run import Federation
 from privmed.training.data import load_pixels, model_inputs, test_records
 
 
-def test_metrics(fed: Federation, weights) -> dict:
+def metrics(fed: Federation, weights, split: str = "test") -> dict:
     tc = fed.cfg.train
-    recs, _ = test_records(tc)
+    recs = test_records(tc)[0] if split == "test" else fed.splits.val
     x = model_inputs(fed.model, load_pixels(recs, tc, False), False)
     net = fed.model.trainable
     with torch.no_grad():
@@ -41,11 +42,19 @@ def run(name: str, cfg: FederatedConfig) -> dict:
     fed = Federation(cfg, progress=False)
     weights = fed.run()
     led = fed.ledger()
-    row = {"setting": name, **test_metrics(fed, weights), "seconds": round(fed.seconds, 1),
+    hl = led["hospitals"]
+    val = {f"val_{k}": v for k, v in metrics(fed, weights, "val").items()}
+    row = {"setting": name, **metrics(fed, weights), **val, "seconds": round(fed.seconds, 1),
            "bytes_to_server": fed.grid.bytes_to_server, "bytes_to_hospitals": fed.grid.bytes_to_hospitals,
-           "epsilon_per_hospital": [h["epsilon"] for h in led["hospitals"]],
-           "sigma_per_hospital": [round(h["noise_multiplier"], 4) for h in led["hospitals"]],
-           "units_per_hospital": [h["n_units"] for h in led["hospitals"]], "wall_seconds": round(time.time() - t0, 1)}
+           "epsilon_per_hospital": [h["epsilon"] for h in hl], "delta": led["delta"],
+           "sigma_per_hospital": [round(h["noise_multiplier"], 4) for h in hl],
+           "q_per_hospital": [round(h["sample_rate"], 4) for h in hl], "steps_per_hospital": [h["steps"] for h in hl],
+           "units_per_hospital": [h["n_units"] for h in hl], "unit": led["unit_of_privacy"],
+           "accountant": led["accountant"], "model": cfg.train.model, "lr": cfg.train.lr,
+           "class_weights": cfg.train.class_weights,
+           "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
+           "round_seconds": [r["seconds"] for r in fed.rounds_log],
+           "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -56,14 +65,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--local-epochs", type=int, default=3)
     ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--model", default="effnet_lite0_head")
+    ap.add_argument("--lr", type=float, default=None, help="default: the model's (privmed train's)")
+    ap.add_argument("--no-class-weights", action="store_true", help="no DP class-count weighting in any hospital")
     ap.add_argument("--only", nargs="*", default=None, help="settings to run (default all)")
     a = ap.parse_args()
-    base = {"train": {"dataset": a.dataset}, "rounds": a.rounds, "local_epochs": a.local_epochs}
+    train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {})}
+    if a.no_class_weights:
+        train["class_weights"] = False
+    base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs}
     settings = {
         "centralised": dict(base, hospitals=1, secagg={"enabled": False}),
         "fed-iid-secagg": dict(base, hospitals=3),
         "fed-iid-plain": dict(base, hospitals=3, secagg={"enabled": False}),
         "fed-skew-secagg": dict(base, hospitals=3, partition="label-skew", alpha=a.alpha),
+        "fed-skew-plain": dict(base, hospitals=3, partition="label-skew", alpha=a.alpha, secagg={"enabled": False}),
         **{f"alone-iid-h{h + 1}": dict(base, hospitals=3, only=[h], secagg={"enabled": False}) for h in range(3)},
         **{f"alone-skew-h{h + 1}": dict(base, hospitals=3, only=[h], partition="label-skew", alpha=a.alpha,
                                        secagg={"enabled": False}) for h in range(3)},
