@@ -33,27 +33,16 @@ class Federation:
 
     def __init__(self, cfg: FederatedConfig, progress: bool = True):
         tc = cfg.train
-        _check_model(tc)
-        self.cfg, self.progress = cfg, progress
-        self.splits = split_records(tc)
-        k = len(self.splits.classes)
-        self.model = get_model(tc.model, k)
+        k, y, units = _setup(self, cfg, progress)
         x = model_inputs(self.model, load_pixels(self.splits.train, tc, progress), progress)
-        y = torch.tensor([r.label for r in self.splits.train])
-        units, self.unit = unit_ids(self.splits.train, tc.privacy.unit)
-        self.parts = partition(units.numpy(), y.numpy(), k, cfg.hospitals, cfg.partition, cfg.alpha,
-                               cfg.partition_seed)
-        # one delta for every hospital: 1/(10 N) of the whole federation, as a centralised run on the
-        # same images (strictly below 1/N_h for each hospital)
-        self.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(x))
+        y = torch.from_numpy(y)
         self.hospitals: dict[int, Hospital] = {}
         for h in cfg.participants():
             idx = torch.from_numpy(self.parts[h])
             _, local = torch.unique(units[idx], return_inverse=True)
             check_budget(tc.privacy.epsilon, self.delta, len(idx))
             self.hospitals[h] = Hospital(h, x[idx], y[idx], local, k, cfg, self.delta)
-        torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
-        self.initial = [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+        self.initial = _initial_weights(tc, k)
         self.n_units = sum(hp.n_units for hp in self.hospitals.values())
         self.rounds_log: list[dict] = []
 
@@ -102,6 +91,29 @@ def _secagg_block(cfg, n: int) -> dict | None:
             "clipping_range": s.clipping_range, "quantization_range": s.quantization_range}
 
 
+def _setup(fed, cfg: FederatedConfig, progress: bool):
+    """What both engines share: checked model, splits, partition of the training units by patient,
+    delta. Sets them on ``fed``; returns (classes, labels, unit ids)."""
+    tc = cfg.train
+    _check_model(tc)
+    fed.cfg, fed.progress = cfg, progress
+    fed.splits = split_records(tc)
+    k = len(fed.splits.classes)
+    fed.model = get_model(tc.model, k)
+    y = np.array([r.label for r in fed.splits.train], dtype=np.int64)
+    units, fed.unit = unit_ids(fed.splits.train, tc.privacy.unit)
+    fed.parts = partition(units.numpy(), y, k, cfg.hospitals, cfg.partition, cfg.alpha, cfg.partition_seed)
+    # one delta for every hospital: 1/(10 N) of the whole federation, as a centralised run on the
+    # same images (strictly below 1/N_h for each hospital)
+    fed.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(fed.splits.train))
+    return k, y, units
+
+
+def _initial_weights(tc, k: int) -> list[np.ndarray]:
+    torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
+    return [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+
+
 def _check_model(tc):
     spec = MODELS.get(tc.model)
     if spec is None:
@@ -117,23 +129,14 @@ class ProcessFederation:
 
     def __init__(self, cfg: FederatedConfig, progress: bool = True):
         tc = cfg.train
-        _check_model(tc)
-        self.cfg, self.progress = cfg, progress
-        self.splits = split_records(tc)
-        k = len(self.splits.classes)
-        self.model = get_model(tc.model, k)
-        y = np.array([r.label for r in self.splits.train])
-        units, self.unit = unit_ids(self.splits.train, tc.privacy.unit)
-        self.parts = partition(units.numpy(), y, k, cfg.hospitals, cfg.partition, cfg.alpha, cfg.partition_seed)
-        self.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(self.splits.train))
+        k, _, units = _setup(self, cfg, progress)
         self.site_records, self.units_of = {}, {}
         for h in cfg.participants():
             check_budget(tc.privacy.epsilon, self.delta, len(self.parts[h]))
             self.site_records[h] = [self.splits.train[i] for i in self.parts[h]]
             self.units_of[h] = len(torch.unique(units[torch.from_numpy(self.parts[h])]))
         self.n_units = sum(self.units_of.values())
-        torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
-        self.initial = [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+        self.initial = _initial_weights(tc, k)
         self.hospitals = self.site_records  # the participants (their data stay in their own processes)
         self.rounds_log: list[dict] = []
         self.timing: dict = {}
