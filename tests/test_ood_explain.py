@@ -22,7 +22,9 @@ def grace_hopper() -> Path:
 
 def test_dp_ood_synthetic_refusal_rates():
     """The DP detector (two Gaussian releases on 600 validation units, epsilon 2) refuses few fresh
-    in-distribution embeddings and almost all embeddings from elsewhere."""
+    in-distribution embeddings and most embeddings from elsewhere. The noise is secret, so each
+    release differs: over 600 releases the in-distribution refusal stayed <= 0.056 and the median
+    release refused 100 % of the others (2-4 % of releases fell below 70 %): the median of 7 is checked."""
     from privmed.pipeline import validation_releases
 
     rng = np.random.default_rng(0)
@@ -33,15 +35,37 @@ def test_dp_ood_synthetic_refusal_rates():
         return np.abs(c + 0.5 * rng.standard_normal((m, d)))
 
     y = rng.integers(0, 2, n)
+    val, logits = draw(centre, n), rng.standard_normal((n, 2))
+    fresh, elsewhere = draw(centre, 1000), draw(other, 200)
     privacy = {"epsilon_target": 2.0, "delta": 1e-6, "accountant": "prv"}
-    _, _, block, releases, _ = validation_releases(rng.standard_normal((n, 2)), draw(centre, n), y, np.arange(n), 2,
-                                                   privacy)
+    inside, outside = [], []
+    for _ in range(7):
+        _, _, block, releases, _ = validation_releases(logits, val, y, np.arange(n), 2, privacy)
+        inside.append(np.mean(ood_scores(fresh, block) > block["threshold"]))
+        outside.append(np.mean(ood_scores(elsewhere, block) > block["threshold"]))
     json.dumps(block)  # stored in metadata.json
     assert block["method"].startswith("dp-mahalanobis") and len(releases) == 2
-    assert np.mean(ood_scores(draw(centre, 1000), block) > block["threshold"]) <= 0.08
-    assert np.mean(ood_scores(draw(other, 200), block) > block["threshold"]) >= 0.7
+    assert max(inside) <= 0.08 and np.median(outside) >= 0.9
     v = draw(centre, 1)
     assert ood_score(v[0], block) == pytest.approx(float(ood_scores(v, block)[0]))
+
+
+def test_ood_threshold_ignores_a_phantom_bin_and_interpolates():
+    """A noise spike in an empty high bin may not carry the threshold away (the brain MRI bundle
+    of 2026-11 shipped 274 for scores near 1.3); within a bin the threshold is interpolated."""
+    from privmed.inference import ood
+
+    edges = ood.SCORE_EDGES
+    bulk = np.zeros(len(edges) - 1)
+    b = int(np.searchsorted(edges, 1.0)) - 1  # the bin holding 1.0
+    bulk[b - 1], bulk[b], bulk[b + 1] = 200.0, 380.0, 20.0
+    t = ood.threshold_from_histogram(bulk, noise_std=3.0)
+    assert edges[b + 1] < t < edges[b + 2]  # inside the top bin, not its upper edge
+    spiked = bulk.copy()
+    spiked[-3] = 25.0  # > 2 noise std in an empty bin near 300
+    median = ood.threshold_from_histogram(spiked, target=0.5, noise_std=3.0)
+    assert 0.9 < median < 1.1
+    assert ood.threshold_from_histogram(spiked, noise_std=3.0) <= ood.MAX_OVER_MEDIAN * median + 1e-9
 
 
 def _abstain_rate(model, files) -> float:

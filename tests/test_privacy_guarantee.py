@@ -193,11 +193,15 @@ def test_ood_detector_is_no_membership_oracle():
         return roc_auc(np.r_[np.ones(n, bool), np.zeros(n, bool)], -s)  # members look closer
 
     _, _, exact, _, _ = validation_releases(logits, val, y, units, 2, None)
-    _, _, private, releases, _ = validation_releases(logits, val, y, units, 2, privacy)
-    assert len(releases) == 2 and all(r["on"] == "validation" for r in releases)
-    assert attack_auc(private) <= 0.6
+    # secret noise: over 200 releases the attack AUC ran 0.43-0.61 (median 0.52); the exact fit 0.79
+    aucs = []
+    for _ in range(5):
+        _, _, private, releases, _ = validation_releases(logits, val, y, units, 2, privacy)
+        assert len(releases) == 2 and all(r["on"] == "validation" for r in releases)
+        aucs.append(attack_auc(private))
+    assert np.median(aucs) <= 0.6
     # non-DP exact fit, kept for non-private twins: its leak is what DP removes
-    assert attack_auc(exact) >= attack_auc(private)
+    assert attack_auc(exact) >= 0.7 and attack_auc(exact) > max(aucs)
 
 
 def test_dp_calibration_recovers_temperature_and_operating_point():
@@ -214,13 +218,19 @@ def test_dp_calibration_recovers_temperature_and_operating_point():
     privacy = {"epsilon_target": 2.0, "delta": 1e-6, "accountant": "prv"}
     emb = np.abs(rng.standard_normal((n, 64)))
     exact_cal, exact_dec, *_ = validation_releases(logits, emb, y, np.arange(n), 2, None)
-    dp_cal, dp_dec, *_ = validation_releases(logits, emb, y, np.arange(n), 2, privacy)
     assert 1.3 < exact_cal["temperature"] < 3.0
-    # noisy: measured 1.3-2.8 against the exact 1.9 over repeated releases
-    assert -0.5 < np.log(dp_cal["temperature"] / exact_cal["temperature"]) < 0.6
-    t_exact, t_dp = exact_dec["threshold_margin"], dp_dec["threshold_margin"]
+    t_exact = exact_dec["threshold_margin"]
     bal = lambda t: ((m[y == 1] >= t).mean() + (m[y == 0] < t).mean()) / 2  # noqa: E731
-    assert bal(t_dp) > bal(t_exact) - 0.03
+    # the noise is secret, each release differs; over 300 releases: log(T_dp / T_exact) from -0.63
+    # to 0.47 (median 0.08), balanced accuracy lost 0.003 at the median, 0.027 at the 95th
+    # percentile, 0.071 at worst. The median of 7 releases is held to a tight bound, each to a loose one.
+    log_t, lost = [], []
+    for _ in range(7):
+        dp_cal, dp_dec, *_ = validation_releases(logits, emb, y, np.arange(n), 2, privacy)
+        log_t.append(np.log(dp_cal["temperature"] / exact_cal["temperature"]))
+        lost.append(bal(t_exact) - bal(dp_dec["threshold_margin"]))
+    assert abs(np.median(log_t)) < 0.3 and max(np.abs(log_t)) < 1.0
+    assert np.median(lost) < 0.02 and max(lost) < 0.12
     assert cal.threshold_from_histogram(cal.margin_rows(logits, y, 2).sum(0))[0] == t_exact
 
 
