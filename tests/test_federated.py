@@ -80,7 +80,8 @@ def test_server_never_receives_an_individual_update(secagg_run):
         flat = np.concatenate([v.ravel() for v in vec]).astype(np.float64)
         assert flat.max() - flat.min() > 2 ** 31
         assert not _close_to_any(flat, updates, atol=1.0)
-    assert fed.grid.bytes_to_server > 0 and fed.grid.messages == 2 * 4 * 3  # 4 SecAgg+ stages per round
+    # one count-exchange message per hospital, then 4 SecAgg+ stages per round
+    assert fed.grid.bytes_to_server > 0 and fed.grid.messages == 3 + 2 * 4 * 3
 
 
 def test_plain_fedavg_exposes_updates_so_the_check_can_fail(data_root):
@@ -167,6 +168,32 @@ def test_partitions_are_patient_disjoint_and_reproducible():
     skew = partition(units.numpy(), labels, 2, 3, "label-skew", alpha=0.3, seed=1)
     frac = lambda ps: [labels[p].mean() for p in ps]  # noqa: E731
     assert np.ptp(frac(iid)) < 0.05 < np.ptp(frac(skew))
+
+
+def test_global_class_weights_come_from_the_sum_of_dp_counts(secagg_run, data_root):
+    """Default: before round 1 the server asks every hospital for its DP class counts (a Flower
+    message each way, the release already in its ledger) and sends one weighting from their sum with
+    every round; "local": each hospital weights by its own."""
+    from privmed.federated.run import Federation
+    from privmed.privacy.releases import weights_from_counts
+
+    fed = secagg_run[0]
+    hs = list(fed.hospitals.values())
+    w = weights_from_counts(sum(h.counts for h in hs))
+    assert np.allclose(fed.strategy.class_weight, w) and w.max() == 1.0 and (w > 0).all()
+    assert all(np.allclose(h._class_weight, w) for h in hs)
+    for h in hs:  # each unit's weight is its images' mean class weight, so sensitivity stays C
+        expect = np.bincount(h.units.numpy(), weights=w[h.y.numpy()]) / np.bincount(h.units.numpy())
+        assert np.allclose(h.engine.unit_weight.numpy(), expect, atol=1e-6) and h.engine.unit_weight.max() <= 1
+    assert len({tuple(np.round(h.counts, 6)) for h in hs}) == len(hs)  # each its own noisy counts
+    assert all(any("class counts" in r["release"] for r in h.ledger(with_epsilon=False)["releases"]) for h in hs)
+    assert fed.ledger()["federation"]["class_weights"].startswith("one weighting")
+    local = Federation(_cfg(data_root, partition="label-skew", class_weight_scope="local"), progress=False)
+    lw = [h._class_weight for h in local.hospitals.values()]
+    assert all(np.array_equal(h._class_weight, weights_from_counts(h.counts)) for h in local.hospitals.values())
+    assert not all(np.allclose(lw[0], x) for x in lw[1:])
+    with pytest.raises(ValueError, match=r"values in \(0, 1\]"):
+        hs[0].use_class_weight(np.array([2.0, 1.0, 1.0]))
 
 
 def test_bad_configs_give_clear_errors(data_root):

@@ -118,6 +118,17 @@ def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
     assert "running on https://127.0.0.1" in link_log and "insecure" not in link_log.lower()  # TLS, our CA
     assert (dep.root / "tls" / "ca.crt").is_file() and (dep.root / "tls" / "superlink.key").stat().st_mode & 0o077 == 0
     _check_logs_and_processes(dep, data_root)
+    # global class weights: one count exchange before round 1, the same weighting in every hospital
+    import numpy as np
+    import torch
+
+    from privmed.federated.deployed import read_checkpoint
+    from privmed.privacy.releases import weights_from_counts
+
+    states = [torch.load(dep.root / f"hospital-{h}" / "state.pt", weights_only=False) for h in range(3)]
+    w = np.asarray(read_checkpoint(dep.root / "server" / "checkpoint.npz")[1]["class_weight"])
+    assert np.allclose(w, weights_from_counts(sum(st["counts"] for st in states)))
+    assert all(np.allclose(st["class_weight"], w) for st in states)
     img = next((data_root / "covid19_xray" / "test" / "covid").iterdir())
     assert set(load_model(out).predict(str(img)).probabilities) == {"covid", "normal", "viral_pneumonia"}
 

@@ -96,6 +96,28 @@ def test_ood_on_effnet_bundle(effnet_bundle, data_root):
     assert smooth.abstain
 
 
+OTHER_MODALITY = {"chest_xray_pneumonia": "brain_tumor_mri", "brain_tumor_mri": "chest_xray_pneumonia",
+                  "covid19_ct": "chest_xray_pneumonia"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", sorted(OTHER_MODALITY))
+def test_every_default_detector_refuses_another_modality(dataset, data_root):
+    """Each committed default bundle with a detector refuses few of its own test images and nearly
+    all images of another modality (the brain MRI bundle of 2026-11 refused none: threshold 274)."""
+    from conftest import default_bundle
+
+    path = default_bundle(dataset)
+    if path is None:
+        pytest.skip(f"bundles/{dataset} is not installed")
+    m = load_model(path)
+    assert m.ood is not None
+    own = sorted((data_root / dataset / "test").glob("*/*"))[::25][:40]
+    other = sorted((data_root / OTHER_MODALITY[dataset] / "test").glob("*/*"))[::25][:40]
+    assert _ood_rate(m, own) <= 0.1
+    assert _ood_rate(m, other) >= 0.9
+
+
 def test_small_validation_set_gets_no_ood_and_says_so(small_bundle):
     """covid19_xray's validation split has fewer than 100 units: DP statistics would be noise, so the
     bundle ships no OOD detector and no fitted temperature, and says why (the quality gate still runs)."""

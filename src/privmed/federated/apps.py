@@ -26,11 +26,28 @@ LEDGER_KEYS = ("hospital", "n_units", "rounds", "local_steps_per_round", "steps"
                "sample_rate", "delta")
 
 
+def counts_reply(counts) -> dict:
+    """A hospital's answer to the count exchange: its DP class counts (already a release in its ledger)."""
+    return {} if counts is None else {f"count_{c}": float(v) for c, v in enumerate(counts)}
+
+
+def class_weight_of(config) -> np.ndarray | None:
+    """The global class weights the server put in a round's config (``cw_0``, ``cw_1``, ...)."""
+    k = sum(1 for key in config if str(key).startswith("cw_"))
+    return np.array([float(config[f"cw_{c}"]) for c in range(k)]) if k else None
+
+
 class _HospitalClient(NumPyClient):
     def __init__(self, hospital):
         self.hospital = hospital
 
+    def get_properties(self, config):
+        return counts_reply(self.hospital.counts) if config.get("ask") == "class_counts" else {}
+
     def fit(self, parameters, config):
+        w = class_weight_of(config)
+        if w is not None:
+            self.hospital.use_class_weight(w)
         update = self.hospital.fit(parameters, round_no=int(config.get("round", 0)) or None)
         led = self.hospital.ledger(with_epsilon=False)
         return update, self.hospital.n_units, {k: led[k] for k in LEDGER_KEYS}
@@ -58,13 +75,17 @@ class UpdateFedAvg(FedAvg):
                          accept_failures=True, fit_metrics_aggregation_fn=lambda _: {})
         self.current = [a.copy() for a in initial]
         self.on_round, self.round_offset = on_round, round_offset
+        self.class_weight: np.ndarray | None = None  # global weights from the count exchange
         self.ledgers: dict[int, dict] = {}
         self.aggregates: list[list[np.ndarray]] = []  # what the server computed each round (tests)
 
     def configure_fit(self, server_round, parameters, client_manager):
         # the server's own current model, not whatever parameters the workflow carries
         r = server_round + self.round_offset
-        return [(c, FitIns(ndarrays_to_parameters(self.current), {"round": r}))
+        config = {"round": r}
+        if self.class_weight is not None:
+            config.update({f"cw_{c}": float(v) for c, v in enumerate(self.class_weight)})
+        return [(c, FitIns(ndarrays_to_parameters(self.current), config))
                 for c, _ in super().configure_fit(server_round, parameters, client_manager)]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -95,6 +116,29 @@ class SetupDropoutSecAggPlus(SecAggPlusWorkflow):
         return ok
 
 
+def exchange_counts(grid, timeout: float | None = None) -> np.ndarray | None:
+    """Before round 1 (global class weights): ask every hospital for its DP class counts and return
+    one weighting from their sum. The counts are DP releases already in each hospital's ledger; the
+    weights are their post-processing, public and <= 1, so per-unit sensitivity stays C."""
+    from flwr.app import Message
+    from flwr.common import GetPropertiesIns, MessageTypeLegacy
+    from flwr.compat.common.recorddict_compat import getpropertiesins_to_recorddict, recorddict_to_getpropertiesres
+
+    from privmed.privacy.releases import weights_from_counts
+
+    content = getpropertiesins_to_recorddict(GetPropertiesIns({"ask": "class_counts"}))
+    msgs = [Message(content=content, dst_node_id=n, message_type=MessageTypeLegacy.GET_PROPERTIES)
+            for n in grid.get_node_ids()]
+    counts = []
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            continue  # an unreachable hospital adds no counts; the others still agree on one weighting
+        props = recorddict_to_getpropertiesres(reply.content).properties
+        if props:
+            counts.append(np.array([props[f"count_{c}"] for c in range(len(props))], np.float64))
+    return weights_from_counts(sum(counts)) if counts else None
+
+
 def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = None) -> DefaultWorkflow:
     """``total_units``: the weights' sum (public); SecAgg+ scales each update by its weight / max_weight
     before quantising, so max_weight = total keeps the quantisation step small relative to the update.
@@ -110,12 +154,15 @@ def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = 
     return DefaultWorkflow()
 
 
-def server_app(strategy: UpdateFedAvg, rounds: int, secagg_cfg, n: int, total_units: int) -> ServerApp:
+def server_app(strategy: UpdateFedAvg, rounds: int, secagg_cfg, n: int, total_units: int,
+               global_weights: bool = False) -> ServerApp:
     workflow = make_workflow(secagg_cfg, n, total_units)
     app = ServerApp()
 
     @app.main()
     def main(grid, context: Context) -> None:
+        if global_weights:
+            strategy.class_weight = exchange_counts(grid)
         workflow(grid, LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy))
 
     return app

@@ -34,6 +34,10 @@ class FederatedConfig(BaseModel):
     spare_rounds: int = Field(0, ge=0, le=100)  # budget for rounds lost to a crash (raises sigma)
     stage_timeout: float = Field(120.0, gt=0)  # processes: seconds the server waits for a SecAgg+/fit stage
     restarts: int = Field(2, ge=0, le=10)  # processes: SuperLink restarts (resume from checkpoint)
+    # class weights (train.class_weights): "global" = one weighting for all, from the sum of every
+    # hospital's DP class counts (a count exchange before round 1); "local" = each hospital its own
+    # counts (under label skew each then pulls toward its own rare classes: brain 71.6 % vs 77.4 % unweighted)
+    class_weight_scope: Literal["global", "local"] = "global"
     # train only these hospitals (0-based) of the partition: one index = "that hospital alone"
     only: list[int] | None = None
 
@@ -58,6 +62,12 @@ class FederatedConfig(BaseModel):
             if s > n:
                 raise ValueError(f"secagg.num_shares ({s}) cannot exceed the number of hospitals ({n})")
         return self
+
+    def weight_scope(self) -> str | None:
+        """"global", "local", or None when the hospitals weight no classes."""
+        if not self.train.class_weights:
+            return None
+        return self.class_weight_scope
 
     def participants(self) -> list[int]:
         return list(self.only) if self.only is not None else list(range(self.hospitals))

@@ -25,7 +25,8 @@ from flwr.server import LegacyContext, ServerApp, ServerConfig
 
 from privmed.files import atomic_path, atomic_write_text
 
-from privmed.federated.apps import LEDGER_KEYS, UpdateFedAvg, make_workflow
+from privmed.federated.apps import (LEDGER_KEYS, UpdateFedAvg, class_weight_of, counts_reply, exchange_counts,
+                                    make_workflow)
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -59,6 +60,23 @@ class SiteClient(NumPyClient):
     def __init__(self, site: Path):
         self.site = site
 
+    def get_properties(self, config):
+        """The count exchange: this hospital's DP class counts, released once and kept in state.pt
+        (asked again after a restart, it answers with the same counts)."""
+        if config.get("ask") != "class_counts":
+            return {}
+        import torch
+
+        from privmed.federated.hospital import Hospital
+
+        h, cfg, delta, k, x, y, local = load_site(self.site)
+        state_path = self.site / "state.pt"
+        state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+        hospital = Hospital(h, x, y, local, k, cfg, delta, restore=state)
+        if state is None:
+            _save_torch(dict(hospital.state_dict(), pending=None), state_path)
+        return counts_reply(hospital.counts)
+
     def fit(self, parameters, config):
         import torch
 
@@ -69,6 +87,9 @@ class SiteClient(NumPyClient):
         state_path = self.site / "state.pt"
         state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
         hospital = Hospital(h, x, y, local, k, cfg, delta, restore=state)
+        w = class_weight_of(config)
+        if w is not None:
+            hospital.use_class_weight(w)
         if state and state.get("pending"):
             # a round that started and never finished: its steps may have run, so they count
             e = hospital.engine
@@ -152,6 +173,10 @@ def _server_main(grid, context: Context) -> None:
                 write_checkpoint(folder / "checkpoint.npz", strategy.current, meta)
 
             strategy = UpdateFedAvg(weights, n, on_round, plan["min_hospitals"], round_offset=done)
+            if plan.get("class_weight_scope") == "global":  # once; a resumed run reuses the checkpoint's
+                w = meta.get("class_weight") or exchange_counts(grid, plan["stage_timeout"])
+                meta["class_weight"] = None if w is None else [float(v) for v in w]
+                strategy.class_weight = None if w is None else np.asarray(w)
             workflow = make_workflow(SecAggConfig(**plan["secagg"]), n, plan["total_units"], plan["stage_timeout"])
             workflow(grid, LegacyContext(context=context, config=ServerConfig(num_rounds=rounds - done),
                                          strategy=strategy))

@@ -56,9 +56,7 @@ class Hospital:
         self.net = get_model(tc.model, n_classes).trainable
         opt = (torch.optim.SGD(self.net.parameters(), lr=tc.lr, momentum=0.9) if tc.optimizer == "sgd"
                else torch.optim.Adam(self.net.parameters(), lr=tc.lr))
-        unit_weight = (torch.zeros(self.n_units).index_add_(0, units, weight[y])
-                       / torch.bincount(units, minlength=self.n_units))
-        self.engine = DPSGD(self.net, opt, units, self.plan, unit_weight, pc.grad_sample_mode, gen)
+        self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen)
         pixel_model = x.dim() == 4
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
@@ -68,6 +66,20 @@ class Hospital:
             opt.load_state_dict(restore["optimizer"])
             self.rounds_done, self.rounds_run = restore["rounds_done"], list(restore["rounds_run"])
         self.updates: list[list[np.ndarray]] = []  # kept in the hospital for tests; never sent as is
+
+    def _unit_weight(self, class_weight: torch.Tensor) -> torch.Tensor:
+        """A unit's weight: the mean class weight of its images (public, <= 1)."""
+        return (torch.zeros(self.n_units).index_add_(0, self.units, class_weight[self.y])
+                / torch.bincount(self.units, minlength=self.n_units))
+
+    def use_class_weight(self, w: np.ndarray) -> None:
+        """Global class weights from the server (post-processing of every hospital's DP counts)."""
+        w = np.asarray(w, np.float64)
+        if self.counts is None or w.shape != self.counts.shape or not (0 < w).all() or w.max() > 1 + 1e-9:
+            raise ValueError(f"class weights must be {len(self.counts) if self.counts is not None else 0} "
+                             f"values in (0, 1] (got {w.tolist()})")
+        self._class_weight = w
+        self.engine.unit_weight = self._unit_weight(torch.tensor(w, dtype=torch.float32))
 
     def get_weights(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy().copy() for p in self.net.parameters()]

@@ -293,6 +293,7 @@ def prepare(root: Path, cfg, setup) -> Path:
     plan = {"hospitals": n, "rounds": cfg.rounds, "secagg": cfg.secagg.model_dump(), "total_units": setup.n_units,
             # a round goes on without one dead hospital (SecAgg+ threshold n - 1 allows it)
             "min_hospitals": max(2 if secagg else 1, n - 1), "stage_timeout": cfg.stage_timeout,
+            "class_weight_scope": cfg.weight_scope(),
             "node_wait": 120}
     plan["config"] = cfg.model_dump(mode="json")
     path = server / "plan.json"

@@ -67,7 +67,7 @@ class Federation:
         self.strategy = UpdateFedAvg(self.initial, n, on_round)
         capp = client_app(self.hospitals, cfg.secagg.enabled)
         self.grid = LocalGrid(capp, node_ids, list(self.hospitals), on_reply=on_reply)
-        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.n_units)
+        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.n_units, cfg.weight_scope() == "global")
         t0 = time.time()
         sapp(grid=self.grid, context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         bar.close()

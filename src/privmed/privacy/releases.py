@@ -36,6 +36,12 @@ def dp_class_weights(labels: np.ndarray, units: np.ndarray, num_classes: int, si
                      gen: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(noisy per-class unit counts, weights in (0, 1]): inverse noisy frequency, largest = 1."""
     noisy = gaussian_sum(unit_class_rows(labels, units, num_classes), 1.0, sigma, gen)
+    return noisy, weights_from_counts(noisy)
+
+
+def weights_from_counts(noisy: np.ndarray) -> np.ndarray:
+    """Inverse noisy frequency, largest = 1 (post-processing of DP counts; federated: their sum)."""
+    noisy = np.asarray(noisy, np.float64)
     floor = max(1.0, 0.01 * max(noisy.sum(), 1.0))
     w = 1.0 / np.maximum(noisy, floor)
-    return noisy, w / w.max()
+    return w / w.max()
