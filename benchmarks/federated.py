@@ -76,7 +76,7 @@ def main() -> None:
     if a.no_class_weights:
         train["class_weights"] = False
     base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs,
-            "class_weight_scope": a.class_weight_scope}
+            **({"class_weight_scope": a.class_weight_scope} if a.class_weight_scope else {})}
     settings = {
         "centralised": dict(base, hospitals=1, secagg={"enabled": False}),
         "fed-iid-secagg": dict(base, hospitals=3),

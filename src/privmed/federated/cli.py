@@ -17,7 +17,8 @@ def federated_config(a):
         over["tls"] = False
     for k, v in {"hospitals": a.hospitals, "rounds": a.rounds, "local_epochs": a.local_epochs,
                  "partition": a.partition, "alpha": a.alpha, "partition_seed": a.partition_seed,
-                 "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds}.items():
+                 "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds,
+                 "class_weight_scope": a.class_weight_scope}.items():
         if v is not None:
             over[k] = v
     for item in a.fed_set or []:
@@ -76,6 +77,9 @@ def register(sub, privacy_sub) -> None:
                    help="inprocess (default): one process; processes: flower-superlink + one flower-supernode per "
                         "hospital as OS processes on 127.0.0.1, started with flwr run (TLS)")
     f.add_argument("--insecure", action="store_true", help="processes: no TLS between SuperNodes and SuperLink")
+    f.add_argument("--class-weight-scope", choices=["global", "local"],
+                   help="global (default): one weighting from the sum of the hospitals' DP class counts; "
+                        "local: each hospital its own")
     f.add_argument("--spare-rounds", type=int, help="budget planned in for rounds lost to a crash (default 0)")
     f.add_argument("--fed-set", action="append", metavar="KEY=VALUE",
                    help="any federation field, e.g. secagg.clipping_range=4")
