@@ -51,7 +51,7 @@ def run(name: str, cfg: FederatedConfig) -> dict:
            "q_per_hospital": [round(h["sample_rate"], 4) for h in hl], "steps_per_hospital": [h["steps"] for h in hl],
            "units_per_hospital": [h["n_units"] for h in hl], "unit": led["unit_of_privacy"],
            "accountant": led["accountant"], "model": cfg.train.model, "lr": cfg.train.lr,
-           "class_weights": cfg.weight_scope(),
+           "class_weights": cfg.weight_scope(), "fedprox_mu": cfg.fedprox_mu,
            "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
            "round_seconds": [r["seconds"] for r in fed.rounds_log],
            "wall_seconds": round(time.time() - t0, 1)}
@@ -70,13 +70,15 @@ def main() -> None:
     ap.add_argument("--no-class-weights", action="store_true", help="no DP class-count weighting in any hospital")
     ap.add_argument("--class-weight-scope", choices=["global", "local"], default=None,
                     help="default: global (one weighting from the sum of the hospitals' DP counts)")
+    ap.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal strength (0: FedAvg)")
     ap.add_argument("--only", nargs="*", default=None, help="settings to run (default all)")
     a = ap.parse_args()
     train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {})}
     if a.no_class_weights:
         train["class_weights"] = False
     base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs,
-            **({"class_weight_scope": a.class_weight_scope} if a.class_weight_scope else {})}
+            **({"class_weight_scope": a.class_weight_scope} if a.class_weight_scope else {}),
+            "fedprox_mu": a.fedprox_mu}
     settings = {
         "centralised": dict(base, hospitals=1, secagg={"enabled": False}),
         "fed-iid-secagg": dict(base, hospitals=3),

@@ -196,6 +196,20 @@ def test_global_class_weights_come_from_the_sum_of_dp_counts(secagg_run, data_ro
         hs[0].use_class_weight(np.array([2.0, 1.0, 1.0]))
 
 
+def test_fedprox_pulls_local_steps_toward_the_global_model(data_root):
+    """FedProx's proximal step (data-independent, after each noisy step) keeps a hospital's round
+    close to the global model: a strong mu shrinks the update; mu = 0 is plain FedAvg."""
+    from privmed.federated.run import Federation
+
+    norms = {}
+    for mu in (0.0, 50.0):
+        fed = Federation(_cfg(data_root, fedprox_mu=mu, secagg={"enabled": False}), progress=False)
+        update = fed.hospitals[0].fit(fed.initial)
+        norms[mu] = float(np.sqrt(sum(np.sum(u.astype(np.float64) ** 2) for u in update)))
+    assert 0 < norms[50.0] < 0.2 * norms[0.0]
+    assert "FedProx" in fed.ledger()["federation"]["aggregation"]
+
+
 def test_bad_configs_give_clear_errors(data_root):
     from pydantic import ValidationError
 

@@ -18,7 +18,7 @@ def federated_config(a):
     for k, v in {"hospitals": a.hospitals, "rounds": a.rounds, "local_epochs": a.local_epochs,
                  "partition": a.partition, "alpha": a.alpha, "partition_seed": a.partition_seed,
                  "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds,
-                 "class_weight_scope": a.class_weight_scope}.items():
+                 "class_weight_scope": a.class_weight_scope, "fedprox_mu": a.fedprox_mu}.items():
         if v is not None:
             over[k] = v
     for item in a.fed_set or []:
@@ -80,6 +80,7 @@ def register(sub, privacy_sub) -> None:
     f.add_argument("--class-weight-scope", choices=["global", "local"],
                    help="global (default): one weighting from the sum of the hospitals' DP class counts; "
                         "local: each hospital its own")
+    f.add_argument("--fedprox-mu", type=float, help="FedProx proximal strength (default 0: plain FedAvg)")
     f.add_argument("--spare-rounds", type=int, help="budget planned in for rounds lost to a crash (default 0)")
     f.add_argument("--fed-set", action="append", metavar="KEY=VALUE",
                    help="any federation field, e.g. secagg.clipping_range=4")

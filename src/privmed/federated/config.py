@@ -38,6 +38,9 @@ class FederatedConfig(BaseModel):
     # hospital's DP class counts (a count exchange before round 1); "local" = each hospital its own
     # counts (under label skew each then pulls toward its own rare classes: brain 71.6 % vs 77.4 % unweighted)
     class_weight_scope: Literal["global", "local"] = "global"
+    # FedProx (Li et al. 2020): after each local step, the exact proximal step towards the round's
+    # global model (strength mu); data-independent, so it costs no privacy. 0 = plain FedAvg.
+    fedprox_mu: float = Field(0.0, ge=0)
     # train only these hospitals (0-based) of the partition: one index = "that hospital alone"
     only: list[int] | None = None
 

@@ -35,6 +35,7 @@ class Hospital:
         batch = min(tc.batch_size, max(1, self.n_units // 4))  # q <= 1/4, as privmed train
         self.local_steps = math.ceil(self.n_units / batch) * cfg.local_epochs
         self.rounds = cfg.rounds
+        self.fedprox_mu = cfg.fedprox_mu
         gen = secret_generator()
         prefix, weight, self.counts = [], torch.ones(n_classes), None
         if tc.class_weights:  # the hospital's own DP class counts (a Gaussian release, composed in)
@@ -81,6 +82,14 @@ class Hospital:
         self._class_weight = w
         self.engine.unit_weight = self._unit_weight(torch.tensor(w, dtype=torch.float32))
 
+    def _proximal_step(self, anchor: list[torch.Tensor]) -> None:
+        """w <- argmin_v ||v - w||^2 / (2 lr) + mu/2 ||v - w_global||^2 = (w + a w_global) / (1 + a),
+        a = lr mu: stable for any mu, and a function of the noisy iterate and the global model only."""
+        a = self.engine.optimizer.param_groups[0]["lr"] * self.fedprox_mu
+        with torch.no_grad():
+            for p, g in zip(self.net.parameters(), anchor):
+                p.add_(g, alpha=a).div_(1 + a)
+
     def get_weights(self) -> list[np.ndarray]:
         return [p.detach().cpu().numpy().copy() for p in self.net.parameters()]
 
@@ -104,11 +113,14 @@ class Hospital:
                 f"exceed its budget (epsilon {self.plan.epsilon:g}, {self.plan.planned_steps} steps planned for "
                 f"{self.rounds} rounds)")
         self.set_weights(global_weights)
+        anchor = [p.detach().clone() for p in self.net.parameters()]
         self.engine.module.train()
         for _ in range(self.local_steps):
             idx, local, chosen = self.engine.sample()
             xb = self.augment(self.x[idx]) if self.augment and len(idx) else self.x[idx]
             self.engine.step(xb, self.y[idx], local, chosen, per_sample_loss)
+            if self.fedprox_mu:
+                self._proximal_step(anchor)
         self.rounds_done += 1
         self.rounds_run.append(round_no if round_no is not None else self.rounds_done)
         update = [w - g for w, g in zip(self.get_weights(), global_weights)]
