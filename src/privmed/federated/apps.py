@@ -26,15 +26,24 @@ LEDGER_KEYS = ("hospital", "n_units", "rounds", "local_steps_per_round", "steps"
                "sample_rate", "delta")
 
 
+def vector_to_config(prefix: str, v) -> dict:
+    """A vector as Flower config scalars ``prefix0``, ``prefix1``, ... (empty for None)."""
+    return {} if v is None else {f"{prefix}{c}": float(x) for c, x in enumerate(v)}
+
+
+def vector_from_config(prefix: str, config) -> np.ndarray | None:
+    k = sum(1 for key in config if str(key).startswith(prefix))
+    return np.array([float(config[f"{prefix}{c}"]) for c in range(k)], np.float64) if k else None
+
+
 def counts_reply(counts) -> dict:
     """A hospital's answer to the count exchange: its DP class counts (already a release in its ledger)."""
-    return {} if counts is None else {f"count_{c}": float(v) for c, v in enumerate(counts)}
+    return vector_to_config("count_", counts)
 
 
 def class_weight_of(config) -> np.ndarray | None:
     """The global class weights the server put in a round's config (``cw_0``, ``cw_1``, ...)."""
-    k = sum(1 for key in config if str(key).startswith("cw_"))
-    return np.array([float(config[f"cw_{c}"]) for c in range(k)]) if k else None
+    return vector_from_config("cw_", config)
 
 
 class _HospitalClient(NumPyClient):
@@ -82,9 +91,7 @@ class UpdateFedAvg(FedAvg):
     def configure_fit(self, server_round, parameters, client_manager):
         # the server's own current model, not whatever parameters the workflow carries
         r = server_round + self.round_offset
-        config = {"round": r}
-        if self.class_weight is not None:
-            config.update({f"cw_{c}": float(v) for c, v in enumerate(self.class_weight)})
+        config = {"round": r, **vector_to_config("cw_", self.class_weight)}
         return [(c, FitIns(ndarrays_to_parameters(self.current), config))
                 for c, _ in super().configure_fit(server_round, parameters, client_manager)]
 
@@ -133,9 +140,9 @@ def exchange_counts(grid, timeout: float | None = None) -> np.ndarray | None:
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
             continue  # an unreachable hospital adds no counts; the others still agree on one weighting
-        props = recorddict_to_getpropertiesres(reply.content).properties
-        if props:
-            counts.append(np.array([props[f"count_{c}"] for c in range(len(props))], np.float64))
+        c = vector_from_config("count_", recorddict_to_getpropertiesres(reply.content).properties)
+        if c is not None:
+            counts.append(c)
     return weights_from_counts(sum(counts)) if counts else None
 
 

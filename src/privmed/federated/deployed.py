@@ -60,33 +60,31 @@ class SiteClient(NumPyClient):
     def __init__(self, site: Path):
         self.site = site
 
+    def _open(self):
+        """(hospital rebuilt from its folder and saved state, that state or None, the state's path)."""
+        import torch
+
+        from privmed.federated.hospital import Hospital
+
+        h, cfg, delta, k, x, y, local = load_site(self.site)
+        state_path = self.site / "state.pt"
+        state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+        return Hospital(h, x, y, local, k, cfg, delta, restore=state), state, state_path
+
     def get_properties(self, config):
         """The count exchange: this hospital's DP class counts, released once and kept in state.pt
         (asked again after a restart, it answers with the same counts)."""
         if config.get("ask") != "class_counts":
             return {}
-        import torch
-
-        from privmed.federated.hospital import Hospital
-
-        h, cfg, delta, k, x, y, local = load_site(self.site)
-        state_path = self.site / "state.pt"
-        state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
-        hospital = Hospital(h, x, y, local, k, cfg, delta, restore=state)
+        hospital, state, state_path = self._open()
         if state is None:
             _save_torch(dict(hospital.state_dict(), pending=None), state_path)
         return counts_reply(hospital.counts)
 
     def fit(self, parameters, config):
-        import torch
-
         from privmed.errors import PrivacyBudgetError
-        from privmed.federated.hospital import Hospital
 
-        h, cfg, delta, k, x, y, local = load_site(self.site)
-        state_path = self.site / "state.pt"
-        state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
-        hospital = Hospital(h, x, y, local, k, cfg, delta, restore=state)
+        hospital, state, state_path = self._open()
         w = class_weight_of(config)
         if w is not None:
             hospital.use_class_weight(w)
