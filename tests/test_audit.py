@@ -53,6 +53,7 @@ def bundles(tmp_path_factory):
     mp.setenv("PRIVMED_CACHE", str(tmp / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on 2 shared cores: one thread is many times faster
+    make_folder(tmp / "data", n_train=128, n_test=128)  # 128 per side: see the memorising test
     try:
         yield tmp, tiny_bundle(tmp, dp=False, epochs=40), tiny_bundle(tmp, dp=True, epochs=3)
     finally:
@@ -61,13 +62,16 @@ def bundles(tmp_path_factory):
 
 
 def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
+    """The certified bound is checked on 64 targets per side (half of 128: the other half picks the
+    threshold). At 48 per side (24 certified) it was 0 in 3 of 9 trainings x seeds although the loss
+    AUC was 0.78-0.89, and it failed CI; at 128 it was 1.23-1.84 over 4 trainings x 3 seeds."""
     tmp, nodp, _ = bundles
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
-    block = audit_bundle(nodp, k_reference=2, n_per_side=48, seed=0)
-    assert block["members"]["n"] == block["nonmembers"]["n"] == 48
+    block = audit_bundle(nodp, k_reference=2, n_per_side=128, seed=0)
+    assert block["members"]["n"] == block["nonmembers"]["n"] == 128
     # validation images that are byte copies of training images are not used as non-members
     assert block["nonmembers"]["excluded_copies_of_training_images"] > 0
-    # members really are the bundle's training images: both attacks see them (AUC 0.78 / 0.85 here)
+    # members really are the bundle's training images: the loss attack sees them (AUC 0.82-0.87 here)
     assert block["attacks"]["loss"]["auc"] > 0.7 and block["attacks"]["loss"]["auc_ci95"][0] > 0.5
     assert block["max_auc"] > 0.75
     assert block["ceiling"]["auc"] == 1.0 and not block["exceeds_ceiling"]
