@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from privmed.api.server import Settings, create_app  # noqa: E402
 from privmed.api.store import Store  # noqa: E402
+from privmed.privacy.ledger import statement  # noqa: E402
 
 
 def xray_files(data_root: Path, n: int = 2) -> list[Path]:
@@ -71,7 +72,9 @@ def test_models_and_card(api, small_bundle):
     for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "accountant",
               "unit_of_privacy"):
         assert k in card["privacy"], k
-    assert card["version"] == json.loads((small_bundle / "metadata.json").read_text())["weights_sha256"]
+    meta = json.loads((small_bundle / "metadata.json").read_text())
+    assert card["version"] == meta["weights_sha256"]
+    assert m["privacy_statement"] == card["privacy_statement"] == statement(meta)
     assert api.get(f"/v1/models/{small_bundle.name}", headers=auth(api, "auditor")).status_code == 200
     r = api.get("/v1/models/nope", headers=auth(api, "clinician"))
     assert r.status_code == 404 and "unknown model" in r.json()["detail"]
@@ -94,7 +97,7 @@ def test_predict_json_several_files_and_explain(api, data_root):
         assert len(heat) == 64 and min(map(min, heat)) >= 0 and max(map(max, heat)) <= 1
 
 
-def test_predict_fhir(api, data_root):
+def test_predict_fhir(api, data_root, small_bundle):
     f = xray_files(data_root, 1)[0]
     r = post_image(api, f, format="fhir")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
@@ -109,6 +112,10 @@ def test_predict_fhir(api, data_root):
     assert all(o["meta"]["security"][0]["code"] == "AIAST" for o in obs)
     assert {x["reference"] for x in rep["result"]} == {f"#{o['id']}" for o in obs}
     assert "subject" not in rep and any(c["resourceType"] == "Device" for c in rep["contained"])
+    meta = json.loads((small_bundle / "metadata.json").read_text())
+    (device,) = [c for c in rep["contained"] if c["resourceType"] == "Device"]
+    note = device["note"][0]["text"]
+    assert note.startswith(statement(meta)) and f"unit={meta['privacy']['unit_of_privacy']}" in note
     two = api.post("/v1/predict", headers=auth(api, "clinician"), data={"format": "fhir"},
                    files=[("file", (f.name, f.read_bytes(), "image/jpeg"))] * 2).json()
     assert two["resourceType"] == "Bundle" and len(two["entry"]) == 2

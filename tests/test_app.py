@@ -3,6 +3,8 @@ model card, runs a real prediction from an uploaded X-ray, shows the abstain mes
 overlay and the report downloads; the password gate; the localhost-only rule of ``privmed app``."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("streamlit")
@@ -10,10 +12,22 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from privmed.app.cli import APP_FILE, check_address  # noqa: E402
 from privmed.errors import PrivmedError  # noqa: E402
+from privmed.privacy.ledger import statement  # noqa: E402
 
 
 @pytest.fixture
-def app_env(small_bundle, monkeypatch, tmp_path):
+def listen():
+    """Set Streamlit's ``server.address`` (what ``--server.address`` sets) for the app under test."""
+    from streamlit import config
+
+    old = config.get_option("server.address")
+    yield lambda address: config.set_option("server.address", address)
+    config.set_option("server.address", old)
+
+
+@pytest.fixture
+def app_env(small_bundle, monkeypatch, tmp_path, listen):
+    listen("127.0.0.1")  # as `privmed app` starts it
     monkeypatch.setenv("PRIVMED_APP_BUNDLES", str(small_bundle))
     monkeypatch.setenv("PRIVMED_BUNDLES", str(tmp_path / "none"))  # only the test bundle
     monkeypatch.delenv("PRIVMED_API_URL", raising=False)
@@ -39,6 +53,7 @@ def test_renders_task_selector_and_model_card(app_env):
     (sel,) = at.selectbox
     assert sel.label == "Task" and "COVID-19" in sel.value
     assert "Privacy ledger" in texts(at)
+    assert statement(json.loads((app_env / "metadata.json").read_text())) in [str(x.value) for x in at.info]
     ledger = at.table[0].value
     fields = set(ledger["field"])
     assert {"epsilon (spent)", "delta", "noise multiplier", "clipping norm", "sample rate", "steps",
@@ -97,3 +112,17 @@ def test_app_refuses_public_address_without_password():
     from privmed.cli import main
 
     assert main(["app", "--address", "0.0.0.0", "--port", "1"]) == 2
+
+
+def test_app_itself_refuses_public_address_without_password(app_env, listen, monkeypatch):
+    """Only ``privmed app`` checked the address: ``streamlit run streamlit_app.py --server.address
+    0.0.0.0`` (or no address: every interface) served the app to the network without a login."""
+    for address in ("0.0.0.0", None):
+        listen(address)
+        at = AppTest.from_file(str(APP_FILE), default_timeout=60)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "refusing to listen on 0.0.0.0" in texts(at) and not at.selectbox and not at.text_input
+    monkeypatch.setenv("PRIVMED_APP_PASSWORD", "s3cret")  # allowed with a password: the login is asked
+    at.run()
+    assert "refusing" not in texts(at) and at.text_input(key="password") and not at.selectbox

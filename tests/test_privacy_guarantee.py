@@ -10,28 +10,31 @@ Each test names the behaviour of the code it replaced, which it failed on:
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+from opacus.accountants import create_accountant
 from torch import nn
 
-from privmed.config import TrainConfig
+from conftest import default_bundle
+from privmed.config import TrainConfig, bundles_dir
 from privmed.evaluation.metrics import roc_auc
 from privmed.models import MODELS, get_model
 from privmed.privacy import DPPlan, DPSGD
-from privmed.privacy.ledger import recompute
+from privmed.privacy.ledger import recompute, statement
 from privmed.training.trainer import per_sample_loss
 
 C = 1.0
 
 
-def _engine(net, units, weight=None, n_units=None):
+def _engine(net, units, weight=None, n_units=None, mode="hooks"):
     n_units = n_units or int(units.max()) + 1
     plan = DPPlan(2.0, 1e-6, C, n_units, max(1, n_units // 4), 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    return DPSGD(net, opt, units, plan, weight)
+    return DPSGD(net, opt, units, plan, weight, grad_sample_mode=mode)
 
 
 def _inputs(name: str, n: int):
@@ -65,10 +68,12 @@ def _local(units, chosen):
     return torch.tensor([pos[u] for u in units.tolist()], dtype=torch.long), chosen
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ew"])  # PrivacyConfig.grad_sample_mode: Opacus hooks or ExpandedWeights
 @pytest.mark.parametrize("name", [n for n, s in MODELS.items() if s.dp_ok])
-def test_one_unit_moves_the_clipped_sum_by_at_most_C(name):
+def test_one_unit_moves_the_clipped_sum_by_at_most_C(name, mode):
     """Adversarial case: tiny gradients (below C, so clipping does nothing), a rare class, class
-    weights (<= 1, after clipping), and patients with 1 to 5 images. Every removal moves the sum by <= C."""
+    weights (<= 1, after clipping), and patients with 1 to 5 images. Every removal moves the sum by <= C.
+    The "ew" mode must also compute the same clipped sum as the default hooks."""
     torch.manual_seed(0)
     net, x = _inputs(name, 12)
     x = x * 1e-3
@@ -78,8 +83,26 @@ def test_one_unit_moves_the_clipped_sum_by_at_most_C(name):
         if isinstance(m, nn.Dropout):
             m.p = 0.0
     weight = torch.tensor([0.2, 1.0])[torch.tensor([0, 0, 0, 0, 0, 1, 0])]
-    engine = _engine(net, units, weight)
+    hooks = _engine(copy.deepcopy(net), units, weight) if mode == "ew" else None
+    engine = _engine(net, units, weight, mode=mode)
     assert _max_change(engine, x, y, units) <= C * (1 + 1e-4)
+    if hooks:
+        everyone = _local(units, torch.unique(units))
+        for a, b in zip(engine.clipped_sum(x, y, *everyone, per_sample_loss),
+                        hooks.clipped_sum(x, y, *everyone, per_sample_loss)):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n, s in MODELS.items() if not s.dp_ok])
+def test_models_with_batchnorm_are_refused_under_dp(name):
+    """resnet50 and vgg use BatchNorm (a batch statistic mixes every example's data): the trainer
+    refuses them under DP before touching any data, and the engine refuses their modules too."""
+    from privmed.training.trainer import train
+
+    with pytest.raises(ValueError, match=f"model '{name}' uses BatchNorm and cannot train with DP; pass --no-dp"):
+        train(TrainConfig(dataset="covid19_xray", model=name), progress=False)
+    with pytest.raises(ValueError, match="not DP-compatible"):
+        _engine(get_model(name, 2).trainable, torch.arange(4))
 
 
 def test_the_old_batch_normalised_weighted_loss_broke_the_bound():
@@ -135,6 +158,17 @@ def test_patient_sampler_keeps_patients_whole_at_rate_q():
     assert abs(np.mean(drawn) / 400 - q) < 0.2 * q
 
 
+def test_delta_stays_below_one_over_the_images_when_the_unit_is_the_patient():
+    """The budget check compared delta with 1/(patients) only: delta = 1/3000 passed for 2,000
+    patients holding 5,000 images, although the project's rule is delta < 1/N images."""
+    from privmed.errors import PrivacyBudgetError
+
+    plan = DPPlan(2.0, 1 / 3000, 1.0, 2000, 500, 1, accountant="rdp")  # image unit: 2,000 images
+    assert plan.noise_multiplier > 0
+    with pytest.raises(PrivacyBudgetError, match="N=5000"):
+        DPPlan(2.0, 1 / 3000, 1.0, 2000, 500, 1, accountant="rdp", n_images=5000)
+
+
 def test_noise_and_sampling_are_secret(data_root, tmp_path):
     """Same settings, same seed: the old trainer gave byte-identical weights (noise replayable
     from the stored seed). Now two runs differ, and the ledger names the randomness source."""
@@ -158,20 +192,91 @@ def test_released_bundle_holds_no_exact_private_statistics(small_bundle):
     from privmed.pipeline import read_run_log
 
     meta = json.loads((small_bundle / "metadata.json").read_text())
-    text = json.dumps(meta)
-    for key in ("history", "dataset_fingerprint", "train_loss", "audit", "n_train", "validation"):
-        assert f'"{key}"' not in text, key
+    assert_no_private_statistics(meta)
     run = read_run_log(small_bundle)
     assert run["dataset_fingerprint"]["train"] and run["history"]
     p = meta["privacy"]
     assert recompute(p) == pytest.approx(p["epsilon"], rel=0.01)  # an independent recomputation
-    assert p["epsilon"] <= 2.0 and p["randomness"].startswith("secret")
+    assert p["epsilon"] <= 2.0 and p["randomness"].startswith("secret") and "training images" in p["assumptions"]
 
 
-def test_ood_detector_is_no_membership_oracle():
+PRIVATE_KEYS = ("history", "dataset_fingerprint", "train_loss", "audit", "n_train", "validation")
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
+
+
+def assert_no_private_statistics(meta: dict) -> None:
+    """No key of the private run log anywhere in a bundle's metadata (keys, not values: a release
+    is "on": "validation"), and no metrics recorded on the training folder."""
+    found = set(_keys(meta)) & set(PRIVATE_KEYS)
+    assert not found, found
+    assert all(m.get("split") != "train" for m in (meta.get("metrics") or {}).values())
+
+
+def _opacus_epsilon(releases: list[dict], delta: float, accountant: str) -> float:
+    """Opacus's own accountant, stepped once per DP step (not privmed's epsilon_of)."""
+    acc = create_accountant(accountant)
+    for r in releases:
+        for _ in range(r["steps"]):
+            acc.step(noise_multiplier=r["noise_multiplier"], sample_rate=r["sample_rate"])
+    return float(acc.get_epsilon(delta=delta)) if acc.history else 0.0
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in bundles_dir().glob("*/metadata.json")))
+def test_committed_bundle_states_a_guarantee_opacus_reproduces(name):
+    """Every committed bundle: no private statistics, secret randomness, and epsilon recomputed
+    independently with Opacus's accountant from the ledger's releases, composed as the ledger says:
+    sequentially within each side (train, validation), the larger side is the bundle's epsilon."""
+    meta = json.loads((default_bundle(name) / "metadata.json").read_text())
+    assert_no_private_statistics(meta)
+    p = meta["privacy"]
+    assert p["randomness"].startswith("secret") and "training images" in p["assumptions"]  # delta reveals N
+    assert "epsilon = max(epsilon_train, epsilon_validation)" in p["composition"]
+    assert p["epsilon"] <= p["epsilon_target"] and 0 < p["delta"] < 1 / p["n_units_train"]
+    side = {s: [r for r in p["releases"] if r["on"] == s] for s in ("train", "validation")}
+    assert sum(map(len, side.values())) == len(p["releases"])
+    eps_train = _opacus_epsilon(side["train"], p["delta"], p["accountant"])
+    eps_val = _opacus_epsilon(side["validation"], p["delta"], p["accountant"])
+    assert eps_train == pytest.approx(p["epsilon_train"], rel=0.01)
+    assert eps_val == pytest.approx(p["epsilon_validation"], rel=0.01, abs=1e-9)
+    assert max(eps_train, eps_val) == pytest.approx(p["epsilon"], rel=0.01)
+    # the four top-level numbers are the DP-SGD release alone; epsilon_train also composes the
+    # class-count release, so DP-SGD alone spends less
+    four = {k: p[k] for k in ("noise_multiplier", "sample_rate", "steps")}
+    (sgd,) = [r for r in side["train"] if r["release"].startswith("DP-SGD")]
+    assert {k: sgd[k] for k in four} == four
+    eps_sgd = _opacus_epsilon([four], p["delta"], p["accountant"])
+    assert 0 < eps_sgd <= p["epsilon_train"] * 1.01
+    assert (eps_sgd < eps_train) == (len(side["train"]) > 1)
+    # the clinician statement names the detector only where the bundle has one
+    assert ("out-of-distribution" in statement(meta)) == bool(meta.get("ood"))
+
+
+def test_ood_detector_is_no_membership_oracle(monkeypatch):
     """Exact statistics of few, high-dimensional validation embeddings (the old detector) tell
-    its validation images from fresh ones of the same distribution; the DP detector does not."""
+    its validation images from fresh ones of the same distribution; the DP detector does not
+    (issue 8 asks for attack AUC <= 0.55).
+
+    The noise is secret, so each release differs. Over 400 releases on these data (2-core CPU,
+    2026-12-03) the attack AUC ran 0.425-0.614: median 0.519, 95th percentile 0.565, 14 % of
+    releases above 0.55 (0.5 % above 0.6); the exact fit 0.795. One release cannot hold 0.55, the
+    median of 25 does: P(median of 25 > 0.55) is 8e-6 from those 14 % (1e-4 if they were 18 %,
+    the upper end of their 95 % interval). The noise multiplier is computed once (``sigma_for`` is
+    a pure function of epsilon, delta and the release count; it takes about 1 s a call)."""
+    import functools
+
+    import privmed.pipeline
     from privmed.pipeline import validation_releases
+
+    monkeypatch.setattr(privmed.pipeline, "sigma_for", functools.cache(privmed.pipeline.sigma_for))
 
     rng = np.random.default_rng(0)
     d, n = 1280, 150
@@ -193,13 +298,12 @@ def test_ood_detector_is_no_membership_oracle():
         return roc_auc(np.r_[np.ones(n, bool), np.zeros(n, bool)], -s)  # members look closer
 
     _, _, exact, _, _ = validation_releases(logits, val, y, units, 2, None)
-    # secret noise: over 200 releases the attack AUC ran 0.43-0.61 (median 0.52); the exact fit 0.79
     aucs = []
-    for _ in range(5):
+    for _ in range(25):
         _, _, private, releases, _ = validation_releases(logits, val, y, units, 2, privacy)
         assert len(releases) == 2 and all(r["on"] == "validation" for r in releases)
         aucs.append(attack_auc(private))
-    assert np.median(aucs) <= 0.6
+    assert np.median(aucs) <= 0.55
     # non-DP exact fit, kept for non-private twins: its leak is what DP removes
     assert attack_auc(exact) >= 0.7 and attack_auc(exact) > max(aucs)
 
@@ -235,11 +339,23 @@ def test_dp_calibration_recovers_temperature_and_operating_point():
 
 
 def test_statement_names_the_unit_and_the_per_image_caveat():
-    from privmed.privacy.ledger import statement
-
     base = {"epsilon": 2.0, "delta": 1e-5}
     per_image = statement({"privacy": {**base, "unit_of_privacy": "image"}})
     per_patient = statement({"privacy": {**base, "unit_of_privacy": "patient"}})
     assert "each image" in per_image and "k times more weakly" in per_image
     assert "each patient" in per_patient and "weakly" not in per_patient
     assert "without differential privacy" in statement({"privacy": {}})
+
+
+def test_statement_names_only_what_the_bundle_has():
+    """It used to name calibration, threshold and OOD detector for every bundle, also for covid19_xray
+    whose 35 validation units gave none of them."""
+    privacy = {"privacy": {"epsilon": 2.0, "delta": 1e-5, "unit_of_privacy": "patient"}}
+    bare = statement({**privacy, "calibration": {"method": "none", "temperature": 1.0}, "decision": None, "ood": None})
+    assert "the released model changes little" in bare
+    assert not any(w in bare for w in ("calibration", "threshold", "out-of-distribution"))
+    full = statement({**privacy, "calibration": {"method": "temperature scaling", "temperature": 1.5},
+                      "decision": {"threshold_probability": 0.5}, "ood": {"threshold": 3.0}})
+    assert "model and its calibration, decision threshold and out-of-distribution detector change little" in full
+    no_threshold = statement({**privacy, "calibration": {"method": "temperature scaling"}, "ood": {"threshold": 3.0}})
+    assert "its calibration and out-of-distribution detector change little" in no_threshold

@@ -16,6 +16,22 @@ from __future__ import annotations
 from privmed.privacy.randomness import SOURCE
 
 
+def aggregation(cfg) -> str:
+    """How updates become the global model. FedProx, FedAvgM and a local momentum reset use only the
+    noisy iterates, the global model and the securely aggregated DP sum: post-processing, no epsilon."""
+    parts = ["weighted FedAvg of updates (weight = the hospital's number of units)"]
+    if cfg.fedprox_mu:
+        parts.append(f"FedProx local proximal step (mu {cfg.fedprox_mu:g})")
+    if cfg.server_momentum or cfg.server_lr != 1:
+        parts.append(f"FedAvgM server momentum {cfg.server_momentum:g}, server lr {cfg.server_lr:g} on the "
+                     "aggregated update")
+    if cfg.local_momentum == "reset":
+        parts.append("each hospital resets its optimizer state at the start of every round")
+    if len(parts) > 1:
+        parts.append("all post-processing of the DP updates and their secure sum: no privacy cost")
+    return ", ".join(parts)
+
+
 def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float, secagg: dict | None,
                      n_units_total: int, rounds_log: list[dict] | None = None,
                      framework: str = "Flower (flwr) ServerApp/ClientApp, in-process grid") -> dict:
@@ -40,8 +56,7 @@ def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float,
             "rounds": cfg.rounds, "local_epochs_per_round": cfg.local_epochs,
             "partition": cfg.partition, "alpha": cfg.alpha if cfg.partition == "label-skew" else None,
             "partition_seed": cfg.partition_seed, "partition_by": unit,
-            "aggregation": "weighted FedAvg of updates (weight = the hospital's number of units)" +
-                           (f", FedProx local proximal step (mu {cfg.fedprox_mu:g})" if cfg.fedprox_mu else ""),
+            "aggregation": aggregation(cfg),
             "secure_aggregation": secagg,
             "framework": framework,
             "spare_rounds": cfg.spare_rounds,
@@ -60,6 +75,7 @@ def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float,
                       f"delta = {delta:.1g}, against everyone outside that hospital: the server, the other "
                       "hospitals and anyone holding the model"),
         "validation_releases": "none: temperature 1, argmax decision, no out-of-distribution detector",
-        "assumptions": "the number of units per hospital and the list of classes are public; the official test "
+        "assumptions": "the numbers of units and of images per hospital, the federation's number of training "
+                       "images (delta is set from it) and the list of classes are public; the official test "
                        "split is a public benchmark (its metrics are published, not protected)",
     }

@@ -31,10 +31,12 @@ class DPPlan:
     the releases in ``prefix`` (e.g. DP class counts) have been composed in."""
 
     def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_units: int, batch_size: int,
-                 epochs: int, accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None):
+                 epochs: int, accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None,
+                 n_images: int | None = None):
         """``noise_multiplier``: from an earlier calibration of this same plan (a federated hospital's
-        saved state, one process per round): skips the search; the budget check below still runs."""
-        check_budget(epsilon, delta, n_units)
+        saved state, one process per round): skips the search; the budget check below still runs.
+        ``n_images``: training images when the unit is the patient; delta must stay below 1/images too."""
+        check_budget(epsilon, delta, max(n_units, n_images or 0))
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
         self.accountant, self.prefix, self.n_units = accountant, list(prefix), n_units
         self.steps_per_epoch = math.ceil(n_units / batch_size)

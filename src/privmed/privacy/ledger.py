@@ -11,6 +11,10 @@ from __future__ import annotations
 from privmed.privacy.accounting import epsilon_of
 from privmed.privacy.randomness import SOURCE
 
+ASSUMPTIONS = ("the numbers of training units, of training images (delta is set from it) and of validation units, "
+               "and the list of classes, are public; the official test split is a public benchmark (its metrics "
+               "are published, not protected)")
+
 
 def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_weights=None, count_noise=None) -> dict:
     from opacus import __version__ as opacus_version
@@ -32,8 +36,7 @@ def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_wei
         "n_units_train": plan.n_units,
         "accountant": plan.accountant, "opacus_version": opacus_version, "randomness": SOURCE,
         "releases": releases,
-        "assumptions": "the number of training units and the list of classes are public; the official test "
-                       "split is a public benchmark (its metrics are published, not protected)",
+        "assumptions": ASSUMPTIONS,
     }
     if class_weights is not None:
         out["class_weights"] = {"weights": [round(float(w), 6) for w in class_weights],
@@ -81,8 +84,18 @@ def statement(meta: dict) -> str:
     who = {"patient": "patient (all of a patient's images together)",
            "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
     return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}) protects each {who} "
-            f"used for training and validation: the released model and its calibration, threshold and "
-            f"out-of-distribution detector change little whether or not that {unit.split()[-1]}'s data were used; "
+            f"used for training and validation: {_released(meta)} little whether or not that {unit.split()[-1]}'s "
+            f"data were used; "
             f"it does not cover images sent to the model for prediction, nor the public test set."
             + (" A patient with k training images (for example a scan's slices) is protected about k times more "
                "weakly (group privacy)." if unit == "image" else ""))
+
+
+def _released(meta: dict) -> str:
+    """The released model, and whichever validation-fitted parts the bundle has, with the verb."""
+    has = (("calibration", (meta.get("calibration") or {}).get("method", "none") != "none"),
+           ("decision threshold", meta.get("decision")), ("out-of-distribution detector", meta.get("ood")))
+    parts = [name for name, present in has if present]
+    if not parts:
+        return "the released model changes"
+    return f"the released model and its {', '.join(parts[:-1]) + ' and ' if len(parts) > 1 else ''}{parts[-1]} change"
