@@ -131,6 +131,63 @@ def test_dp_training_respects_budget_and_resumes_with_fresh_noise(data_root, tmp
                                                      resumed.model.trainable.state_dict().values()))
 
 
+def _patient_folder(data_root, dest, per_class=24, per_patient=3):
+    """Real covid19_xray films (covid, normal) in a folder whose names carry no ids, with a
+    ``patients.csv`` (image,patient) giving each patient ``per_patient`` films."""
+    rows = ["image,patient"]
+    for cls in ("covid", "normal"):
+        (dest / "train" / cls).mkdir(parents=True)
+        for i, src in enumerate(sorted((data_root / "covid19_xray/train" / cls).glob("*"))[:per_class]):
+            rel = f"train/{cls}/{i:03d}{src.suffix.lower()}"
+            shutil.copy(src, dest / rel)
+            rows.append(f"{rel},{cls}-patient-{i // per_patient}")
+    (dest / "patients.csv").write_text("\n".join(rows) + "\n")
+    return dest
+
+
+def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeypatch):
+    """Killed inside a DP step in the middle of epoch 2 (the last checkpoint is epoch 1's), then
+    resumed: the run ends with the steps and epsilon of an uninterrupted run's plan, per patient,
+    and the kill left neither a half-written checkpoint nor a bundle."""
+    from privmed.inference.bundle import read_metadata
+    from privmed.pipeline import train_bundle
+    from privmed.privacy.engine import DPSGD
+
+    folder = _patient_folder(data_root, tmp_path / "data")
+    cfg = TrainConfig(dataset=str(folder), model="cnn", epochs=3, batch_size=32, preprocess={"size": 32},
+                      augment={"enabled": False}, val_fraction=0.25, seed=1, privacy={"accountant": "rdp"})
+    plan = read_metadata(train_bundle(cfg, tmp_path / "full", progress=False))["privacy"]
+    assert plan["unit_of_privacy"] == "patient" and plan["epsilon"] <= 2.0
+    per_epoch = round(1 / plan["sample_rate"])
+    assert plan["steps"] == 3 * per_epoch and per_epoch >= 3
+    assert plan["n_units_train"] < 16  # 16 patients (48 films), some held out for validation
+
+    real_step, calls = DPSGD.step, []
+
+    def step_then_die(self, *args):
+        real_step(self, *args)
+        calls.append(1)
+        if len(calls) == per_epoch + 2:  # two steps into epoch 2: epoch 1's checkpoint is the last
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DPSGD, "step", step_then_die)
+    out = tmp_path / "b" / "bundle"
+    with pytest.raises(KeyboardInterrupt):
+        train_bundle(cfg, out, progress=False)
+    work = out.with_name("bundle.partial")
+    assert [p.name for p in work.iterdir()] == ["checkpoint.pt"]  # no temporary file beside it
+    assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == ["bundle.partial"]
+    ckpt = torch.load(work / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and sum(n for _, _, n in ckpt["privacy"]["history"]) == per_epoch
+
+    monkeypatch.setattr(DPSGD, "step", real_step)
+    resumed = read_metadata(train_bundle(cfg, out, progress=False))["privacy"]
+    assert resumed["unit_of_privacy"] == "patient" and resumed["n_units_train"] == plan["n_units_train"]
+    assert resumed["steps"] == plan["steps"]  # the 2 lost steps redone from the checkpoint, none twice
+    assert resumed["epsilon"] == plan["epsilon"] and resumed["epochs"] == 3
+    assert not work.exists() and sorted(p.name for p in out.parent.iterdir()) == ["bundle", "bundle.run"]
+
+
 def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root):
     import privmed
 

@@ -187,3 +187,43 @@ def test_every_shipped_test_file_decodes_or_raises_image_read_error():
         outcomes["ok"] += 1
     print(outcomes)
     assert outcomes["ok"] >= 40
+
+
+def test_dicom_patient_split_is_disjoint_stable_across_processes_and_hides_ids(tmp_path):
+    """PatientID groups a DICOM folder's split by patient; the key must be the same in a fresh
+    process (a resumed run or `privmed privacy audit` must see the same validation split) and
+    the raw PatientID must never sit in a record."""
+    import subprocess
+    import sys
+
+    from pydicom.uid import generate_uid
+
+    from privmed.data.datasets import open_dataset, train_val_split
+
+    ids = {}  # file -> raw PatientID, ground truth read back from the files below
+    for cls, template in (("ct", "CT_small.dcm"), ("mr", "MR_small.dcm")):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for p in range(10):
+            pid = f"MRN-{cls.upper()}-{p:04d}-77"
+            for j in range(3):  # several images per patient; names carry no id
+                ds = _raw(template)
+                ds.PatientID, ds.SOPInstanceUID = pid, generate_uid()
+                name = f"train/{cls}/img{3 * p + j:03d}.dcm"
+                ds.save_as(tmp_path / name, enforce_file_format=True)
+                ids[name] = pid
+
+    def rel(records):
+        return sorted(r.path.relative_to(tmp_path).as_posix() for r in records)
+
+    records = open_dataset(tmp_path).records("train")
+    train, val = train_val_split(records, 0.3, seed=0)
+    assert len(records) == 60 and train and val
+    assert len({r.group for r in records}) == 20  # one group per patient, not per image
+    assert not {ids[f] for f in rel(train)} & {ids[f] for f in rel(val)}  # (a) patient-disjoint
+    code = ("import json, sys; from privmed.data.datasets import open_dataset, train_val_split; "
+            "v = train_val_split(open_dataset(sys.argv[1]).records('train'), 0.3, seed=0)[1]; "
+            "print(json.dumps(sorted(r.path.relative_to(sys.argv[1]).as_posix() for r in v)))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == rel(val)  # (b) the same split in a fresh process
+    blob = repr(records) + " ".join(r.group for r in records)
+    assert not [pid for pid in set(ids.values()) if pid in blob]  # (c) raw ids never held

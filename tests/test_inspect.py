@@ -63,21 +63,31 @@ def test_report_hashes_file_names_unless_asked(tiny, capsys):
     from privmed.cli import main
 
     (tiny.root / "test/normal/c.jpeg").rename(tiny.root / "test/normal/person123_virus_7.jpeg")
+    # a val split holding a copy of a test film: reported under leakage_between ("val -> test")
+    for d in ("val/normal", "val/pneumonia"):
+        (tiny.root / d).mkdir(parents=True)
+    shutil.copy(tiny.root / "test/normal/person123_virus_7.jpeg", tiny.root / "val/normal/person456_val.jpeg")
+    other = [r.path for r in _real("chest_xray_pneumonia").records("train") if r.label == 1][1]
+    shutil.copy(other, tiny.root / "val/pneumonia/d.jpeg")  # not in test
     from privmed.data.datasets import open_dataset as reopen
 
     ds = reopen(tiny.root)
     rep, again = inspect_dataset(ds), inspect_dataset(ds)
     blob = json.dumps(rep) + format_report(rep)
-    for name in ("person123", "a_copy", "b_near", "cut.jpeg", "fake.png"):
+    for name in ("person123", "person456", "a_copy", "b_near", "cut.jpeg", "fake.png"):
         assert name not in blob, name
     leak = rep["leakage"]["test"]["files"]
     assert len(leak) == 2 and all(f.split("/")[-1].startswith("id-") for f in leak)
     assert {f.rsplit("/", 1)[0] for f in leak} == {"test/normal", "test/pneumonia"}  # folders stay
     assert set(leak).isdisjoint(again["leakage"]["test"]["files"])  # salted per run: not linkable
+    between = rep["leakage_between"]["val -> test"]["files"]
+    assert len(between) == 1 and between[0].startswith("val/normal/id-")
     assert main(["data", "inspect", str(tiny.root), "--exact-only"]) == 0
-    assert "person123" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Leakage val -> test: 1 of 2" in out and "person123" not in out and "person456" not in out
     assert main(["data", "inspect", str(tiny.root), "--exact-only", "--show-paths"]) == 0
-    assert "a_copy.jpeg" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "a_copy.jpeg" in out and "val/normal/person456_val.jpeg" in out
 
 
 def test_covid_cross_split_copies(capsys):
@@ -119,7 +129,21 @@ def test_chest_patients_counted_not_named():
     assert pat["per_split"]["train"]["pneumonia"]["patients"] == 1635
     assert pat["per_split"]["train"]["normal"]["patients"] == 1211
     assert pat["shared_with_train"]["test"] == 170
-    blob = json.dumps(pat) + format_report(rep).split("Patients")[-1]
+    per = pat["images_per_patient"]
+    train, test = per["train"], per["test"]
+    assert train["patients"] == 1635 + 1211 and train["images_with_id"] == 5216 == 1341 + 3875
+    assert train["max"] == 30 and test["max"] == 9  # one pneumonia id with 30 films (datasets README)
+    for r in (train, test):
+        hist = r["histogram"]
+        assert sum(hist.values()) == r["patients"]  # every patient in one bin
+        assert hist["1"] > r["patients"] / 2 and r["median"] == 1.0  # most ids have one film: median 1
+        assert abs(r["mean"] - r["images_with_id"] / r["patients"]) < 0.01
+    assert train["histogram"]["1"] == 1771 and train["histogram"]["10+"] == 21  # 21 ids with 10..30 films
+    assert test["histogram"] == {"1": 345, "2": 30, "3": 23, "4": 11, "5": 10, "6": 4, "7": 2, "9": 2}
+    assert sum(int(k) * v for k, v in test["histogram"].items()) == 624  # all under 10: exact image count
+    text = format_report(rep)
+    assert "train: 2846 patients, images per patient max 30, median 1" in text
+    blob = json.dumps(pat) + text.split("Patients")[-1]
     assert "person" not in blob and "IM-" not in blob  # counts only, never ids
     assert rep["leakage"]["test"]["exact"] == 0  # README: exact duplicates only within splits
     assert rep["within_split"]["train"]["exact_groups"] > 0

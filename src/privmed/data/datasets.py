@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,19 +32,18 @@ _PATIENT_PATTERNS = [
 ]
 
 
-_PROCESS_SALT = os.urandom(16)
-
-
 def dicom_patient_key(path: Path) -> str | None:
-    """The DICOM PatientID, hashed with a per-process random salt: groups a patient's files in
-    memory, and means nothing once the process ends (never logged or stored)."""
+    """The DICOM PatientID as a domain-separated SHA-256, kept in memory only (never logged or
+    stored): groups a patient's files without holding the raw id. Deterministic on purpose:
+    ``train_val_split`` hashes this key, so a resumed run or an audit in another process must
+    get the same key to see the same validation split (a per-process salt moved patients)."""
     try:
         import pydicom
 
         pid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "") or "")
     except Exception:
         return None
-    return "dicom-" + sha256_bytes(_PROCESS_SALT + pid.encode())[:16] if pid.strip() else None
+    return "dicom-" + sha256_bytes(b"privmed-dicom-patient\x00" + pid.encode())[:16] if pid.strip() else None
 
 
 def patient_id_from_name(name: str) -> str | None:
