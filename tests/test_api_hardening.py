@@ -96,6 +96,31 @@ def test_bundle_changed_on_disk_answers_503(tmp_path, bundle_copy, data_root):
         assert r.status_code == 503 and "unavailable" in r.json()["detail"] and "checksum" in r.json()["detail"]
 
 
+def test_metadata_damaged_after_start_answers_503(tmp_path, bundle_copy, data_root):
+    """A bundle whose metadata.json went bad after start vanished from the list: predict answered
+    400/404 ("no model bundles", "unknown model") instead of saying the model is unavailable."""
+    app = create_app(settings(tmp_path, [bundle_copy], auth=False, host="127.0.0.1"))
+    img = sorted((data_root / "covid19_xray" / "test").glob("*/*"))[0].read_bytes()
+    meta = bundle_copy / "metadata.json"
+    good = meta.read_bytes()
+    model_id = json.loads(good)["model_id"]
+    with TestClient(app, client=("127.0.0.1", 1), raise_server_exceptions=False) as c:
+        post = lambda **f: c.post("/v1/predict", files={"file": ("x.jpeg", img, "image/jpeg")}, data=f)  # noqa: E731
+        assert post().status_code == 200
+        for bad in (good[: len(good) // 2], b"[]"):
+            meta.write_bytes(bad)
+            for r in (post(), post(model=model_id)):
+                assert r.status_code == 503, r.text
+                assert model_id in r.json()["detail"] and "damaged" in r.json()["detail"]
+            listed = c.get("/v1/models").json()["models"]
+            assert [(m["id"], m["available"]) for m in listed] == [(model_id, False)]
+        meta.unlink()
+        assert post().status_code == 503
+        meta.write_bytes(good)
+        assert post().status_code == 200
+        assert [m["available"] for m in c.get("/v1/models").json()["models"]] == [True]
+
+
 def test_signed_bundles(tmp_path, bundle_copy, data_root):
     """The checksum sat in the same unsigned JSON: editing weights and checksum together passed."""
     from privmed.cli import main
@@ -133,6 +158,42 @@ def test_signed_bundles(tmp_path, bundle_copy, data_root):
     main(["bundle", "sign", str(bundle_copy), "--key", str(other / "privmed-bundle.key")])
     with pytest.raises(BundleError, match="bad signature"):
         verify(bundle_copy, pub)
+
+
+def test_signed_serving_skips_the_unsigned_int8_graph(tmp_path, bundle_copy, data_root, monkeypatch):
+    """With a public key set, the registry still let Model serve BUNDLE.local/model.int8.onnx, which
+    no signature covers: whoever could write there chose the served graph."""
+    pytest.importorskip("onnxruntime")
+    from privmed.app.backend import LocalBackend
+    from privmed.cli import main
+    from privmed.inference.bundle import sha256_file
+    from privmed.inference.onnx_export import export
+    from privmed.inference.predictor import load_model
+    from privmed.inference.quantize import INT8_FILE, RECORD_FILE, local_dir
+
+    monkeypatch.setenv("PRIVMED_ONNX", "on")
+    export(bundle_copy)
+    local = local_dir(bundle_copy)
+    local.mkdir(mode=0o700)
+    planted = local / INT8_FILE  # any graph, with a record that calls it accepted: nothing here is signed
+    planted.write_bytes((bundle_copy / "model.onnx").read_bytes())
+    meta = json.loads((bundle_copy / "metadata.json").read_text())
+    (local / RECORD_FILE).write_text(json.dumps({
+        "accepted": True, "weights_sha256": meta["weights_sha256"], "sha256": sha256_file(planted),
+        "fp32_onnx_sha256": sha256_file(bundle_copy / "model.onnx")}))
+    assert load_model(bundle_copy).backend == "onnxruntime-int8"  # without a key it is served
+    keys = tmp_path / "keys"
+    assert main(["bundle", "keygen", "--out", str(keys)]) == 0
+    assert main(["bundle", "sign", str(bundle_copy), "--key", str(keys / "privmed-bundle.key")]) == 0
+    pub = str(keys / "privmed-bundle.pub")
+    app = create_app(settings(tmp_path, [bundle_copy], bundle_pubkey=pub, auth=False, host="127.0.0.1"))
+    img = sorted((data_root / "covid19_xray" / "test").glob("*/*"))[0].read_bytes()
+    with TestClient(app, client=("127.0.0.1", 1)) as c:
+        r = c.post("/v1/predict", files={"file": ("x.jpeg", img, "image/jpeg")})
+        assert r.status_code == 200 and r.json()["backend"] == "onnxruntime"  # the signed fp32 graph
+    monkeypatch.setenv("PRIVMED_BUNDLE_PUBKEY", pub)  # the app follows the same rule
+    reg = LocalBackend([bundle_copy]).registry
+    assert reg.model(next(e for e in reg.entries() if e["path"] == bundle_copy)).backend == "onnxruntime"
 
 
 def test_body_without_length_is_capped_while_streaming(tmp_path, small_bundle):

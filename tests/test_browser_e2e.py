@@ -6,21 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_dataset
 from privmed.app.browser_check import ARGS, CHROMIUM, running_app
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_upload_xray_in_chromium(xray_bundle, data_root, tmp_path):
+    xray = sorted((require_dataset(data_root, "chest_xray_pneumonia") / "chest_xray_pneumonia" / "test").glob("*/*"))
+    assert xray, "chest_xray_pneumonia has no test images"
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set PRIVMED_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    xray = sorted((data_root / "chest_xray_pneumonia" / "test").glob("*/*"))
-    if not xray:
-        pytest.skip("chest_xray_pneumonia test images not found")
     with running_app(xray_bundle, tmp_path / "none") as url:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_dataset
 from privmed.app.browser_check import CHROMIUM, live_session, running_app, write_y4m
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_live_camera_in_chromium(xray_bundle, data_root, tmp_path):
+    meta = json.loads((xray_bundle / "metadata.json").read_text())
+    xrays = sorted((require_dataset(data_root, meta["dataset"]) / meta["dataset"] / "test").glob("*/*"))[::97][:3]
+    assert xrays, f"{meta['dataset']} has no test images"
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set PRIVMED_CHROMIUM)")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    meta = json.loads((xray_bundle / "metadata.json").read_text())
-    xrays = sorted((data_root / meta["dataset"] / "test").glob("*/*"))[::97][:3]
-    if not xrays:
-        pytest.skip(f"{meta['dataset']} test images not found")
     video = write_y4m(tmp_path / "camera.y4m", xrays, seconds_each=1.0)
     log = tmp_path / "app.log"
     with running_app(xray_bundle, tmp_path / "none", log=log) as url:

@@ -312,9 +312,13 @@ def test_api_lists_ct_model_and_records_the_window(ct_bundle, tmp_path):
         assert post(ct, frame="first").status_code == 400
 
 
-def test_app_lists_the_ct_task_and_shows_the_window(ct_bundle, monkeypatch, tmp_path):
+def test_app_lists_the_ct_task_and_shows_the_window(ct_bundle, monkeypatch, tmp_path, request):
     pytest.importorskip("streamlit")
+    from streamlit import config
     from streamlit.testing.v1 import AppTest
+
+    request.addfinalizer(lambda old=config.get_option("server.address"): config.set_option("server.address", old))
+    config.set_option("server.address", "127.0.0.1")  # as `privmed app` starts it (the app refuses 0.0.0.0)
 
     from privmed.app.backend import display_pixels
     from privmed.app.cli import APP_FILE

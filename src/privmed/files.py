@@ -1,5 +1,6 @@
-"""File helpers used across layers: SHA-256 of bytes and files, and atomic writes (a temporary file
-beside the target, then ``os.replace``: a reader or a crash sees the old file or the new, never half)."""
+"""File helpers used across layers: SHA-256 of bytes and files (any hashlib digest of a file), and
+atomic writes (a temporary file beside the target, then ``os.replace``: a reader or a crash sees the
+old file or the new, never half)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,13 +14,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file with any ``hashlib`` algorithm, read in chunks (``hashlib.file_digest``)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algo).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 @contextmanager

@@ -403,10 +403,13 @@ def _summary(e: dict) -> dict:
 
     m = e["metadata"]
     p = m.get("privacy") or {}
-    return {"unit_of_privacy": p.get("unit_of_privacy"), "privacy_statement": statement(m),"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
+    return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
             "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
             "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
-            "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster"))}
+            "unit_of_privacy": p.get("unit_of_privacy"), "privacy_statement": statement(m),
+            "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
+            # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
+            "available": not e.get("broken")}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, log_level: str = "info",

@@ -20,7 +20,7 @@ def streamlit_command(port: int, address: str = "127.0.0.1") -> list[str]:
 
 def check_address(address: str, env: dict | None = None) -> None:
     env = os.environ if env is None else env
-    if address not in LOCAL and not env.get("PRIVMED_APP_PASSWORD"):
+    if address not in LOCAL and not address.startswith("unix://") and not env.get("PRIVMED_APP_PASSWORD"):
         raise PrivmedError(f"refusing to listen on {address}: the app would be reachable from other machines "
                            "without a login; set PRIVMED_APP_PASSWORD (the app then asks for it) or use 127.0.0.1")
 

@@ -13,9 +13,21 @@ import os
 import streamlit as st
 
 from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
+from privmed.app.cli import check_address
+from privmed.errors import PrivmedError
 from privmed.inference.report import ABSTAIN_MESSAGE, fhir
 
 st.set_page_config(page_title="privmed: private medical image classification", layout="wide")
+
+
+def address_gate() -> None:
+    """The listen rule of ``privmed app``, enforced here too so ``streamlit run`` cannot skip it.
+    No ``server.address`` means Streamlit listens on every interface."""
+    try:
+        check_address(st.get_option("server.address") or "0.0.0.0")
+    except PrivmedError as e:
+        st.error(str(e))
+        st.stop()
 
 
 def password_gate() -> None:
@@ -118,6 +130,7 @@ def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -
 
 
 def main() -> None:
+    address_gate()
     password_gate()
     st.title("privmed: differentially private image classification")
     st.caption("Research prototype, not a medical device. Every output is a suggestion for a qualified reader.")

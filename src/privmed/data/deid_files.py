@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import os
 import warnings
 from pathlib import Path
 
 from privmed.data.deid import DeidError, Options, deidentify
 from privmed.errors import ImageReadError
+from privmed.files import atomic_write_bytes
 
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -58,11 +58,7 @@ def deid_dataset(ds, secret: bytes, options: Options, pixels: str = "ocr") -> di
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, private=True)  # outputs are owner-only (0600)
 
 
 def _is_dicom_bytes(data: bytes) -> bool:

@@ -318,7 +318,7 @@ def _hash_names(report: dict) -> dict:
         for k in ("exact_group_files", "near_group_files"):
             if k in w:
                 w[k] = [[h(f) for f in g] for g in w[k]]
-    for leak in report["leakage"].values():
+    for leak in [*report["leakage"].values(), *report.get("leakage_between", {}).values()]:
         leak["files"] = [h(f) for f in leak["files"]]
     return report
 

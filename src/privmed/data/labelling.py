@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from privmed.errors import DatasetError
+from privmed.files import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 FIELDS = ("image", "proposed_label", "confidence", "text", "review")
@@ -114,13 +114,11 @@ def propose(folder: Path, classes: list[str], out_csv: Path, threshold: float = 
         p.image = str(f.relative_to(folder))
         review += p.review
         rows.append(p)
-    tmp = Path(out_csv).with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(FIELDS)
         for p in rows:
             w.writerow([p.image, p.label, f"{p.confidence:.3f}", p.text, "yes" if p.review else "no"])
-    os.replace(tmp, out_csv)
     by = {}
     for p in rows:
         by[p.label or "(none)"] = by.get(p.label or "(none)", 0) + 1

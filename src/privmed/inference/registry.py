@@ -27,6 +27,7 @@ class Registry:
         self.pubkey = Path(pubkey) if pubkey else None  # when set, only bundles signed with its key load
         self._loaded: dict[Path, tuple[tuple, object]] = {}  # path -> (files stamp, Model)
         self._meta: dict[Path, tuple[tuple, dict]] = {}  # path -> ((mtime, size), metadata)
+        self._started: dict[Path, dict] = {}  # loaded by load_all -> last good entry (listed even when broken)
         self._lock = threading.Lock()
 
     def _read(self, d: Path) -> dict:
@@ -38,6 +39,8 @@ class Registry:
         if cached and cached[0] == stamp:
             return cached[1]
         m = read_metadata(d)
+        if not isinstance(m, dict):
+            raise BundleError(f"{d / 'metadata.json'} is not a JSON object; the bundle is damaged")
         self._meta[d] = (stamp, m)
         return m
 
@@ -55,27 +58,33 @@ class Registry:
             try:
                 read_metadata(d)  # its message says what is missing
                 m = self._read(d.resolve())
-                self.model({"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m})
+                entry = {"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m}
+                self.model(entry)
+                self._started[d.resolve()] = entry
             except (BundleError, OSError) as e:
                 raise BundleError(f"bundle '{d.name}' ({d}) cannot be served: {e}") from None
             n += 1
         return n
 
     def entries(self) -> list[dict]:
-        dirs: list[Path] = []
-        if self.scan_default and bundles_dir().is_dir():
-            dirs += sorted(d for d in bundles_dir().iterdir() if (d / "metadata.json").is_file())
-        dirs += [p for p in self.extra if (p / "metadata.json").is_file()]
+        """Servable bundles. One loaded at start whose metadata.json went bad (or vanished) stays
+        listed under its last good id with ``broken`` set: predict on it answers 503, not 404."""
         out, seen = [], set()
-        for d in dirs:
-            if d.resolve() in seen:
+        for d in self._dirs() + [e["path"] for e in self._started.values()]:
+            r = d.resolve()
+            if r in seen:
                 continue
-            seen.add(d.resolve())
+            seen.add(r)
             try:
-                m = self._read(d.resolve())
-            except BundleError:
+                m = self._read(r)
+            except (BundleError, OSError) as e:
+                if r in self._started:
+                    out.append(dict(self._started[r], broken=f"bundle '{d.name}' has damaged metadata: {e}"))
                 continue
-            out.append({"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m})
+            entry = {"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m}
+            if r in self._started:
+                self._started[r] = entry
+            out.append(entry)
         return out
 
     def find(self, ref: str | None) -> dict:
@@ -98,6 +107,9 @@ class Registry:
         from privmed.inference.predictor import Model
 
         path = Path(entry["path"]).resolve()
+        if entry.get("broken"):
+            self._loaded.pop(path, None)
+            raise BundleError(entry["broken"])
         with self._lock:
             try:
                 stamp = _stamp(path)
@@ -113,7 +125,7 @@ class Registry:
 
                 verify(path, self.pubkey)
             try:
-                m = Model(path)
+                m = Model(path, local_graphs=not self.pubkey)  # signed files only: no BUNDLE.local graph
             except BundleError:
                 raise
             except Exception as e:  # a damaged file surfaces as many exception types
