@@ -74,7 +74,7 @@ def overfit_setup():
     x_in, y_in = _tiny_features(48, d, rng)     # members
     x_out, y_out = _tiny_features(48, d, rng)   # non-members, same distribution
     x_ref, y_ref = _tiny_features(48, d, rng)   # disjoint data for reference models
-    recipe = A.Recipe(epochs=200, lr=0.05, batch_size=16, class_weights=None, dp=False)
+    recipe = A.Recipe(epochs=100, lr=0.05, batch_size=16, class_weights=None, dp=False)
     target = A.train_reference(_head(d), x_in, y_in, 2, recipe, seed=1)
     x_t, y_t = torch.cat([x_in, x_out]), torch.cat([y_in, y_out]).numpy()
     refs = [A.logits_of(A.train_reference(_head(d), x_ref, y_ref, 2, recipe, seed=10 + k), x_t) for k in range(4)]
@@ -131,3 +131,38 @@ def test_recipe_from_bundle_metadata():
     meta["training"]["privacy"]["enabled"] = False
     meta["privacy"] = {"mechanism": "none (non-private)", "epsilon": None}
     assert not A.Recipe.from_metadata(meta).dp
+
+
+def test_reference_model_is_trained_by_the_trainers_loop(data_root):
+    """Non-DP, same seed, same real data: a reference model and `privmed train` end with identical
+    weights (one loop: batch rule, class weights, augmentation, shuffling, released epoch)."""
+    from privmed.config import TrainConfig
+    from privmed.models import get_model
+    from privmed.training import trainer
+    from privmed.training.data import load_pixels, model_inputs, unit_ids
+
+    cfg = TrainConfig(dataset="covid19_xray", model="cnn", epochs=3, batch_size=32, data_root=data_root,
+                      preprocess={"size": 32}, seed=1, privacy={"enabled": False})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float summation order in both runs
+    try:
+        res = trainer.train(cfg, progress=False)
+        meta = {"training": cfg.model_dump(mode="json"), "best_epoch": res.best_epoch,
+                "privacy": {"mechanism": "none (non-private)", "epsilon": None}}
+        recipe = A.Recipe.from_metadata(meta)
+        x = model_inputs(res.model, load_pixels(res.splits.train, cfg, False), False)
+        y = torch.tensor([r.label for r in res.splits.train])
+        units, _ = unit_ids(res.splits.train, cfg.privacy.unit)
+        k = len(res.splits.classes)
+        ref = A.train_reference(lambda: get_model(cfg.model, k).trainable, x, y, k, recipe, cfg.seed,
+                                augment=True, units=units)
+    finally:
+        torch.set_num_threads(threads)
+    assert not recipe.dp and recipe.balance and recipe.augment and recipe.epochs == res.best_epoch
+    released = res.model.trainable.state_dict()
+    assert released.keys() == ref.state_dict().keys()
+    for name, w in ref.state_dict().items():
+        assert torch.equal(w, released[name]), name
+    torch.manual_seed(cfg.seed)
+    init = get_model(cfg.model, k).trainable.state_dict()
+    assert any(not torch.equal(init[n], released[n]) for n in released)  # it did train

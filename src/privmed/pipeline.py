@@ -121,6 +121,8 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
         "privacy": privacy, "calibration": calibration, "decision": decision, "ood": ood_block,
         "run_log": "private, beside the bundle (<bundle>.run/), never released",
     }
+    if not cfg.privacy.enabled:  # a non-private model: its early-stopping epoch is what an audit repeats
+        meta["best_epoch"] = result.best_epoch
     save_bundle(out, model, meta)
     probs = torch.softmax(torch.from_numpy(logits) / calibration["temperature"], 1).numpy()
     ece = {"before": cal.expected_calibration_error(torch.softmax(torch.from_numpy(logits), 1).numpy(), y_val),

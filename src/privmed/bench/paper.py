@@ -109,22 +109,23 @@ def entry_config(entry: dict) -> TrainConfig:
 
 
 def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
-    """End-to-end model throughput (preprocessed test image -> ``Model.scores``: calibrated
-    probabilities and OOD scores, batch 32, frozen backbone included), on this machine's CPUs."""
-    from privmed.data.datasets import open_dataset
+    """Model throughput on this machine's CPUs: decoded test images -> ``Model.scores_many``, the
+    served path (the upload's preprocessing, calibrated probabilities and OOD scores, batch 32,
+    frozen backbone included). Decoding the files is not timed."""
+    from privmed.config import default_data_root
+    from privmed.data.datasets import load_record, open_dataset
     from privmed.inference.predictor import load_model
-    from privmed.training.data import load_pixels, pixels_to_tensor
 
     model = load_model(bundle)
-    cfg = TrainConfig(dataset=dataset, preprocess=model.metadata.get("preprocessing", {}))
-    recs = open_dataset(dataset, cfg.data_root).records("test")  # any test images: only speed is measured
-    px = load_pixels(recs[:n], cfg, progress=False)
-    x = pixels_to_tensor(px)
-    model.scores(x[:4])  # warm-up
-    t = time.perf_counter()
-    for i in range(0, len(x), 32):
-        model.scores(x[i:i + 32])  # the served batched predictor (probabilities and OOD scores)
-    return len(x) / (time.perf_counter() - t)
+    recs = open_dataset(dataset, default_data_root()).records("test")[:n]  # any test images: only speed counts
+    model.scores_many([load_record(r).pixels for r in recs[:4]])  # warm-up
+    seconds = 0.0
+    for i in range(0, len(recs), 32):
+        pixels = [load_record(r).pixels for r in recs[i:i + 32]]
+        t = time.perf_counter()
+        model.scores_many(pixels, 32)
+        seconds += time.perf_counter() - t
+    return len(recs) / seconds
 
 
 def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:

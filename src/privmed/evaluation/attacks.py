@@ -5,9 +5,10 @@
   confidence phi = log(p_y / (1 - p_y)) under the audited model is compared with its
   distribution under K reference models that never saw the example (OUT models); score =
   how far phi sits above that Gaussian, in standard deviations.
-* ``train_reference_heads``: reference models trained with the audited bundle's own recipe
-  (optimizer, learning rate, class weights, epochs, and DP-SGD with the same noise multiplier,
-  clipping norm and sample rate) on data disjoint from the audited examples.
+* ``train_reference``: reference models trained by the trainer's own loop with the audited
+  bundle's recipe (optimizer, learning rate, class weights, epochs, EMA, augmentation, and DP-SGD
+  with the same noise multiplier, clipping norm and sample rate) on data disjoint from the
+  audited examples.
 * ROC helpers: ``roc_curve``, ``tpr_at_fpr`` (no interpolation: the best TPR among thresholds
   whose FPR does not exceed the target), ``downsample_roc`` (log-spaced in FPR so the low-FPR
   region that matters survives).
@@ -21,8 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from privmed.config import TrainConfig
 from privmed.evaluation.metrics import roc_auc
 from privmed.models.batched import batched_forward
+from privmed.privacy import DPPlan
+from privmed.training.trainer import count_weights, fit
 
 __all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confidence", "ce_loss",
            "loss_scores", "lira_offline_scores", "Recipe", "train_reference", "attack_summary"]
@@ -135,6 +139,16 @@ class Recipe:
     max_grad_norm: float = 1.0
     sample_rate: float | None = None  # DP: Poisson rate q (the bundle's); expected batch = q * n
     augment: dict | None = None       # pixel models: the bundle's augmentation settings
+    balance: bool = False             # non-DP: class weights from the data's own counts (the trainer's rule)
+    ema: float = 0.0
+    grad_sample_mode: str = "hooks"   # Opacus per-sample gradient mode (same clipped sums, other speed)
+
+    def config(self, seed: int) -> TrainConfig:
+        """The trainer settings ``fit`` reads for this recipe."""
+        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, optimizer=self.optimizer,
+                           ema=self.ema, seed=seed, augment=self.augment or {"enabled": False},
+                           privacy={"enabled": self.dp, "max_grad_norm": self.max_grad_norm,
+                                    "grad_sample_mode": self.grad_sample_mode})
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Recipe":
@@ -146,67 +160,35 @@ class Recipe:
         return cls(epochs=epochs, lr=float(t["lr"]), batch_size=int(t["batch_size"]), class_weights=weights, dp=dp,
                    optimizer=t.get("optimizer", "adam"), noise_multiplier=float(p.get("noise_multiplier") or 0.0),
                    max_grad_norm=float(p.get("max_grad_norm") or (t.get("privacy") or {}).get("max_grad_norm", 1.0)),
-                   sample_rate=float(p["sample_rate"]) if dp else None, augment=aug)
+                   sample_rate=float(p["sample_rate"]) if dp else None, augment=aug,
+                   balance=not dp and bool(t.get("class_weights")), ema=float(t.get("ema") or 0.0),
+                   grad_sample_mode=(t.get("privacy") or {}).get("grad_sample_mode", "hooks"))
 
 
 def train_reference(build, x: torch.Tensor, y: torch.Tensor, num_classes: int, recipe: Recipe, seed: int,
                     augment: bool = False, units: torch.Tensor | None = None) -> nn.Module:
-    """Train one reference ``trainable`` module (fresh from ``build()``) on (x, y) with ``recipe``,
-    through the trainer's own DP-SGD engine (``privmed.privacy.DPSGD``, the bundle's noise
-    multiplier, clipping norm, sample rate and public class weights; one image per unit) and the
-    trainer's per-sample loss; no early stopping."""
+    """Train one reference ``trainable`` module (fresh from ``build()``) on (x, y) with ``recipe``
+    through the trainer's own loop (``privmed.training.trainer.fit``): under DP its DP-SGD engine
+    with the bundle's noise multiplier, clipping norm, sample rate and public class weights (one
+    image per unit unless ``units`` says otherwise); without DP its batch rule and class weights
+    from the reference data's own counts. ``augment``: x are pixels (the recipe's augmentation).
+    No validation, so no early stopping: ``recipe.epochs`` epochs."""
     torch.manual_seed(seed)
     net = build()
+    units = torch.arange(len(x)) if units is None else units
+    weight = (torch.tensor(recipe.class_weights, dtype=torch.float32) if recipe.class_weights
+              else count_weights(y, num_classes) if recipe.balance else torch.ones(num_classes))
+    plan = None
+    if recipe.dp:
+        plan = DPPlan.with_noise(recipe.noise_multiplier, recipe.sample_rate, recipe.max_grad_norm,
+                                 int(units.max()) + 1, max(1, round(1 / recipe.sample_rate)) * recipe.epochs)
     threads = torch.get_num_threads()
     if sum(p.numel() for p in net.parameters()) < 50_000:
         torch.set_num_threads(1)  # a linear head: thread sync costs more than it saves (and 2 shared cores)
     try:
-        return _train(net, x, y, num_classes, recipe, seed, augment, units)
+        return fit(net, x, y, recipe.config(seed), units, weight, plan, pixels=augment).net
     finally:
         torch.set_num_threads(threads)
-
-
-def _train(net, x, y, num_classes, recipe, seed, augment, units=None) -> nn.Module:
-    from privmed.privacy import DPPlan, DPSGD
-    from privmed.training.trainer import per_sample_loss
-
-    n = len(x)
-    opt = (torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=0.9) if recipe.optimizer == "sgd"
-           else torch.optim.Adam(net.parameters(), lr=recipe.lr))
-    aug = None
-    if augment and recipe.augment:
-        from privmed.config import AugmentConfig
-        from privmed.data.transforms import Augment
-
-        aug = Augment(AugmentConfig(**recipe.augment), seed)
-    net.train()
-    if recipe.dp:
-        steps_per_epoch = max(1, round(1 / recipe.sample_rate))
-        units = torch.arange(n) if units is None else units
-        n_units = int(units.max()) + 1
-        plan = DPPlan.with_noise(recipe.noise_multiplier, recipe.sample_rate, recipe.max_grad_norm, n_units,
-                                 steps_per_epoch * recipe.epochs)
-        w = None
-        if recipe.class_weights:  # a unit's weight: the mean public class weight of its images
-            per = torch.tensor(recipe.class_weights)[y]
-            w = torch.zeros(n_units).index_add_(0, units, per) / torch.bincount(units, minlength=n_units)
-        engine = DPSGD(net, opt, units, plan, w)
-        while engine.can_step():
-            idx, local, chosen = engine.sample()
-            xb = aug(x[idx]) if aug is not None and len(idx) else x[idx]
-            engine.step(xb, y[idx], local, chosen, per_sample_loss)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        bs = min(recipe.batch_size, n)
-        for _ in range(recipe.epochs):
-            order = torch.randperm(n, generator=gen)
-            for i in range(0, n, bs):
-                idx = order[i:i + bs]
-                xb = aug(x[idx]) if aug is not None else x[idx]
-                opt.zero_grad()
-                per_sample_loss(net(xb), y[idx]).mean().backward()
-                opt.step()
-    return net.eval()
 
 
 def logits_of(net: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:

@@ -16,15 +16,14 @@ from privmed.training.data import test_records
 
 def predict_records(model, records, progress: bool = True, batch: int = 32) -> np.ndarray:
     """Calibrated probabilities (N, classes) for dataset records, through the served path: each file
-    decoded and preprocessed as an upload would be, then ``Model.scores`` (torch or ONNX Runtime)."""
+    decoded and preprocessed as an upload would be, then ``Model.scores`` (torch or ONNX Runtime), by
+    ``Model.scores_many``."""
     from tqdm import tqdm
 
     from privmed.data.datasets import load_record
 
-    out = []
-    for i in tqdm(range(0, len(records), batch), desc="evaluate", disable=not progress, leave=False):
-        out.append(model.scores(model.batch([load_record(r).pixels for r in records[i:i + batch]]))[0])
-    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
+    pixels = (load_record(r).pixels for r in tqdm(records, desc="evaluate", disable=not progress, leave=False))
+    return model.scores_many(pixels, batch)[0]
 
 
 def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test", data_root: Path | None = None,

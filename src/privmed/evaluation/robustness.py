@@ -2,8 +2,8 @@
 
 Each degradation has three severities and is applied to the decoded grayscale test image
 (values in [0, 1], at the file's own resolution) *before* the bundle's preprocessing, the way a
-worse acquisition would reach the model; then the served batched predictor (``Model.batch`` +
-``Model.scores``, torch or ONNX Runtime), as in ``privmed evaluate``.
+worse acquisition would reach the model; then the served batched predictor (``Model.scores_many``:
+``Model.batch`` + ``Model.scores``, torch or ONNX Runtime), as in ``privmed evaluate``.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
         raw = [load_record(r).pixels for r in records[start:start + batch]]
         for k, sev, lv in conds:
             imgs = raw if k == "clean" else [degrade(im, k, lv, rngs[(k, sev)]) for im in raw]
-            probs[(k, sev)].append(model.scores(model.batch(imgs))[0])  # the served path
+            probs[(k, sev)].append(model.scores_many(imgs, batch)[0])  # the served path
         del raw
 
     def score(key) -> dict:

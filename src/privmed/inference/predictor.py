@@ -37,9 +37,11 @@ class Prediction:
 
 
 class Model:
-    """A loaded bundle. ``predict`` takes a path, bytes, numpy array or PIL image."""
+    """A loaded bundle. ``predict`` takes a path, bytes, numpy array or PIL image. ``local_graphs=False``
+    never serves the unsigned int8 graph from ``BUNDLE.local/`` (the registry passes it when bundles
+    must be signed)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, local_graphs: bool = True):
         self.path = Path(path)
         self.net, self.metadata = load_bundle(self.path)
         self.classes: list[str] = self.metadata["classes"]
@@ -53,7 +55,7 @@ class Model:
             from privmed.inference.onnx_export import session, usable
             from privmed.inference.quantize import usable_int8
 
-            int8 = usable_int8(self.path, self.metadata)  # accepted deployment-side int8 graph first
+            int8 = usable_int8(self.path, self.metadata) if local_graphs else None  # accepted int8 graph first
             if int8 is not None:
                 self.session, self.backend = session(int8), "onnxruntime-int8"
             elif usable(self.path, self.metadata):
@@ -108,6 +110,21 @@ class Model:
         from privmed.inference.ood import ood_scores
 
         return probs, ood_scores(np.asarray(emb), self.ood)
+
+    def scores_many(self, pixels, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+        """``scores`` for any number of decoded images (an iterable of [0, 1] arrays, read ``batch``
+        at a time, so a split streams): each batch preprocessed as an upload (``self.batch``), then
+        ``self.scores``. Evaluation, robustness, the benchmark and the int8 check predict through here."""
+        from itertools import islice
+
+        it, probs, ood = iter(pixels), [], []
+        while chunk := list(islice(it, batch)):
+            p, o = self.scores(self.batch(chunk))
+            probs.append(p)
+            ood.append(o)
+        if not probs:
+            return np.zeros((0, len(self.classes)), np.float32), None
+        return np.concatenate(probs), None if ood[0] is None else np.concatenate(ood)
 
     def dicom_options(self, window: str | None = None, frame: int | None = None) -> dict:
         """How this model reads a DICOM: the file's window, else its task's named CT window."""

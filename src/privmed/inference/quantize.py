@@ -16,6 +16,7 @@ only while both graphs and the weights are the ones it was made from.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -41,20 +42,15 @@ def _tensors(model, records, limit: int | None = None) -> np.ndarray:
     return np.concatenate([model.tensor(load_record(r)).numpy() for r in records]).astype(np.float32)
 
 
-def _labels(sess, model, x: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted class (the model's own decision rule) and OOD scores through one ORT session."""
-    import torch
+def _labels(sess, model, records, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted class (the model's own decision rule) and OOD scores of dataset records through
+    the served path (``Model.scores_many``) with ``sess`` as the model's ONNX Runtime session."""
+    from privmed.data.datasets import load_record
 
-    from privmed.inference.ood import ood_scores
-
-    preds, oods = [], []
-    for i in range(0, len(x), batch):
-        logits, emb = sess.run(["logits", "embedding"], {"input": x[i:i + batch]})
-        probs = torch.softmax(torch.from_numpy(logits) / model.temperature, 1).numpy()
-        preds.append(model.label_index(probs))
-        if model.ood:
-            oods.append(ood_scores(np.asarray(emb), model.ood))
-    return np.concatenate(preds), (np.concatenate(oods) if oods else None)
+    served = copy.copy(model)
+    served.session = sess
+    probs, ood = served.scores_many((load_record(r).pixels for r in records), batch)
+    return served.label_index(probs), ood
 
 
 def _median_ms(sess, x: np.ndarray, repeats: int) -> float:
@@ -134,13 +130,12 @@ def quantize_bundle(bundle: str | Path, calib: str, *, eval_source: str | None =
                     calibrate_method=CalibrationMethod.MinMax)
     prep.unlink(missing_ok=True)
 
-    x = _tensors(model, e_records)
     y = np.array([r.label for r in e_records])
     s32, s8 = session(fp32), session(out)
-    p32, o32 = _labels(s32, model, x)
-    p8, o8 = _labels(s8, model, x)
+    p32, o32 = _labels(s32, model, e_records)
+    p8, o8 = _labels(s8, model, e_records)
     acc32, acc8 = float((p32 == y).mean()), float((p8 == y).mean())
-    one = x[:1]
+    one = _tensors(model, e_records, 1)
     ms32, ms8 = _median_ms(s32, one, repeats), _median_ms(s8, one, repeats)
     record = {
         "file": INT8_FILE, "sha256": sha256_file(out), "fp32_onnx_sha256": sha256_file(fp32),

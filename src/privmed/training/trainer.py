@@ -1,5 +1,6 @@
 """The training loop: DP-SGD over units of privacy (``privmed.privacy``) unless disabled, a
-checkpoint each epoch (resumable, accountant and DP releases included).
+checkpoint each epoch (resumable, accountant and DP releases included). ``fit`` is the loop itself:
+``train`` runs it on a dataset, the privacy audit (``evaluation/attacks.py``) on its reference data.
 
 Under DP the released weights are the last iterate (or its EMA): choosing an epoch on validation
 accuracy would be a release about validation images that no mechanism accounts for. Without DP
@@ -29,7 +30,7 @@ from privmed.models.batched import batched_forward
 from privmed.privacy import DPPlan, DPSGD, default_delta
 from privmed.privacy.ledger import training_ledger
 from privmed.privacy.randomness import secret_generator, secret_seed
-from privmed.privacy.releases import dp_class_weights
+from privmed.privacy.releases import dp_class_weights, weights_from_counts
 from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -69,6 +70,130 @@ class _EMA:
             self.state[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
 
 
+@dataclass
+class Fit:
+    """What ``fit`` returns."""
+    net: nn.Module  # the plain trainable module holding the weights to release, in eval mode
+    history: list[dict]
+    best_epoch: int
+    engine: DPSGD | None  # under DP: its accountant is the ledger
+
+
+def make_optimizer(net: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    """``sgd``: momentum 0.9; else Adam."""
+    return (torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9) if name == "sgd"
+            else torch.optim.Adam(net.parameters(), lr=lr))
+
+
+def unit_weights(units: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """A unit's weight: the mean class weight of its images (<= 1, applied after clipping)."""
+    n = int(units.max()) + 1
+    return torch.zeros(n).index_add_(0, units, class_weight[y]) / torch.bincount(units, minlength=n)
+
+
+def count_weights(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Non-DP class weights: inverse exact class frequency, largest = 1 (never under DP)."""
+    c = torch.bincount(y, minlength=k).float().clamp(min=1)
+    return (1 / c) / (1 / c).max()
+
+
+def batch_for(batch_size: int, n_units: int) -> int:
+    """Keep q <= 1/4 on small sets: amplification needs q < 1."""
+    return min(batch_size, max(1, n_units // 4))
+
+
+def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, units: torch.Tensor,
+        weight: torch.Tensor | None = None, plan: DPPlan | None = None, *, pixels: bool = False,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None, state: dict | None = None, save=None,
+        generator: torch.Generator | None = None, progress: bool = False) -> Fit:
+    """The training loop: ``cfg.epochs`` epochs of the trainable module ``net`` on inputs ``x``
+    (cached pixels or frozen features), labels ``y`` and unit ids ``units``.
+
+    With a ``plan``: DP-SGD (``privmed.privacy.DPSGD``, secret noise and sampling from
+    ``generator``) with per-unit weights from the public class weights ``weight``. Without:
+    shuffled batches (seed ``cfg.seed``) of the ``weight``-weighted loss. ``pixels``: augment
+    (``cfg.augment``). ``val``: (x, y) scored each epoch; without DP it picks the released epoch and
+    stops early; none: the last epoch. ``state``: a checkpoint to resume; ``save(state)`` after
+    each epoch."""
+    dp = plan is not None
+    weight = torch.ones(int(y.max()) + 1) if weight is None else weight
+    augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixels else None
+    optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
+    engine = None
+    if dp:
+        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight), cfg.privacy.grad_sample_mode,
+                       generator)
+        steps_per_epoch = plan.steps_per_epoch
+    else:
+        batch = batch_for(cfg.batch_size, int(units.max()) + 1)
+        steps_per_epoch = math.ceil(len(x) / batch)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    history, best_epoch, start_epoch, best_acc, best_state, stale = [], 0, 0, -1.0, None, 0
+    if state:
+        _plain(net).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if engine:
+            engine.load_state_dict(state["privacy"])
+        start_epoch, best_acc, best_state, stale = state["epoch"] + 1, state["best_acc"], state["best_state"], state["stale"]
+        history, best_epoch = state["history"], state["best_epoch"]
+    ema = _EMA(_plain(net), cfg.ema) if cfg.ema > 0 else None
+    if ema and state and state.get("ema"):
+        ema.state = state["ema"]
+
+    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        if (not dp and stale >= cfg.patience) or (engine and not engine.can_step()):
+            break
+        (engine.module if engine else net).train()
+        total, count = 0.0, 0
+        order = None if dp else torch.randperm(len(x), generator=shuffle)
+        for s in range(steps_per_epoch):
+            if engine:
+                if not engine.can_step():
+                    break
+                idx, local, chosen = engine.sample()
+                xb = augment(x[idx]) if augment and len(idx) else x[idx]
+                engine.step(xb, y[idx], local, chosen, per_sample_loss)
+            else:
+                idx = order[s * batch:(s + 1) * batch]
+                xb = augment(x[idx]) if augment else x[idx]
+                optimizer.zero_grad()
+                losses = per_sample_loss(net(xb), y[idx])
+                (losses * weight[y[idx]]).mean().backward()
+                optimizer.step()
+                total += float(losses.detach().sum())
+            if ema:
+                ema.update(_plain(net))
+            count += len(idx)
+        row = {"epoch": epoch + 1}
+        if val is not None:
+            row["val_accuracy"] = _accuracy(_plain(net), *val)
+        if not engine:
+            row["train_loss"] = total / max(count, 1)
+        else:
+            row["epsilon"] = engine.spent()
+        history.append(row)
+        if dp or val is None or row["val_accuracy"] > best_acc:
+            best_acc, stale, best_epoch = row.get("val_accuracy", -1.0), 0, epoch + 1
+            best_state = None if dp or val is None else {k: v.detach().clone() for k, v in _plain(net).state_dict().items()}
+        else:
+            stale += 1
+        bar.set_postfix(val=f"{row.get('val_accuracy', math.nan):.3f}", eps=f"{row.get('epsilon', math.nan):.2f}")
+        if save:
+            save({"epoch": epoch, "model": _plain(net).state_dict(), "optimizer": optimizer.state_dict(),
+                  "privacy": engine.state_dict() if engine else None, "ema": ema.state if ema else None,
+                  "best_acc": best_acc, "best_state": best_state, "stale": stale, "history": history,
+                  "best_epoch": best_epoch})
+
+    final = _plain(net)
+    if ema:
+        final.load_state_dict(ema.state)
+    elif best_state is not None:
+        final.load_state_dict(best_state)
+    return Fit(final.eval(), history, len(history) if dp else best_epoch, engine)
+
+
 def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
     t0 = time.time()
     torch.manual_seed(cfg.seed)  # initialisation only
@@ -86,18 +211,13 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     y_va = torch.tensor([r.label for r in splits.val])
     units, unit = unit_ids(splits.train, cfg.privacy.unit)
     n_units, k = int(units.max()) + 1, len(splits.classes)
-    pixel_model = isinstance(model.frozen, nn.Identity)
-    augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixel_model else None
-    net = model.trainable
-    optimizer = (torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9) if cfg.optimizer == "sgd"
-                 else torch.optim.Adam(net.parameters(), lr=cfg.lr))
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt and ckpt.is_file() else None
     if state and state["config"] != cfg.model_dump(mode="json"):
         raise ValueError(f"checkpoint {ckpt} was made with other settings; use another --out or delete it")
 
-    engine, counts, weight = None, None, torch.ones(k)
-    batch = min(cfg.batch_size, max(1, n_units // 4))  # keep q <= 1/4 on small sets: amplification needs q < 1
+    plan, gen, counts = None, None, None
+    weight = count_weights(y_tr, k) if cfg.class_weights and not dp else torch.ones(k)
     if dp:
         gen = secret_generator()
         prefix = []
@@ -105,94 +225,26 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
             prefix = [(cfg.privacy.count_noise, 1.0, 1)]
             if state and state.get("dp_class_counts") is not None:  # a DP output: reuse, never redraw
                 counts = np.asarray(state["dp_class_counts"])
-                w = 1.0 / np.maximum(counts, max(1.0, 0.01 * counts.sum()))
-                weight = torch.tensor(w / w.max(), dtype=torch.float32)
+                w = weights_from_counts(counts)
             else:
                 counts, w = dp_class_weights(y_tr.numpy(), units.numpy(), k, cfg.privacy.count_noise, gen)
-                weight = torch.tensor(w, dtype=torch.float32)
+            weight = torch.tensor(w, dtype=torch.float32)
         delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(len(x_tr))
-        plan = DPPlan(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n_units, batch, cfg.epochs,
-                      cfg.privacy.accountant, prefix)
-        unit_weight = torch.zeros(n_units).index_add_(0, units, weight[y_tr]) / torch.bincount(units, minlength=n_units)
-        engine = DPSGD(net, optimizer, units, plan, unit_weight, cfg.privacy.grad_sample_mode, gen)
-        steps_per_epoch = plan.steps_per_epoch
-    else:
-        if cfg.class_weights:
-            c = torch.bincount(y_tr, minlength=k).float().clamp(min=1)
-            weight = (1 / c) / (1 / c).max()
-        steps_per_epoch = math.ceil(len(x_tr) / batch)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
+        plan = DPPlan(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n_units,
+                      batch_for(cfg.batch_size, n_units), cfg.epochs, cfg.privacy.accountant, prefix,
+                      n_images=len(x_tr))
 
-    result = TrainResult(model, splits, unit=unit)
-    start_epoch, best_acc, best_state, stale = 0, -1.0, None, 0
-    if state:
-        _plain(net).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if engine:
-            engine.load_state_dict(state["privacy"])
-        start_epoch, best_acc, best_state, stale = state["epoch"] + 1, state["best_acc"], state["best_state"], state["stale"]
-        result.history, result.best_epoch = state["history"], state["best_epoch"]
-    ema = _EMA(_plain(net), cfg.ema) if cfg.ema > 0 else None
-    if ema and state and state.get("ema"):
-        ema.state = state["ema"]
+    def save(loop_state: dict) -> None:
+        _save_checkpoint(ckpt, {"config": cfg.model_dump(mode="json"), **loop_state,
+                                "dp_class_counts": None if counts is None else np.asarray(counts).tolist()})
 
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
-    for epoch in bar:
-        if (not dp and stale >= cfg.patience) or (engine and not engine.can_step()):
-            break
-        (engine.module if engine else net).train()
-        total, count = 0.0, 0
-        order = None if dp else torch.randperm(len(x_tr), generator=shuffle)
-        for s in range(steps_per_epoch):
-            if engine:
-                if not engine.can_step():
-                    break
-                idx, local, chosen = engine.sample()
-                xb = augment(x_tr[idx]) if augment and len(idx) else x_tr[idx]
-                engine.step(xb, y_tr[idx], local, chosen, per_sample_loss)
-            else:
-                idx = order[s * batch:(s + 1) * batch]
-                xb = augment(x_tr[idx]) if augment else x_tr[idx]
-                optimizer.zero_grad()
-                losses = per_sample_loss(net(xb), y_tr[idx])
-                (losses * weight[y_tr[idx]]).mean().backward()
-                optimizer.step()
-                total += float(losses.detach().sum())
-            if ema:
-                ema.update(_plain(net))
-            count += len(idx)
-        val_acc = _accuracy(_plain(net), x_va, y_va)
-        row = {"epoch": epoch + 1, "val_accuracy": val_acc}
-        if not engine:
-            row["train_loss"] = total / max(count, 1)
-        else:
-            row["epsilon"] = engine.spent()
-        result.history.append(row)
-        if dp or val_acc > best_acc:
-            best_acc, stale, result.best_epoch = val_acc, 0, epoch + 1
-            best_state = None if dp else {k_: v.detach().clone() for k_, v in _plain(net).state_dict().items()}
-        else:
-            stale += 1
-        bar.set_postfix(val=f"{val_acc:.3f}", eps=f"{row.get('epsilon', math.nan):.2f}")
-        if ckpt:
-            _save_checkpoint(ckpt, {
-                "config": cfg.model_dump(mode="json"), "epoch": epoch, "model": _plain(net).state_dict(),
-                "optimizer": optimizer.state_dict(), "privacy": engine.state_dict() if engine else None,
-                "dp_class_counts": None if counts is None else np.asarray(counts).tolist(),
-                "ema": ema.state if ema else None,
-                "best_acc": best_acc, "best_state": best_state, "stale": stale, "history": result.history,
-                "best_epoch": result.best_epoch})
-
-    final = _plain(net)
-    if ema:
-        final.load_state_dict(ema.state)
-    elif best_state is not None:
-        final.load_state_dict(best_state)
-    model.trainable = final
+    done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=isinstance(model.frozen, nn.Identity),
+               val=(x_va, y_va), state=state, save=save if ckpt else None, generator=gen, progress=progress)
+    model.trainable = done.net
     model.eval()
-    if engine:
-        result.best_epoch = len(result.history)
-        result.privacy = training_ledger(engine, unit, epochs=len(result.history), class_counts=counts,
+    result = TrainResult(model, splits, done.history, best_epoch=done.best_epoch, unit=unit)
+    if done.engine:
+        result.privacy = training_ledger(done.engine, unit, epochs=len(result.history), class_counts=counts,
                                          class_weights=weight.tolist() if cfg.class_weights else None,
                                          count_noise=cfg.privacy.count_noise if cfg.class_weights else None)
     result.val_inputs, result.seconds = x_va, time.time() - t0
