@@ -51,7 +51,8 @@ def run(name: str, cfg: FederatedConfig) -> dict:
            "q_per_hospital": [round(h["sample_rate"], 4) for h in hl], "steps_per_hospital": [h["steps"] for h in hl],
            "units_per_hospital": [h["n_units"] for h in hl], "unit": led["unit_of_privacy"],
            "accountant": led["accountant"], "model": cfg.train.model, "lr": cfg.train.lr,
-           "class_weights": cfg.weight_scope(), "fedprox_mu": cfg.fedprox_mu,
+           "class_weights": cfg.weight_scope(), "fedprox_mu": cfg.fedprox_mu, "batch_size": cfg.train.batch_size,
+           "server_momentum": cfg.server_momentum, "server_lr": cfg.server_lr, "local_momentum": cfg.local_momentum,
            "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
            "round_seconds": [r["seconds"] for r in fed.rounds_log],
            "wall_seconds": round(time.time() - t0, 1)}
@@ -71,14 +72,21 @@ def main() -> None:
     ap.add_argument("--class-weight-scope", choices=["global", "local"], default=None,
                     help="default: global (one weighting from the sum of the hospitals' DP counts)")
     ap.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal strength (0: FedAvg)")
+    ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (0: FedAvg)")
+    ap.add_argument("--server-lr", type=float, default=1.0, help="server step on the (momentum) averaged update")
+    ap.add_argument("--local-momentum", choices=["keep", "reset"], default="keep", help="hospital SGD momentum across rounds")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: privmed train's (each hospital: min(this, units / 4))")
+    ap.add_argument("--repeat", type=int, default=1, help="run every chosen setting this many times (fresh DP noise each)")
     ap.add_argument("--only", nargs="*", default=None, help="settings to run (default all)")
     a = ap.parse_args()
-    train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {})}
+    train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {}),
+             **({"batch_size": a.batch_size} if a.batch_size else {})}
     if a.no_class_weights:
         train["class_weights"] = False
     base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs,
             **({"class_weight_scope": a.class_weight_scope} if a.class_weight_scope else {}),
-            "fedprox_mu": a.fedprox_mu}
+            "fedprox_mu": a.fedprox_mu, "server_momentum": a.server_momentum, "server_lr": a.server_lr,
+            "local_momentum": a.local_momentum}
     settings = {
         "centralised": dict(base, hospitals=1, secagg={"enabled": False}),
         "fed-iid-secagg": dict(base, hospitals=3),
@@ -89,9 +97,10 @@ def main() -> None:
         **{f"alone-skew-h{h + 1}": dict(base, hospitals=3, only=[h], partition="label-skew", alpha=a.alpha,
                                        secagg={"enabled": False}) for h in range(3)},
     }
-    for name, kw in settings.items():
-        if a.only is None or name in a.only:
-            run(name, FederatedConfig(**kw))
+    for _ in range(a.repeat):
+        for name, kw in settings.items():
+            if a.only is None or name in a.only:
+                run(name, FederatedConfig(**kw))
 
 
 if __name__ == "__main__":

@@ -225,3 +225,103 @@ def test_bad_configs_give_clear_errors(data_root):
         partition(np.arange(50), np.zeros(50, int), 1, 3)
     with pytest.raises(DatasetError, match="alpha"):
         partition(np.arange(90), np.zeros(90, int), 1, 3, "label-skew", alpha=0)
+
+
+def _server_rounds(strategy, rounds):
+    """Feed ``strategy`` rounds of (update, units) per hospital, as the workflow would."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    for r, hospitals in enumerate(rounds, start=1):
+        res = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(u), n, {"hospital": h + 1}))
+               for h, (u, n) in enumerate(hospitals)]
+        strategy.aggregate_fit(r, res, [])
+    return strategy.current
+
+
+_W0 = [np.array([1.0, 2.0], np.float32), np.array([[0.5]], np.float32)]
+# two hospitals of 1 and 3 units: weighted means [1, 4], [[2]] in round 1 and [3, 1], [[-1]] in round 2
+_ROUND1 = [([np.array([4.0, -8.0], np.float32), np.array([[2.0]], np.float32)], 1),
+           ([np.array([0.0, 8.0], np.float32), np.array([[2.0]], np.float32)], 3)]
+_ROUND2 = [([np.array([0.0, 4.0], np.float32), np.array([[-4.0]], np.float32)], 1),
+           ([np.array([4.0, 0.0], np.float32), np.array([[0.0]], np.float32)], 3)]
+
+
+def _assert_arrays(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, np.array(w, np.float32))
+
+
+def test_fedavgm_server_momentum_algebra():
+    """v <- beta v + mean update, w <- w + server_lr v. By hand, beta 0.5, lr 2: v1 = [1, 4], [[2]];
+    w1 = [3, 10], [[4.5]]; v2 = [0.5 + 3, 2 + 1], [[1 - 1]] = [3.5, 3], [[0]]; w2 = [10, 16], [[4.5]].
+    beta 0, lr 1 is plain FedAvg: w0 + both means = [5, 7], [[1.5]]."""
+    from privmed.federated.apps import UpdateFedAvg
+
+    m = UpdateFedAvg(_W0, 2, None, momentum=0.5, server_lr=2.0)
+    _assert_arrays(_server_rounds(m, [_ROUND1]), [[3, 10], [[4.5]]])
+    _assert_arrays(m.velocity, [[1, 4], [[2]]])
+    _assert_arrays(_server_rounds(m, [_ROUND2]), [[10, 16], [[4.5]]])
+    _assert_arrays(m.velocity, [[3.5, 3], [[0]]])
+    plain = UpdateFedAvg(_W0, 2, None)
+    _assert_arrays(_server_rounds(plain, [_ROUND1, _ROUND2]), [[5, 7], [[1.5]]])
+    _assert_arrays(plain.aggregates[1], [[3, 1], [[-1]]])
+
+
+def test_process_checkpoint_carries_the_server_velocity(tmp_path):
+    """The process engine's checkpoint holds the FedAvgM velocity: a run resumed after round 1 ends
+    where the uninterrupted one does (w2 above); resumed without it, it would not."""
+    from privmed.federated.apps import UpdateFedAvg
+    from privmed.federated.deployed import read_checkpoint, write_checkpoint
+
+    first = UpdateFedAvg(_W0, 2, None, momentum=0.5, server_lr=2.0)
+    _server_rounds(first, [_ROUND1])
+    path = tmp_path / "checkpoint.npz"
+    write_checkpoint(path, first.current, {"round": 1, "rounds": []}, first.velocity)
+    weights, meta, velocity = read_checkpoint(path)
+    assert meta["round"] == 1 and list(tmp_path.iterdir()) == [path]  # atomic: no temporary left
+    _assert_arrays(velocity, [[1, 4], [[2]]])
+    resumed = UpdateFedAvg(weights, 2, None, round_offset=1, momentum=0.5, server_lr=2.0, velocity=velocity)
+    _assert_arrays(_server_rounds(resumed, [_ROUND2]), [[10, 16], [[4.5]]])
+    cold = UpdateFedAvg(weights, 2, None, round_offset=1, momentum=0.5, server_lr=2.0)
+    _assert_arrays(_server_rounds(cold, [_ROUND2]), [[9, 12], [[2.5]]])
+    write_checkpoint(path, first.current, {"round": 1, "rounds": []})  # plain FedAvg stores none
+    assert read_checkpoint(path)[2] is None
+
+
+def test_local_momentum_reset_empties_the_optimizer_state_each_round(data_root):
+    """--local-momentum reset: a hospital starts every round with no optimizer state (SGD momentum
+    buffers / Adam moments); keep (default) carries it over. The ledger names the options."""
+    from privmed.cli import build_parser
+    from privmed.federated.cli import federated_config
+    from privmed.federated.run import Federation
+
+    a = build_parser().parse_args(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root),
+                                   "--rounds", "2", "--local-epochs", "1", "--no-secagg", "--server-momentum",
+                                   "0.5", "--server-lr", "2", "--local-momentum", "reset"])
+    cfg = federated_config(a)
+    assert (cfg.server_momentum, cfg.server_lr, cfg.local_momentum) == (0.5, 2.0, "reset")
+    fed = Federation(cfg, progress=False)
+    seen = {}
+    for h in (0, 1):
+        hosp = fed.hospitals[h]
+        step = hosp.engine.step
+
+        def counting(*args, _h=hosp, _step=step, _key=h):  # optimizer tensors held when a step starts
+            seen.setdefault(_key, []).append(sum(len(s) for s in _h.engine.optimizer.state.values()))
+            return _step(*args)
+
+        hosp.engine.step = counting
+    fed.hospitals[1].reset_momentum = False  # the control: keep
+    for h in (0, 1):
+        w = fed.hospitals[h].get_weights()
+        fed.hospitals[h].fit(w)
+        n1 = len(seen[h])
+        assert sum(len(s) for s in fed.hospitals[h].engine.optimizer.state.values()) > 0
+        fed.hospitals[h].fit(w)
+        seen[h] = (seen[h][0], seen[h][n1])  # the first step of each round
+    assert seen[0] == (0, 0)
+    assert seen[1][0] == 0 and seen[1][1] > 0
+    agg = fed.ledger()["federation"]["aggregation"]
+    assert "FedAvgM server momentum 0.5, server lr 2" in agg and "resets its optimizer state" in agg
+    assert "no privacy cost" in agg

@@ -75,15 +75,20 @@ class UpdateFedAvg(FedAvg):
     workflow hands in the unmasked weighted mean once per hospital (identical copies)."""
 
     def __init__(self, initial: list[np.ndarray], n: int, on_round: Callable[[int, list[dict]], None] | None,
-                 min_hospitals: int | None = None, round_offset: int = 0):
+                 min_hospitals: int | None = None, round_offset: int = 0, momentum: float = 0.0,
+                 server_lr: float = 1.0, velocity: list[np.ndarray] | None = None):
         """``min_hospitals``: a round runs with this many (process mode: n - 1, so a dead SuperNode does
-        not stall it); ``round_offset``: rounds already done before a resume (round numbers stay global)."""
+        not stall it); ``round_offset``: rounds already done before a resume (round numbers stay global);
+        ``momentum``/``server_lr``: FedAvgM (Hsu et al. 2019), heavy-ball momentum on the averaged update
+        (post-processing of the DP sum: no privacy cost); ``velocity``: its state after a resume."""
         m = min_hospitals or n
         super().__init__(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=m, min_evaluate_clients=0,
                          min_available_clients=m, initial_parameters=ndarrays_to_parameters(initial),
                          accept_failures=True, fit_metrics_aggregation_fn=lambda _: {})
         self.current = [a.copy() for a in initial]
         self.on_round, self.round_offset = on_round, round_offset
+        self.momentum, self.server_lr = momentum, server_lr
+        self.velocity = [v.copy() for v in velocity] if velocity is not None else [np.zeros_like(a) for a in initial]
         self.class_weight: np.ndarray | None = None  # global weights from the count exchange
         self.ledgers: dict[int, dict] = {}
         self.aggregates: list[list[np.ndarray]] = []  # what the server computed each round (tests)
@@ -101,7 +106,8 @@ class UpdateFedAvg(FedAvg):
         avg, _ = super().aggregate_fit(server_round, results, failures)
         mean_update = parameters_to_ndarrays(avg)
         self.aggregates.append([a.copy() for a in mean_update])
-        self.current = [c + u.astype(c.dtype) for c, u in zip(self.current, mean_update)]
+        self.velocity = [self.momentum * v + u.astype(v.dtype) for v, u in zip(self.velocity, mean_update)]
+        self.current = [c + self.server_lr * v for c, v in zip(self.current, self.velocity)]
         rows = [dict(r.metrics) for _, r in results]
         for row in rows:
             self.ledgers[int(row["hospital"])] = row

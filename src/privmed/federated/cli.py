@@ -18,7 +18,9 @@ def federated_config(a):
     for k, v in {"hospitals": a.hospitals, "rounds": a.rounds, "local_epochs": a.local_epochs,
                  "partition": a.partition, "alpha": a.alpha, "partition_seed": a.partition_seed,
                  "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds,
-                 "class_weight_scope": a.class_weight_scope, "fedprox_mu": a.fedprox_mu}.items():
+                 "class_weight_scope": a.class_weight_scope, "fedprox_mu": a.fedprox_mu,
+                 "server_momentum": a.server_momentum, "server_lr": a.server_lr,
+                 "local_momentum": a.local_momentum}.items():
         if v is not None:
             over[k] = v
     for item in a.fed_set or []:
@@ -81,6 +83,11 @@ def register(sub, privacy_sub) -> None:
                    help="global (default): one weighting from the sum of the hospitals' DP class counts; "
                         "local: each hospital its own")
     f.add_argument("--fedprox-mu", type=float, help="FedProx proximal strength (default 0: plain FedAvg)")
+    f.add_argument("--server-momentum", type=float,
+                   help="FedAvgM server momentum on the averaged update (default 0: plain FedAvg; no privacy cost)")
+    f.add_argument("--server-lr", type=float, help="FedAvgM server step on the momentum update (default 1)")
+    f.add_argument("--local-momentum", choices=["keep", "reset"],
+                   help="each hospital's optimizer state across rounds: keep (default) or reset at every round")
     f.add_argument("--spare-rounds", type=int, help="budget planned in for rounds lost to a crash (default 0)")
     f.add_argument("--fed-set", action="append", metavar="KEY=VALUE",
                    help="any federation field, e.g. secagg.clipping_range=4")

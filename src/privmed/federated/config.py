@@ -41,6 +41,12 @@ class FederatedConfig(BaseModel):
     # FedProx (Li et al. 2020): after each local step, the exact proximal step towards the round's
     # global model (strength mu); data-independent, so it costs no privacy. 0 = plain FedAvg.
     fedprox_mu: float = Field(0.0, ge=0)
+    # FedAvgM (Hsu et al. 2019): the server keeps momentum on the averaged update and steps by
+    # server_lr; post-processing of the (DP, securely aggregated) sum, so it costs no privacy. 0 / 1 = FedAvg.
+    server_momentum: float = Field(0.0, ge=0, lt=1)
+    server_lr: float = Field(1.0, gt=0, le=10)
+    # each hospital's SGD momentum across rounds: "keep" its velocity from the last round, or "reset" it
+    local_momentum: Literal["keep", "reset"] = "keep"
     # train only these hospitals (0-based) of the partition: one index = "that hospital alone"
     only: list[int] | None = None
 

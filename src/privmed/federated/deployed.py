@@ -6,8 +6,9 @@ in fresh ``flwr-clientapp`` / ``flwr-serverapp`` processes, so all state lives i
   (its own records and the recipe), ``state.pt`` (accountant, optimizer, DP class counts) and
   ``ledger.json`` (its public numbers). Before a round it writes the round into ``state.pt`` as
   pending: if the process dies mid-round those steps are counted anyway (never under-count epsilon).
-* the server folder holds ``plan.json``, ``checkpoint.npz`` (global weights and participation after
-  each completed round, written atomically) and ``status.json``; a restarted run resumes from it.
+* the server folder holds ``plan.json``, ``checkpoint.npz`` (global weights, participation and, with
+  server momentum, the FedAvgM velocity after each completed round, written atomically) and
+  ``status.json``; a restarted run resumes from it.
 Only the fit stage imports torch: every SecAgg+ stage is a fresh process, so the others stay light.
 """
 from __future__ import annotations
@@ -124,19 +125,26 @@ client = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
 server = ServerApp()
 
 
-def read_checkpoint(path: Path) -> tuple[list[np.ndarray], dict] | None:
+def read_checkpoint(path: Path) -> tuple[list[np.ndarray], dict, list[np.ndarray] | None] | None:
+    """(global weights, meta, FedAvgM server velocity or None) of the last completed round."""
     if not path.is_file():
         return None
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        return [z[f"w{i}"] for i in range(meta["n_arrays"])], meta
+        n = meta["n_arrays"]
+        velocity = [z[f"v{i}"] for i in range(n)] if meta.get("velocity") else None
+        return [z[f"w{i}"] for i in range(n)], meta, velocity
 
 
-def write_checkpoint(path: Path, weights: list[np.ndarray], meta: dict) -> None:
-    meta = dict(meta, n_arrays=len(weights))
+def write_checkpoint(path: Path, weights: list[np.ndarray], meta: dict,
+                     velocity: list[np.ndarray] | None = None) -> None:
+    """Weights, meta and (with server momentum) the velocity, in one atomic replace."""
+    meta = dict(meta, n_arrays=len(weights), velocity=velocity is not None)
+    arrays = {f"w{i}": w for i, w in enumerate(weights)}
+    arrays.update({f"v{i}": v for i, v in enumerate(velocity or [])})
     with atomic_path(path, private=True, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, meta=json.dumps(meta), **{f"w{i}": w for i, w in enumerate(weights)})
+            np.savez(f, meta=json.dumps(meta), **arrays)
 
 
 @server.main()
@@ -152,8 +160,9 @@ def _server_main(grid, context: Context) -> None:
         if ck is None:
             with np.load(folder / "initial.npz") as z:
                 weights, meta = [z[f"w{i}"] for i in range(len(z.files))], {"round": 0, "rounds": []}
+            velocity = None
         else:
-            weights, meta = ck
+            weights, meta, velocity = ck
         done = int(meta["round"])
         n, rounds = plan["hospitals"], plan["rounds"]
         if done < rounds:
@@ -168,9 +177,12 @@ def _server_main(grid, context: Context) -> None:
                                        "participants": sorted(int(x["hospital"]) for x in rows)})
                 meta["round"] = r
                 last[0] = now
-                write_checkpoint(folder / "checkpoint.npz", strategy.current, meta)
+                write_checkpoint(folder / "checkpoint.npz", strategy.current, meta,
+                                 strategy.velocity if strategy.momentum else None)
 
-            strategy = UpdateFedAvg(weights, n, on_round, plan["min_hospitals"], round_offset=done)
+            fc = plan["config"]  # FedAvgM: server momentum, its velocity carried over a resume
+            strategy = UpdateFedAvg(weights, n, on_round, plan["min_hospitals"], round_offset=done,
+                                    momentum=fc["server_momentum"], server_lr=fc["server_lr"], velocity=velocity)
             if plan.get("class_weight_scope") == "global":  # once; a resumed run reuses the checkpoint's
                 w = meta.get("class_weight") or exchange_counts(grid, plan["stage_timeout"])
                 meta["class_weight"] = None if w is None else [float(v) for v in w]

@@ -20,7 +20,7 @@ from privmed.models import get_model
 from privmed.privacy import DPPlan, DPSGD
 from privmed.privacy.randomness import secret_generator, secret_seed
 from privmed.privacy.releases import dp_class_weights
-from privmed.training.trainer import per_sample_loss
+from privmed.training.trainer import batch_for, make_optimizer, per_sample_loss, unit_weights
 
 
 class Hospital:
@@ -32,10 +32,11 @@ class Hospital:
         tc, pc = cfg.train, cfg.train.privacy
         self.index, self.x, self.y, self.units = index, x, y, units
         self.n_units = int(units.max()) + 1
-        batch = min(tc.batch_size, max(1, self.n_units // 4))  # q <= 1/4, as privmed train
+        batch = batch_for(tc.batch_size, self.n_units)  # q <= 1/4, as privmed train
         self.local_steps = math.ceil(self.n_units / batch) * cfg.local_epochs
         self.rounds = cfg.rounds
         self.fedprox_mu = cfg.fedprox_mu
+        self.reset_momentum = cfg.local_momentum == "reset"
         gen = secret_generator()
         prefix, weight, self.counts = [], torch.ones(n_classes), None
         if tc.class_weights:  # the hospital's own DP class counts (a Gaussian release, composed in)
@@ -52,11 +53,10 @@ class Hospital:
         saved = (restore or {}).get("plan") or {}
         sigma = saved.get("noise_multiplier") if saved.get("key") == self._plan_key else None
         self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, epochs, pc.accountant, prefix,
-                           noise_multiplier=sigma)
+                           noise_multiplier=sigma, n_images=len(x))
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
         self.net = get_model(tc.model, n_classes).trainable
-        opt = (torch.optim.SGD(self.net.parameters(), lr=tc.lr, momentum=0.9) if tc.optimizer == "sgd"
-               else torch.optim.Adam(self.net.parameters(), lr=tc.lr))
+        opt = make_optimizer(self.net, tc.optimizer, tc.lr)
         self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen)
         pixel_model = x.dim() == 4
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
@@ -70,8 +70,7 @@ class Hospital:
 
     def _unit_weight(self, class_weight: torch.Tensor) -> torch.Tensor:
         """A unit's weight: the mean class weight of its images (public, <= 1)."""
-        return (torch.zeros(self.n_units).index_add_(0, self.units, class_weight[self.y])
-                / torch.bincount(self.units, minlength=self.n_units))
+        return unit_weights(self.units, self.y, class_weight)
 
     def use_class_weight(self, w: np.ndarray) -> None:
         """Global class weights from the server (post-processing of every hospital's DP counts)."""
@@ -113,6 +112,8 @@ class Hospital:
                 f"exceed its budget (epsilon {self.plan.epsilon:g}, {self.plan.planned_steps} steps planned for "
                 f"{self.rounds} rounds)")
         self.set_weights(global_weights)
+        if self.reset_momentum:  # start the round without the velocity of the last one (its local drift)
+            self.engine.optimizer.state.clear()
         anchor = [p.detach().clone() for p in self.net.parameters()]
         self.engine.module.train()
         for _ in range(self.local_steps):

@@ -376,7 +376,7 @@ def run_processes(cfg, setup, root: Path, progress: bool = True, on_tick=None) -
         dep.stop()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    weights, meta = read_checkpoint(root / "server" / "checkpoint.npz")
+    weights, meta, _ = read_checkpoint(root / "server" / "checkpoint.npz")
     ledgers = {}
     for h in setup.site_records:
         p = root / f"hospital-{h}" / "ledger.json"

@@ -64,7 +64,7 @@ class Federation:
             bar.update(1)
             bar.set_postfix(steps=max(x["steps"] for x in rows))
 
-        self.strategy = UpdateFedAvg(self.initial, n, on_round)
+        self.strategy = UpdateFedAvg(self.initial, n, on_round, momentum=cfg.server_momentum, server_lr=cfg.server_lr)
         capp = client_app(self.hospitals, cfg.secagg.enabled)
         self.grid = LocalGrid(capp, node_ids, list(self.hospitals), on_reply=on_reply)
         sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.n_units, cfg.weight_scope() == "global")
