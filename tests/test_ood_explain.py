@@ -68,6 +68,20 @@ def test_ood_threshold_ignores_a_phantom_bin_and_interpolates():
     assert ood.threshold_from_histogram(spiked, noise_std=3.0) <= ood.MAX_OVER_MEDIAN * median + 1e-9
 
 
+def test_projection_is_public_orthonormal_and_computed_once():
+    """The served path redid this QR on every prediction (1-3 s a call on the busy 2-core machine,
+    more than the network); it depends only on public constants, so it is computed once."""
+    from privmed.inference import ood
+
+    ood.projection.cache_clear()
+    p = ood.projection(3264)
+    assert p.shape == (3264, ood.DIMS) and np.allclose(p.T @ p, np.eye(ood.DIMS), atol=1e-10)
+    assert ood.projection(3264) is p and ood.projection.cache_info().misses == 1
+    assert not p.flags.writeable  # shared by every prediction: nobody may modify it
+    fresh, _ = np.linalg.qr(np.random.default_rng(ood.PROJECTION_SEED).standard_normal((3264, ood.DIMS)))
+    assert np.array_equal(p, fresh)  # the same public basis the bundles' detectors were fitted in
+
+
 def _abstain_rate(model, files) -> float:
     return float(np.mean([model.predict(f).abstain for f in files]))
 

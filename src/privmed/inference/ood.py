@@ -6,7 +6,9 @@ any image) and scaled to unit length again. Each validation unit contributes one
 [onehot(class) x z, z z^T, onehot(class)] of norm sqrt(3) to a Gaussian release
 (``privacy/releases.py``); class means and a tied covariance (shrunk towards the noise level, which
 is public) come from the noisy sums. The score is the Mahalanobis distance to the nearest class
-mean. The refusal threshold comes from a second Gaussian release: a histogram of the validation
+mean. sklearn's ``LedoitWolf`` is not used: it needs the raw validation embeddings, while this
+detector sees only the DP sums, so flooring the eigenvalues at the noise level is the shrinkage.
+The refusal threshold comes from a second Gaussian release: a histogram of the validation
 scores, read from the top down so that the noise of few bins enters the quantile.
 
 What the bundle keeps (means, directions, variances, threshold) is post-processing of those two
@@ -15,6 +17,8 @@ releases: it cannot act as a membership oracle for validation images beyond the 
 validation images from others on covid19_xray.)
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -26,9 +30,14 @@ SCORE_EDGES = np.r_[0.0, np.geomspace(0.5, 500.0, 24), np.inf]
 MIN_UNITS = 100  # below this the noise swamps the statistics; the bundle says no detector was fitted
 
 
+@functools.lru_cache(maxsize=8)
 def projection(d: int, k: int = DIMS, seed: int = PROJECTION_SEED) -> np.ndarray:
+    """(d, k) orthonormal columns, computed once per shape: redone on every prediction, this QR
+    took 1-3 s per call at load average 28 on the 2-core machine (OpenBLAS threads contending),
+    more than the network. Read-only: the cached array is shared."""
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, k)))
-    return q  # (d, k), orthonormal columns
+    q.setflags(write=False)
+    return q
 
 
 def embed(emb: np.ndarray, proj: np.ndarray) -> np.ndarray:
