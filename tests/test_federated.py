@@ -196,6 +196,35 @@ def test_global_class_weights_come_from_the_sum_of_dp_counts(secagg_run, data_ro
         hs[0].use_class_weight(np.array([2.0, 1.0, 1.0]))
 
 
+def test_a_pixel_cnn_trains_federated_into_a_loadable_bundle(data_root, tmp_path, capsys):
+    """The same model families as privmed train: the paper's CNN on pixels (no frozen features),
+    DP-SGD in each hospital, SecAgg+; the bundle loads, predicts and moved away from its start."""
+    from privmed.cli import main
+    from privmed.inference import load_model
+
+    out = tmp_path / "fedcnn"
+    rc = main(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root), "--model", "cnn",
+               "--set", "preprocess.size=32", "--rounds", "2", "--local-epochs", "1", "--out", str(out),
+               "--quiet", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["secure_aggregation"] and len(summary["hospitals"]) == 3
+    model = load_model(out)
+    assert model.metadata["model"]["name"] == "cnn" and model.metadata["input"]["height"] == 32
+    led = model.metadata["privacy"]
+    assert led["federation"]["participants"] == [1, 2, 3]
+    assert all(h["steps"] > 0 and h["epsilon"] <= 2.0 + 1e-9 for h in led["hospitals"])
+    p = model.predict(str(next((data_root / "covid19_xray" / "test" / "normal").iterdir())))
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-5
+    from privmed.config import TrainConfig
+    from privmed.federated.run import _initial_weights
+
+    start = _initial_weights(TrainConfig(**model.metadata["training"]), 3)  # the global model of round 1
+    trained = [p.detach().numpy() for p in model.net.trainable.parameters()]
+    assert [a.shape for a in start] == [b.shape for b in trained]
+    assert any(not np.allclose(a, b) for a, b in zip(start, trained))
+
+
 def test_fedprox_pulls_local_steps_toward_the_global_model(data_root):
     """FedProx's proximal step (data-independent, after each noisy step) keeps a hospital's round
     close to the global model: a strong mu shrinks the update; mu = 0 is plain FedAvg."""
