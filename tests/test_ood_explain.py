@@ -148,8 +148,12 @@ def test_gradcam_cnn_and_overlay(small_bundle, data_root):
     m = load_model(small_bundle)
     img = load_image(sorted((data_root / "covid19_xray" / "test").glob("*/*"))[0])
     x = m.tensor(img)
-    heat = gradcam(m.net, x, 0)
-    assert heat.shape == x.shape[-2:] and heat.min() >= 0 and heat.max() <= 1 and heat.std() > 0
+    heats = [gradcam(m.net, x, c) for c in range(len(m.classes))]
+    assert all(h.shape == x.shape[-2:] and h.min() >= 0 and h.max() <= 1 for h in heats)
+    # a 2-epoch DP CNN (secret noise, new every session) can have no positive evidence for one class
+    # anywhere (class 0 gave an all-zero map in one CI run); some class must still light up
+    heat = max(heats, key=lambda h: h.std())
+    assert heat.std() > 0
     rgb = overlay(img.pixels, heat)
     assert rgb.shape == (*img.pixels.shape, 3) and rgb.dtype == np.uint8
     # the serving network is untouched: no hooks, still no gradients
