@@ -57,10 +57,6 @@ def deid_dataset(ds, secret: bytes, options: Options, pixels: str = "ocr") -> di
     return rep
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data, private=True)  # outputs are owner-only (0600)
-
-
 def _is_dicom_bytes(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
@@ -74,7 +70,7 @@ def deid_one(src: Path, out_dir: Path, secret: bytes, options: Options, pixels: 
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
         name = f"{ds.SOPInstanceUID}.dcm" if "SOPInstanceUID" in ds else _keyed_name(secret, rel or src.name, ".dcm")
-        _atomic_write(out_dir / name, buf.getvalue())
+        atomic_write_bytes(out_dir / name, buf.getvalue(), private=True)  # owner-only
         return {"out": name, "kind": "dicom", **rep}
     if src.suffix.lower() in IMAGE_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
@@ -94,7 +90,7 @@ def deid_one(src: Path, out_dir: Path, secret: bytes, options: Options, pixels: 
         fmt = "PNG" if src.suffix.lower() == ".png" else "JPEG"
         red.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))  # no EXIF/text chunks copied
         name = _keyed_name(secret, rel or src.name, src.suffix.lower())
-        _atomic_write(out_dir / name, buf.getvalue())
+        atomic_write_bytes(out_dir / name, buf.getvalue(), private=True)  # owner-only
         return {"out": name, "kind": "image", "pixels": rep}
     raise DeidError(f"not a DICOM, PNG or JPEG file (suffix {src.suffix or 'none'})")
 

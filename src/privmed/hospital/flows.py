@@ -14,7 +14,8 @@ def pull(url: str, study: str, out: Path, secret: bytes | None, options: Options
          pixels: str = "ocr", keep_identifiers: bool = False) -> dict:
     """Retrieve a study; write de-identified copies to ``out`` (named by their new SOPInstanceUID).
     Identified copies are written only with ``keep_identifiers`` (then named by the original UID)."""
-    from privmed.data.deid_files import _atomic_write, deid_dataset
+    from privmed.data.deid_files import deid_dataset
+    from privmed.files import atomic_write_bytes
 
     if secret is None and not keep_identifiers:
         raise DeidError("pull writes de-identified copies: give --secret-file (or PRIVMED_DEID_SECRET); "
@@ -34,7 +35,7 @@ def pull(url: str, study: str, out: Path, secret: bytes | None, options: Options
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             name = f"{ds.SOPInstanceUID}.dcm"
-            _atomic_write(out / name, buf.getvalue())
+            atomic_write_bytes(out / name, buf.getvalue(), private=True)  # owner-only
             written.append(name)
         except DeidError:
             failed += 1
