@@ -8,8 +8,13 @@ import warnings
 import numpy as np
 
 from privmed.data.deid import DeidError
+from privmed.data import text_detect
 from privmed.data.ocr import find_text, line_boxes, to_uint8
-from privmed.data.text_regions import confirmed, extend, text_regions
+from privmed.data.text_regions import confirmed, extend, hidden_ends, text_regions
+
+# each end of a box widens by this share of its height, about one glyph's width in these fonts: an end
+# glyph drawn on a background of its own value (dark text running onto black) cannot be seen, only assumed
+WIDEN = 0.6
 
 
 def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
@@ -24,22 +29,27 @@ def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
 
 
 def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]:
-    """(words, boxes to black out) in a display image: Tesseract's padded line boxes that hold drawn-looking
-    glyphs, plus text lines found without OCR (``text_regions``), each grown sideways over glyphs of the
-    text's own value."""
+    """(words, boxes to black out) in a display image: Tesseract's padded line boxes and the DB detector's
+    line-shaped boxes (``text_detect``), each kept when it holds drawn-looking glyphs, plus text lines found
+    without OCR (``text_regions``); all grown sideways over glyphs of the text's own value and over
+    background of that value (where glyphs can hide), then widened."""
     words = find_text(display, min_conf=min_conf, grow=True)
     words, grown = [w for w in words if w.text], words
     gray = to_uint8(display)
-    boxes = extend(gray, confirmed(gray, line_boxes(grown)) + text_regions(gray))
-    # a third of a line height more on each side: an end glyph drawn on a background of its own value
-    # (dark text running onto black) cannot be seen, only assumed
-    return words, [(l - round(0.3 * (b - t)), t, r + round(0.3 * (b - t)), b) for l, t, r, b in boxes]
+    boxes = extend(gray, confirmed(gray, line_boxes(grown) + text_detect.text_lines(gray)) + text_regions(gray))
+    boxes = hidden_ends(gray, boxes)
+    return words, [(l - round(WIDEN * (b - t)), t, r + round(WIDEN * (b - t)), b) for l, t, r, b in boxes]
+
+
+def covered_fraction(boxes, shape) -> float:
+    """Share of an (H, W) image inside the union of the boxes (finders overlap: areas do not add)."""
+    mask = redact_array(np.zeros(shape[:2], bool), boxes, True)
+    return float(mask.mean())
 
 
 def _report(words, boxes, shape) -> dict:
-    area = sum(max(0, r - l) * max(0, b - t) for l, t, r, b in boxes)
     return {"words_found": len(words), "boxes_redacted": len(boxes), "boxes": [list(map(int, b)) for b in boxes],
-            "redacted_fraction": round(area / float(shape[0] * shape[1]), 4)}
+            "redacted_fraction": round(covered_fraction(boxes, shape), 4)}
 
 
 def redact_pil(img):
@@ -79,12 +89,13 @@ def redact_dataset(ds) -> dict:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=False)
     raw = buf.getvalue()
-    all_words, all_boxes, out = 0, [], arr.copy()
+    all_words, all_boxes, out, fractions = 0, [], arr.copy(), []
     for k in range(frames):
         display, _ = read_dicom(raw, max_pixels=1 << 28, frame=k if frames > 1 else None)
         words, boxes = text_boxes(display)
         all_words += len(words)
         all_boxes += [[k, *b] for b in boxes]
+        fractions.append(covered_fraction(boxes, display.shape))
         if frames > 1:
             out[k] = redact_array(arr[k], boxes, fill)
         else:
@@ -94,7 +105,5 @@ def redact_dataset(ds) -> dict:
         if ts is not None and ts.is_compressed:
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.BurnedInAnnotation = "NO"
-    shape = arr.shape[-3:-1] if photometric not in ("MONOCHROME1", "MONOCHROME2") else arr.shape[-2:]
-    area = sum((b[3] - b[1]) * (b[4] - b[2]) for b in all_boxes)
     return {"words_found": all_words, "boxes_redacted": len(all_boxes), "boxes": all_boxes, "frames": frames,
-            "redacted_fraction": round(area / float(frames * shape[0] * shape[1]), 4)}
+            "redacted_fraction": round(float(np.mean(fractions)), 4)}

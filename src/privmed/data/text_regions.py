@@ -127,23 +127,8 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
     rows that are glyph-sized and sparse extend the box when they lie within 1.5 heights of it."""
     import cv2
 
-    gray = np.asarray(img)
-    H, W = gray.shape
-    smooth = cv2.medianBlur(gray, 3)
-    out = []
-    for l, t, r, b in boxes:
-        l, t, r, b = max(0, l), max(0, t), min(W, r), min(H, b)
-        if r - l < 3 or b - t < 3:
-            out.append((l, t, r, b))
-            continue
-        # noisy text (sensor noise on top) has no exact value: a 3x3 median brings most strokes back to it
-        for src, spread in ((gray, 1), (smooth, 2)):
-            v = _text_value(src[t:b, l:r].ravel(), spread)
-            if v is not None:
-                break
-        if v is None:
-            out.append((l, t, r, b))
-            continue
+    def grow(box, found, smooth):
+        (l, t, r, b), (v, src, spread), W = box, found, smooth.shape[1]
         band = (np.abs(src[t:b].astype(np.int16) - v) <= tol * spread).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(band, connectivity=8)
         h = b - t
@@ -157,8 +142,61 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
                     l, changed = max(0, cl - 2), True
                 if cr > r and cl - r <= 1.2 * h:
                     r, changed = min(W, cr + 2), True
-        out.append((l, t, r, b))
+        return l, t, r, b
+
+    return _grow_boxes(img, boxes, grow)
+
+
+def hidden_ends(img: np.ndarray, boxes, tol: int = 12, frac: float = 0.5, glyphs: float = 3.0) -> list[tuple]:
+    """Grow each box's ends over the columns where the background has the text's own value.
+
+    A glyph drawn on a background of its own value (the "MR" of "MRN" at 230 on bright bone) leaves no
+    edge to find, but it can only hide where at least ``frac`` of the box's rows sit within ``tol`` of
+    the text value; the ends grow over such columns, by at most ``glyphs`` glyph widths (0.6 of the
+    height each). Elsewhere the box stays as it was."""
+
+    def grow(box, found, smooth):
+        (l, t, r, b), W = box, smooth.shape[1]
+        near = (np.abs(smooth[t:b].astype(np.int16) - found[0]) <= tol).mean(0) >= frac
+        reach = int(glyphs * 0.6 * (b - t))
+        nl, nr = l, r
+        while nl > 0 and l - nl < reach and near[nl - 1]:
+            nl -= 1
+        while nr < W and nr - r < reach and near[nr]:
+            nr += 1
+        return nl, t, nr, b
+
+    return _grow_boxes(img, boxes, grow)
+
+
+def _grow_boxes(img: np.ndarray, boxes, grow) -> list[tuple[int, int, int, int]]:
+    """Each box clipped to the image, then ``grow(box, (value, source, spread), smoothed image)`` where
+    the box holds a text value (``_box_value``); boxes without one stay as they are."""
+    import cv2
+
+    gray = np.asarray(img)
+    H, W = gray.shape
+    smooth = cv2.medianBlur(gray, 3)
+    out = []
+    for l, t, r, b in boxes:
+        box = (max(0, l), max(0, t), min(W, r), min(H, b))
+        found = _box_value(gray, smooth, box)
+        out.append(box if found is None else grow(box, found, smooth))
     return out
+
+
+def _box_value(gray: np.ndarray, smooth: np.ndarray, box) -> tuple[int, np.ndarray, int] | None:
+    """(text value in a box, the image it was read from, its spread), or None when the box is too small
+    or holds no spiky value. Noisy text (sensor noise on top) has no exact value: a 3x3 median
+    (``smooth``) brings most strokes back to it."""
+    l, t, r, b = box
+    if r - l < 3 or b - t < 3:
+        return None
+    for src, spread in ((gray, 1), (smooth, 2)):
+        v = _text_value(src[t:b, l:r].ravel(), spread)
+        if v is not None:
+            return v, src, spread
+    return None
 
 
 def _text_value(box: np.ndarray, spread: int) -> int | None:

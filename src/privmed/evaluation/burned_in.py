@@ -111,7 +111,7 @@ def measure(images: list[Path], seed: int = 0, progress: bool = False) -> dict:
     from PIL import Image
 
     from privmed.data.ocr import find_text, to_uint8
-    from privmed.data.redact import redact_array, text_boxes
+    from privmed.data.redact import covered_fraction, redact_array, text_boxes
 
     rng = random.Random(seed)
     n_strings = n_redacted = n_read_after = clean_fp = 0
@@ -122,7 +122,7 @@ def measure(images: list[Path], seed: int = 0, progress: bool = False) -> dict:
         # the clean image first: how much OCR redacts where nothing was burned in
         _, clean_boxes = text_boxes(gray)
         clean_fp += len(clean_boxes)
-        clean_fraction.append(sum((r - l) * (b - t) for l, t, r, b in clean_boxes) / gray.size)
+        clean_fraction.append(covered_fraction(clean_boxes, gray.shape))
         burned = burn(gray, rng)
         _, boxes = text_boxes(burned.image)
         red = redact_array(burned.image, boxes, 0)
