@@ -6,7 +6,8 @@ the validation split; the test split is never read. One JSON line per run.
         --config '{}' --config '{"ema": 0.99}' --config '{"privacy.max_grad_norm": 0.5}'
 
 Each --config is a JSON object of TrainConfig overrides on top of the model's defaults; dotted keys
-reach nested settings (privacy.max_grad_norm). DP noise is secret, so repeats differ.
+reach nested settings (privacy.max_grad_norm). DP noise is secret, so
+repeats differ; the configs alternate within each repeat.
 """
 import argparse
 import json
@@ -43,6 +44,7 @@ def run(cfg: TrainConfig) -> dict:
             "q": p.get("sample_rate"), "steps": p.get("steps"), "clip": p.get("max_grad_norm"),
             "accountant": p.get("accountant"), "unit": p.get("unit_of_privacy"),
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "ema": cfg.ema,
+            "n_train_images": len(res.splits.train),
             "seconds": round(res.seconds, 1)}
 
 
@@ -54,9 +56,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--config", action="append", default=None, help="JSON object of overrides")
     a = ap.parse_args()
-    for text in a.config or ["{}"]:
-        overrides = json.loads(text)
-        for rep in range(a.repeats):
+    configs = [json.loads(text) for text in a.config or ["{}"]]
+    for rep in range(a.repeats):  # configs alternate, so a change in machine load hits them alike
+        for overrides in configs:
             row = run(make_config(a.dataset, a.model, a.epsilon, overrides))
             print(json.dumps({"dataset": a.dataset, "config": overrides, "repeat": rep, **row,
                               "load": round(os.getloadavg()[0], 1)}), flush=True)
