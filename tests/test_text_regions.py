@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from privmed.data.ocr import tesseract_path
-from privmed.data.text_regions import extend, text_regions
+from privmed.data.text_regions import extend, hidden_ends, text_regions
 from privmed.evaluation.burned_in import burn, covered, tokens
 
 
@@ -53,6 +53,32 @@ def test_extend_reaches_faint_glyphs_of_the_same_value():
     (l, t, r, b), = extend(a, [half])
     assert l <= xs.min() and r > xs.max() and (t, b) == (half[1], half[3])
     assert r - l < 1.3 * (xs.max() - xs.min())
+
+
+def test_hidden_ends_cover_text_on_a_background_of_its_own_value():
+    """Bright text on black that runs onto bone of its own value: the box of the visible part grows over
+    the bone where glyphs can hide (across the space), and not over plain bone of another value."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from privmed.evaluation.burned_in import fonts
+
+    mask = Image.new("L", (480, 120), 0)
+    ImageDraw.Draw(mask).text((20, 40), "MRN 8547138", fill=255, font=ImageFont.truetype(str(fonts()[0]), 32))
+    ink = np.asarray(mask) > 127
+    ys, xs = np.nonzero(ink)
+    for bone, grows in ((228, True), (150, False)):
+        a = np.zeros((120, 480), np.uint8)
+        a[ink] = 228
+        a[:, 130:] = bone + (np.arange(350) % 5).astype(np.uint8)  # bone from x = 130, faintly textured
+        if grows:
+            a[:, 130:][ink[:, 130:]] = 228  # the digits, drawn at the value of the bone
+        visible = (xs.min() - 2, ys.min() - 3, 128, ys.max() + 4)  # "MRN" on black
+        (l, t, r, b), = hidden_ends(a, [visible])
+        assert (l, t, b) == visible[:2] + (visible[3],)
+        if grows:
+            assert r >= xs.max() and r - l < 1.5 * (xs.max() - xs.min())
+        else:
+            assert r == visible[2]
 
 
 def test_text_regions_rejects_bad_input():

@@ -147,26 +147,42 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
     return _grow_boxes(img, boxes, grow)
 
 
-def hidden_ends(img: np.ndarray, boxes, tol: int = 12, frac: float = 0.5, glyphs: float = 3.0) -> list[tuple]:
+def hidden_ends(img: np.ndarray, boxes, tol: int = 12, frac: float = 0.5, gap: float = 0.6,
+                glyphs: float = 12.0) -> list[tuple]:
     """Grow each box's ends over the columns where the background has the text's own value.
 
     A glyph drawn on a background of its own value (the "MR" of "MRN" at 230 on bright bone) leaves no
     edge to find, but it can only hide where at least ``frac`` of the box's rows sit within ``tol`` of
-    the text value; the ends grow over such columns, by at most ``glyphs`` glyph widths (0.6 of the
-    height each). Elsewhere the box stays as it was."""
+    the text value; the ends grow over such columns, across gaps of up to ``gap`` heights (a space),
+    by at most ``glyphs`` glyph widths (0.6 of the height each). Two candidate values per box: on a
+    flat black or white background that background is itself the commonest spiky value."""
+    import cv2
 
-    def grow(box, found, smooth):
-        (l, t, r, b), W = box, smooth.shape[1]
-        near = (np.abs(smooth[t:b].astype(np.int16) - found[0]) <= tol).mean(0) >= frac
-        reach = int(glyphs * 0.6 * (b - t))
+    gray = np.asarray(img)
+    H, W = gray.shape
+    smooth = cv2.medianBlur(gray, 3)
+    out = []
+    for l, t, r, b in boxes:
+        l, t, r, b = max(0, l), max(0, t), min(W, r), min(H, b)
         nl, nr = l, r
-        while nl > 0 and l - nl < reach and near[nl - 1]:
-            nl -= 1
-        while nr < W and nr - r < reach and near[nr]:
-            nr += 1
-        return nl, t, nr, b
+        reach, g = int(glyphs * 0.6 * (b - t)), int(gap * (b - t))
+        for v, _, _ in _box_values(gray, smooth, (l, t, r, b), 2):
+            near = (np.abs(smooth[t:b].astype(np.int16) - v) <= tol).mean(0) >= frac
+            nl = min(nl, l - _run_end(near[:l][::-1], reach, g))
+            nr = max(nr, r + _run_end(near[r:], reach, g))
+        out.append((nl, t, nr, b))
+    return out
 
-    return _grow_boxes(img, boxes, grow)
+
+def _run_end(near: np.ndarray, reach: int, gap: int) -> int:
+    """How far a run of True columns reaches from index 0, across gaps of up to ``gap``, within ``reach``."""
+    last = 0
+    for x in range(min(reach, len(near))):
+        if near[x]:
+            last = x + 1
+        elif x - last >= gap:
+            break
+    return last
 
 
 def _grow_boxes(img: np.ndarray, boxes, grow) -> list[tuple[int, int, int, int]]:
@@ -186,17 +202,30 @@ def _grow_boxes(img: np.ndarray, boxes, grow) -> list[tuple[int, int, int, int]]
 
 
 def _box_value(gray: np.ndarray, smooth: np.ndarray, box) -> tuple[int, np.ndarray, int] | None:
-    """(text value in a box, the image it was read from, its spread), or None when the box is too small
-    or holds no spiky value. Noisy text (sensor noise on top) has no exact value: a 3x3 median
-    (``smooth``) brings most strokes back to it."""
+    """(text value in a box, the image it was read from, its spread), or None (``_box_values``)."""
+    found = _box_values(gray, smooth, box, 1)
+    return found[0] if found else None
+
+
+def _box_values(gray: np.ndarray, smooth: np.ndarray, box, k: int) -> list[tuple[int, np.ndarray, int]]:
+    """Up to ``k`` spiky values in a box, each as (value, the image it was read from, its spread): exact
+    values first, then after a 3x3 median (``smooth``: noisy text has no exact value); each next value at
+    least 8 away from those found. None when the box is too small."""
     l, t, r, b = box
+    out: list = []
     if r - l < 3 or b - t < 3:
-        return None
+        return out
     for src, spread in ((gray, 1), (smooth, 2)):
-        v = _text_value(src[t:b, l:r].ravel(), spread)
-        if v is not None:
-            return v, src, spread
-    return None
+        px = src[t:b, l:r].ravel()
+        while len(out) < k:
+            keep = np.ones(px.shape, bool)
+            for v, _, _ in out:
+                keep &= np.abs(px.astype(np.int16) - v) >= 8
+            v = _text_value(px[keep], spread) if keep.sum() >= 8 else None
+            if v is None:
+                break
+            out.append((v, src, spread))
+    return out
 
 
 def _text_value(box: np.ndarray, spread: int) -> int | None:
