@@ -48,13 +48,6 @@ def probability_map(gray: np.ndarray, side: int = 736) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0][0, 0]
 
 
-def _components(mask: np.ndarray):
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
-    return labels, ndimage.find_objects(labels), n
-
-
 def detect(gray: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, unclip: float = 1.6) -> list[tuple]:
     """(left, top, right, bottom) boxes of text lines in ``gray``'s pixels, before the shape filter.
     DB's own post-processing, axis-aligned: threshold the map, dilate 2x2, keep components whose mean
@@ -65,7 +58,8 @@ def detect(gray: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, uncli
         return []
     prob = probability_map(gray)
     mask = ndimage.binary_dilation(prob > thresh, structure=np.ones((2, 2), bool))
-    labels, slices, _ = _components(mask)
+    labels, _ = ndimage.label(mask)
+    slices = ndimage.find_objects(labels)
     sy, sx = gray.shape[0] / prob.shape[0], gray.shape[1] / prob.shape[1]
     out = []
     for i, sl in enumerate(slices, 1):

@@ -128,7 +128,7 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
     import cv2
 
     def grow(box, found, smooth):
-        (l, t, r, b), (v, src, spread), W = box, found, smooth.shape[1]
+        (l, t, r, b), (v, src, spread), W = box, found[0], smooth.shape[1]
         band = (np.abs(src[t:b].astype(np.int16) - v) <= tol * spread).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(band, connectivity=8)
         h = b - t
@@ -156,22 +156,18 @@ def hidden_ends(img: np.ndarray, boxes, tol: int = 12, frac: float = 0.5, gap: f
     the text value; the ends grow over such columns, across gaps of up to ``gap`` heights (a space),
     by at most ``glyphs`` glyph widths (0.6 of the height each). Two candidate values per box: on a
     flat black or white background that background is itself the commonest spiky value."""
-    import cv2
 
-    gray = np.asarray(img)
-    H, W = gray.shape
-    smooth = cv2.medianBlur(gray, 3)
-    out = []
-    for l, t, r, b in boxes:
-        l, t, r, b = max(0, l), max(0, t), min(W, r), min(H, b)
+    def grow(box, found, smooth):
+        l, t, r, b = box
         nl, nr = l, r
         reach, g = int(glyphs * 0.6 * (b - t)), int(gap * (b - t))
-        for v, _, _ in _box_values(gray, smooth, (l, t, r, b), 2):
+        for v, _, _ in found:
             near = (np.abs(smooth[t:b].astype(np.int16) - v) <= tol).mean(0) >= frac
             nl = min(nl, l - _run_end(near[:l][::-1], reach, g))
             nr = max(nr, r + _run_end(near[r:], reach, g))
-        out.append((nl, t, nr, b))
-    return out
+        return nl, t, nr, b
+
+    return _grow_boxes(img, boxes, grow, k=2)
 
 
 def _run_end(near: np.ndarray, reach: int, gap: int) -> int:
@@ -185,9 +181,9 @@ def _run_end(near: np.ndarray, reach: int, gap: int) -> int:
     return last
 
 
-def _grow_boxes(img: np.ndarray, boxes, grow) -> list[tuple[int, int, int, int]]:
-    """Each box clipped to the image, then ``grow(box, (value, source, spread), smoothed image)`` where
-    the box holds a text value (``_box_value``); boxes without one stay as they are."""
+def _grow_boxes(img: np.ndarray, boxes, grow, k: int = 1) -> list[tuple[int, int, int, int]]:
+    """Each box clipped to the image, then ``grow(box, values, smoothed image)`` where the box holds up to
+    ``k`` text values (``_box_values``); boxes without one stay as they are."""
     import cv2
 
     gray = np.asarray(img)
@@ -196,21 +192,15 @@ def _grow_boxes(img: np.ndarray, boxes, grow) -> list[tuple[int, int, int, int]]
     out = []
     for l, t, r, b in boxes:
         box = (max(0, l), max(0, t), min(W, r), min(H, b))
-        found = _box_value(gray, smooth, box)
-        out.append(box if found is None else grow(box, found, smooth))
+        found = _box_values(gray, smooth, box, k)
+        out.append(grow(box, found, smooth) if found else box)
     return out
-
-
-def _box_value(gray: np.ndarray, smooth: np.ndarray, box) -> tuple[int, np.ndarray, int] | None:
-    """(text value in a box, the image it was read from, its spread), or None (``_box_values``)."""
-    found = _box_values(gray, smooth, box, 1)
-    return found[0] if found else None
 
 
 def _box_values(gray: np.ndarray, smooth: np.ndarray, box, k: int) -> list[tuple[int, np.ndarray, int]]:
     """Up to ``k`` spiky values in a box, each as (value, the image it was read from, its spread): exact
     values first, then after a 3x3 median (``smooth``: noisy text has no exact value); each next value at
-    least 8 away from those found. None when the box is too small."""
+    least 8 away from those found; none when the box is too small."""
     l, t, r, b = box
     out: list = []
     if r - l < 3 or b - t < 3:
