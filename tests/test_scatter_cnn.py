@@ -49,12 +49,13 @@ def test_filters_are_normalised_and_form_a_non_expansive_frame():
     assert (d <= ((x - y) ** 2).sum((1, 2, 3))).all()
 
 
-def test_matches_kymatio_when_installed():
+@pytest.mark.parametrize("size,J,channels", [(64, 2, 81), (128, 3, 217)])  # scatter_cnn, scatter_cnn_128
+def test_matches_kymatio_when_installed(size, J, channels):
     front = pytest.importorskip("kymatio.scattering2d.frontend.torch_frontend")
     torch.manual_seed(1)
-    x = torch.rand(2, 1, 64, 64)
-    ref = front.ScatteringTorch2D(J=2, shape=(64, 64), L=8)(x).reshape(2, 81, 16, 16)
-    torch.testing.assert_close(Scattering2D(64)(x), ref, atol=1e-4, rtol=1e-3)
+    x = torch.rand(2, 1, size, size)
+    ref = front.ScatteringTorch2D(J=J, shape=(size, size), L=8)(x).reshape(2, channels, 16, 16)
+    torch.testing.assert_close(Scattering2D(size, J)(x), ref, atol=1e-4, rtol=1e-3)
 
 
 def _chest(data_root, size, split="train"):

@@ -17,7 +17,8 @@ VERSION = "scattering2d-kymatio0.3-v1"  # changes whenever the frozen features w
 
 
 class ScatterFrozen(nn.Module):
-    """Pixels (B, 1, H, W) of any size -> resized to ``size`` -> scattering (B, 81, size/4, size/4).
+    """Pixels (B, 1, H, W) of any size -> resized to ``size`` -> scattering (B, C, size/2^J, size/2^J),
+    C = 81 for J = 2, 217 for J = 3.
 
     The model picks its own resolution: the scattering of a 224 px film would feed the CNN a
     56 x 56 map, too slow for per-sample gradients on a CPU."""
@@ -43,9 +44,11 @@ class ScatterCNN(nn.Module):
     (Tramer & Boneh's ScatterNet CNN, "cfg [64, M, 64]", with a second pool for 16 x 16 maps).
     tanh, not ReLU: bounded activations keep per-sample gradients small, so clipping loses less."""
 
-    def __init__(self, num_classes: int, in_channels: int = 81, width: int = 64, groups: int = 27):
+    def __init__(self, num_classes: int, in_channels: int = 81, width: int = 64):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, in_channels, affine=False)  # per-sample, no learned statistics
+        # per-sample, no learned statistics; groups of about 3 channels (27 for 81, 31 of 7 for J = 3's 217)
+        groups = max(g for g in range(1, in_channels // 3 + 1) if in_channels % g == 0)
+        self.norm = nn.GroupNorm(groups, in_channels, affine=False)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
             nn.Conv2d(width, width, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
