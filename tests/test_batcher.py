@@ -41,24 +41,31 @@ def test_lone_requests_each_run_alone():
 
 
 def test_full_queue_is_busy_and_errors_reach_the_caller():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow(x):
+        entered.set()
         gate.wait(10)
         return fake_scores(x)
 
     b = MicroBatcher(slow, max_batch=1, max_wait_s=0, max_queue=1)
-    threads = [threading.Thread(target=b.scores, args=(torch.zeros(1, 1, 2, 2),), daemon=True) for _ in range(2)]
-    for t in threads:  # one running (blocked in slow), one waiting in the queue
-        t.start()
-    for _ in range(200):
+
+    def request():
+        return threading.Thread(target=b.scores, args=(torch.zeros(1, 1, 2, 2),), daemon=True)
+
+    running, waiting = request(), request()
+    running.start()  # the worker takes it and blocks in slow ...
+    assert entered.wait(10)
+    waiting.start()  # ... so this one stays in the queue (started only now: on a loaded machine both
+    for _ in range(1000):  # could otherwise meet the queue before the worker empties it)
         if b._q.full():
             break
         threading.Event().wait(0.01)
+    assert b._q.full()
     with pytest.raises(Busy):
         b.scores(torch.zeros(1, 1, 2, 2))
     gate.set()
-    [t.join(10) for t in threads]
+    [t.join(10) for t in (running, waiting)]
 
     def broken(x):
         raise ValueError("boom")
