@@ -81,8 +81,8 @@ MODEL_DEFAULTS = {
     "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3},
     "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
     # Tramer & Boneh: large batches, SGD with a high rate (the clip C is small, so lr * C is the step)
-    "scatter_cnn": {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"},
-    "scatter_cnn_128": {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"},
+    "scatter_cnn": (_SCATTER := {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"}),
+    "scatter_cnn_128": _SCATTER,  # the same recipe at 128 px, J = 3
     "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
     "vgg": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
 }
