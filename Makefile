@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[serve,report,test,hospital,federated]"
+	$(PY) -m pip install -q -e ".[serve,report,test,hospital,federated,simulation]"
 	# only the ONNX text detector inside this wheel is used; its declared deps would add a second OpenCV
 	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@

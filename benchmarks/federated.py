@@ -51,10 +51,11 @@ def run(name: str, cfg: FederatedConfig) -> dict:
            "q_per_hospital": [round(h["sample_rate"], 4) for h in hl], "steps_per_hospital": [h["steps"] for h in hl],
            "units_per_hospital": [h["n_units"] for h in hl], "unit": led["unit_of_privacy"],
            "accountant": led["accountant"], "model": cfg.train.model, "lr": cfg.train.lr,
+           "max_grad_norm": cfg.train.privacy.max_grad_norm,
            "class_weights": cfg.weight_scope(), "fedprox_mu": cfg.fedprox_mu, "batch_size": cfg.train.batch_size,
            "server_momentum": cfg.server_momentum, "server_lr": cfg.server_lr, "local_momentum": cfg.local_momentum,
            "rounds": cfg.rounds, "local_epochs": cfg.local_epochs,
-           "round_seconds": [r["seconds"] for r in fed.rounds_log],
+           "local_steps": cfg.local_steps, "round_seconds": [r["seconds"] for r in fed.rounds_log],
            "wall_seconds": round(time.time() - t0, 1)}
     print(json.dumps(row), flush=True)
     return row
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="chest_xray_pneumonia")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--local-epochs", type=int, default=3)
+    ap.add_argument("--local-steps", type=int, default=None, help="steps per round instead of --local-epochs")
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--model", default="effnet_lite0_head")
     ap.add_argument("--lr", type=float, default=None, help="default: the model's (privmed train's)")
@@ -75,15 +77,17 @@ def main() -> None:
     ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (0: FedAvg)")
     ap.add_argument("--server-lr", type=float, default=1.0, help="server step on the (momentum) averaged update")
     ap.add_argument("--local-momentum", choices=["keep", "reset"], default="keep", help="hospital SGD momentum across rounds")
+    ap.add_argument("--max-grad-norm", type=float, default=None, help="default: privmed train's clip C")
     ap.add_argument("--batch-size", type=int, default=None, help="default: privmed train's (each hospital: min(this, units / 4))")
     ap.add_argument("--repeat", type=int, default=1, help="run every chosen setting this many times (fresh DP noise each)")
     ap.add_argument("--only", nargs="*", default=None, help="settings to run (default all)")
     a = ap.parse_args()
     train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {}),
-             **({"batch_size": a.batch_size} if a.batch_size else {})}
+             **({"batch_size": a.batch_size} if a.batch_size else {}),
+             **({"privacy": {"max_grad_norm": a.max_grad_norm}} if a.max_grad_norm else {})}
     if a.no_class_weights:
         train["class_weights"] = False
-    base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs,
+    base = {"train": train, "rounds": a.rounds, "local_epochs": a.local_epochs, "local_steps": a.local_steps,
             **({"class_weight_scope": a.class_weight_scope} if a.class_weight_scope else {}),
             "fedprox_mu": a.fedprox_mu, "server_momentum": a.server_momentum, "server_lr": a.server_lr,
             "local_momentum": a.local_momentum}

@@ -354,3 +354,112 @@ def test_local_momentum_reset_empties_the_optimizer_state_each_round(data_root):
     agg = fed.ledger()["federation"]["aggregation"]
     assert "FedAvgM server momentum 0.5, server lr 2" in agg and "resets its optimizer state" in agg
     assert "no privacy cost" in agg
+
+
+def test_local_steps_one_is_fedsgd_with_its_budget_planned_for_those_steps(data_root):
+    """--local-steps 1 (FedSGD): each hospital takes exactly one DP-SGD step per round, its noise is
+    calibrated for rounds x 1 steps (less noise than rounds x whole epochs at the same epsilon), it
+    refuses a step past them, and with its optimizer state reset the update it sends is one plain
+    SGD step (-lr x its noisy gradient): the server's momentum then acts as centralised momentum."""
+    from opacus.accountants import create_accountant
+
+    from privmed.cli import build_parser
+    from privmed.errors import PrivacyBudgetError
+    from privmed.evaluation.attacks import Recipe
+    from privmed.federated.cli import federated_config
+    from privmed.federated.run import Federation
+
+    a = build_parser().parse_args(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root),
+                                   "--rounds", "3", "--local-steps", "1", "--no-secagg", "--local-momentum", "reset",
+                                   "--server-momentum", "0.9", "--set", "optimizer=sgd"])
+    cfg = federated_config(a)
+    assert cfg.local_steps == 1 and cfg.train.optimizer == "sgd"
+    fed = Federation(cfg, progress=False)
+    by_epochs = Federation(_cfg(data_root, rounds=3, secagg={"enabled": False}), progress=False)
+    h0 = fed.hospitals[0]
+    before = h0.get_weights()
+    grads = []
+    step = h0.engine.step
+
+    def keep_grad(*args):
+        out = step(*args)
+        grads.append([p.grad.detach().clone().numpy() if p.grad is not None else None for p in h0.net.parameters()])
+        return out
+
+    h0.engine.step = keep_grad
+    update = h0.fit(before)
+    lr = h0.engine.optimizer.param_groups[0]["lr"]
+    assert len(grads) == 1
+    for u, g in zip(update, grads[0]):
+        np.testing.assert_allclose(u, -lr * g, atol=1e-6)
+    h0.engine.step = step
+    for h in fed.hospitals.values():
+        assert h.local_steps == 1 and h.plan.planned_steps == 3
+        assert h.plan.noise_multiplier < by_epochs.hospitals[h.index].plan.noise_multiplier
+    fed2 = Federation(cfg, progress=False)
+    fed2.run()
+    led = fed2.ledger()
+    assert led["federation"]["local_steps_per_round"] == 1 and led["epochs"] is None
+    for h in led["hospitals"]:
+        assert h["steps"] == 3 and h["local_steps_per_round"] == 1
+        acc = create_accountant(led["accountant"])
+        acc.history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in h["releases"]]
+        assert acc.get_epsilon(delta=led["delta"]) == pytest.approx(h["epsilon"], abs=1e-3)
+        assert h["epsilon"] <= led["epsilon_target"] + 1e-9
+    h = fed2.hospitals[1]
+    with pytest.raises(PrivacyBudgetError, match="refuses round 4"):
+        h.fit(h.get_weights())
+    # the audit's reference models repeat a hospital's local DP-SGD (before: no top-level sigma, no DP)
+    recipe = Recipe.from_metadata({"training": cfg.train.model_dump(mode="json"), "privacy": led})
+    h1 = led["hospitals"][0]
+    assert recipe.dp and recipe.noise_multiplier == h1["noise_multiplier"] and recipe.sample_rate == h1["sample_rate"]
+    assert recipe.steps == h1["steps"] == 3 and recipe.epochs == 1  # one epoch is 4 steps at q 1/4
+
+
+def test_simulation_engine_runs_the_same_apps_in_ray_and_keeps_hospital_state(data_root, tmp_path, capsys):
+    """--engine simulation: Flower's simulation engine (Ray actors) runs process mode's ClientApp and
+    ServerApp, SecAgg+ included. A hospital's state lives in its folder, so its second round continues
+    its first (steps add up, rounds 1 and 2 recorded), whichever actor ran it; the bundle loads as any."""
+    pytest.importorskip("ray")
+    from opacus.accountants import create_accountant
+
+    from privmed.cli import main
+    from privmed.inference import load_model
+    from privmed.inference.bundle import read_run_log, run_dir
+
+    out = tmp_path / "sim"
+    rc = main(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root), "--rounds", "2",
+               "--local-epochs", "1", "--engine", "simulation", "--out", str(out), "--quiet", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["engine"] == "simulation" and summary["secure_aggregation"]
+    model = load_model(out)
+    led = model.metadata["privacy"]
+    assert "simulation engine (Ray)" in led["federation"]["framework"]
+    assert [r["hospitals"] for r in led["federation"]["participation"]] == [[1, 2, 3], [1, 2, 3]]
+    for h in led["hospitals"]:
+        assert h["rounds_run"] == [1, 2] and h["steps"] == 2 * h["local_steps_per_round"]
+        acc = create_accountant(led["accountant"])
+        acc.history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in h["releases"]]
+        assert acc.get_epsilon(delta=led["delta"]) == pytest.approx(h["epsilon"], abs=1e-3)
+        assert h["epsilon"] <= led["epsilon_target"] + 1e-9
+    assert read_run_log(out)["engine"] == "simulation"
+    assert (run_dir(out) / "simulation" / "hospital-0" / "state.pt").is_file()
+    img = next((data_root / "covid19_xray" / "test" / "covid").iterdir())
+    assert set(model.predict(str(img)).probabilities) == {"covid", "normal", "viral_pneumonia"}
+
+
+def test_a_hospital_augments_pixels_but_never_scattering_maps():
+    """As privmed train: only a model whose trainable part sees pixels gets pixel augmentation. The
+    ScatterNet CNN's inputs are cached 4-d scattering maps (before: rotated and zoomed like pixels)."""
+    import torch
+
+    from privmed.federated.hospital import Hospital
+
+    y = torch.arange(100) % 2
+    for model, x, augments in (("scatter_cnn", torch.rand(100, 81, 16, 16), False),
+                               ("cnn", torch.rand(100, 1, 32, 32), True)):
+        cfg = FederatedConfig(train={"dataset": "covid19_xray", "model": model}, rounds=1, local_epochs=1)
+        assert cfg.train.augment.enabled
+        h = Hospital(0, x, y, torch.arange(100), 2, cfg, 1e-4)
+        assert (h.augment is not None) is augments, model

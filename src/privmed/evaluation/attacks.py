@@ -29,7 +29,7 @@ from privmed.privacy import DPPlan
 from privmed.training.trainer import count_weights, fit
 
 __all__ = ["roc_auc", "roc_curve", "tpr_at_fpr", "downsample_roc", "logit_confidence", "ce_loss",
-           "loss_scores", "lira_offline_scores", "Recipe", "train_reference", "attack_summary"]
+           "loss_scores", "lira_offline_scores", "Recipe", "dp_numbers", "train_reference", "attack_summary"]
 
 
 # --------------------------------------------------------------------------- ROC
@@ -126,6 +126,19 @@ def lira_offline_scores(target_phi: np.ndarray, ref_phi: np.ndarray, fixed_varia
 
 # --------------------------------------------------------------------------- reference models
 
+def dp_numbers(p: dict) -> dict:
+    """A bundle's privacy block with its DP-SGD numbers at the top. A federated ledger keeps them per
+    hospital: references then repeat hospital 1's local DP-SGD (its noise multiplier, sample rate and
+    steps) centrally on the reference pool, the nearest one-site recipe (FedSGD with server momentum
+    is exactly that recipe, with sqrt(hospitals) more noise in the aggregate than each reference sees)."""
+    if p.get("noise_multiplier") is not None or not p.get("hospitals"):
+        return p
+    h = p["hospitals"][0]
+    q, steps = h["sample_rate"], h["steps"]
+    return {**p, "noise_multiplier": h["noise_multiplier"], "sample_rate": q, "steps": steps,
+            "epochs": math.ceil(steps / max(1, round(1 / q)))}
+
+
 @dataclass
 class Recipe:
     """How the audited model was trained: what a reference model must repeat."""
@@ -138,6 +151,7 @@ class Recipe:
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     sample_rate: float | None = None  # DP: Poisson rate q (the bundle's); expected batch = q * n
+    steps: int | None = None          # DP: the bundle's steps (default: epochs x 1/q)
     augment: dict | None = None       # pixel models: the bundle's augmentation settings
     balance: bool = False             # non-DP: class weights from the data's own counts (the trainer's rule)
     ema: float = 0.0
@@ -152,7 +166,7 @@ class Recipe:
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Recipe":
-        t, p = meta["training"], meta.get("privacy") or {}
+        t, p = meta["training"], dp_numbers(meta.get("privacy") or {})
         dp = bool((t.get("privacy") or {}).get("enabled")) and p.get("noise_multiplier") is not None
         epochs = int(p.get("epochs") or meta.get("best_epoch") or t["epochs"])
         aug = t.get("augment") if (t.get("augment") or {}).get("enabled") else None
@@ -161,6 +175,7 @@ class Recipe:
                    optimizer=t.get("optimizer", "adam"), noise_multiplier=float(p.get("noise_multiplier") or 0.0),
                    max_grad_norm=float(p.get("max_grad_norm") or (t.get("privacy") or {}).get("max_grad_norm", 1.0)),
                    sample_rate=float(p["sample_rate"]) if dp else None, augment=aug,
+                   steps=int(p["steps"]) if dp and p.get("steps") else None,
                    balance=not dp and bool(t.get("class_weights")), ema=float(t.get("ema") or 0.0),
                    grad_sample_mode=(t.get("privacy") or {}).get("grad_sample_mode", "hooks"))
 
@@ -181,7 +196,8 @@ def train_reference(build, x: torch.Tensor, y: torch.Tensor, num_classes: int, r
     plan = None
     if recipe.dp:
         plan = DPPlan.with_noise(recipe.noise_multiplier, recipe.sample_rate, recipe.max_grad_norm,
-                                 int(units.max()) + 1, max(1, round(1 / recipe.sample_rate)) * recipe.epochs)
+                                 int(units.max()) + 1,
+                                 recipe.steps or max(1, round(1 / recipe.sample_rate)) * recipe.epochs)
     threads = torch.get_num_threads()
     if sum(p.numel() for p in net.parameters()) < 50_000:
         torch.set_num_threads(1)  # a linear head: thread sync costs more than it saves (and 2 shared cores)

@@ -45,7 +45,7 @@ GOAL = {"max_auc": 0.55, "max_tpr_at_1pct_fpr": 0.02, "applies_to_epsilon_at_mos
 
 
 def recipe_block(meta: dict) -> dict:
-    p, t = meta.get("privacy") or {}, meta["training"]
+    p, t = A.dp_numbers(meta.get("privacy") or {}), meta["training"]
     return {"dp": p.get("epsilon") is not None, "epsilon": p.get("epsilon"), "delta": p.get("delta"),
             "noise_multiplier": p.get("noise_multiplier"), "max_grad_norm": p.get("max_grad_norm"),
             "sample_rate": p.get("sample_rate"), "steps": p.get("steps"), "epochs_run": p.get("epochs"),

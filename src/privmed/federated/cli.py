@@ -16,7 +16,8 @@ def federated_config(a):
     if a.insecure:
         over["tls"] = False
     for k, v in {"hospitals": a.hospitals, "rounds": a.rounds, "local_epochs": a.local_epochs,
-                 "partition": a.partition, "alpha": a.alpha, "partition_seed": a.partition_seed,
+                 "local_steps": a.local_steps, "partition": a.partition, "alpha": a.alpha,
+                 "partition_seed": a.partition_seed,
                  "only": a.only, "engine": a.engine, "spare_rounds": a.spare_rounds,
                  "class_weight_scope": a.class_weight_scope, "fedprox_mu": a.fedprox_mu,
                  "server_momentum": a.server_momentum, "server_lr": a.server_lr,
@@ -70,14 +71,17 @@ def register(sub, privacy_sub) -> None:
     f.add_argument("--hospitals", type=int, help="number of hospitals (default 3)")
     f.add_argument("--rounds", type=int, help="federated rounds (default 10)")
     f.add_argument("--local-epochs", type=int, help="epochs over its own units each hospital runs per round (default 3)")
+    f.add_argument("--local-steps", type=int,
+                   help="DP-SGD steps per round in each hospital instead of --local-epochs (1: FedSGD, no local drift)")
     f.add_argument("--partition", choices=["iid", "label-skew"], help="how patients are dealt to hospitals")
     f.add_argument("--alpha", type=float, help="Dirichlet concentration for label-skew (default 0.5)")
     f.add_argument("--partition-seed", type=int, help="seed of the (reproducible) partition")
     f.add_argument("--only", type=int, nargs="+", help="train only these hospitals (0-based), e.g. one alone")
     f.add_argument("--no-secagg", action="store_true", help="plain FedAvg: the server sees each hospital's update")
-    f.add_argument("--engine", choices=["inprocess", "processes"],
+    f.add_argument("--engine", choices=["inprocess", "processes", "simulation"],
                    help="inprocess (default): one process; processes: flower-superlink + one flower-supernode per "
-                        "hospital as OS processes on 127.0.0.1, started with flwr run (TLS)")
+                        "hospital as OS processes on 127.0.0.1, started with flwr run (TLS); simulation: Flower's "
+                        "simulation engine (Ray; pip install -e '.[simulation]')")
     f.add_argument("--insecure", action="store_true", help="processes: no TLS between SuperNodes and SuperLink")
     f.add_argument("--class-weight-scope", choices=["global", "local"],
                    help="global (default): one weighting from the sum of the hospitals' DP class counts; "

@@ -24,12 +24,16 @@ class FederatedConfig(BaseModel):
     hospitals: int = Field(3, ge=1, le=50)
     rounds: int = Field(10, ge=1, le=500)
     local_epochs: int = Field(3, ge=1, le=100)  # per round, in each hospital (epochs over its own units)
+    # DP-SGD steps per round in each hospital instead of local_epochs epochs; 1 = FedSGD: the server's
+    # aggregate is then one centralised DP-SGD step (no local drift under label skew, more rounds)
+    local_steps: int | None = Field(None, ge=1, le=1000)
     partition: Literal["iid", "label-skew"] = "iid"
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration for label-skew (small = strong skew)
     partition_seed: int = 0
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
-    # "processes": one flower-superlink and one flower-supernode per hospital as OS processes
-    engine: Literal["inprocess", "processes"] = "inprocess"
+    # "processes": one flower-superlink and one flower-supernode per hospital as OS processes;
+    # "simulation": Flower's simulation engine (Ray actors; the `simulation` extra)
+    engine: Literal["inprocess", "processes", "simulation"] = "inprocess"
     tls: bool = True  # processes: TLS between SuperNodes and SuperLink (certificates made at start)
     spare_rounds: int = Field(0, ge=0, le=100)  # budget for rounds lost to a crash (raises sigma)
     stage_timeout: float = Field(120.0, gt=0)  # processes: seconds the server waits for a SecAgg+/fit stage

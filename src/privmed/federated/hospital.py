@@ -33,7 +33,7 @@ class Hospital:
         self.index, self.x, self.y, self.units = index, x, y, units
         self.n_units = int(units.max()) + 1
         batch = batch_for(tc.batch_size, self.n_units)  # q <= 1/4, as privmed train
-        self.local_steps = math.ceil(self.n_units / batch) * cfg.local_epochs
+        self.local_steps = cfg.local_steps or math.ceil(self.n_units / batch) * cfg.local_epochs
         self.rounds = cfg.rounds
         self.fedprox_mu = cfg.fedprox_mu
         self.reset_momentum = cfg.local_momentum == "reset"
@@ -48,17 +48,18 @@ class Hospital:
             weight = torch.tensor(w, dtype=torch.float32)
             self._class_weight = w
         # spare rounds: budget planned in for rounds lost to a crash (their steps still count)
-        epochs = (cfg.rounds + cfg.spare_rounds) * cfg.local_epochs
-        self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, epochs, pc.accountant, prefix))
+        steps = (cfg.rounds + cfg.spare_rounds) * self.local_steps
+        self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, steps, pc.accountant, prefix))
         saved = (restore or {}).get("plan") or {}
         sigma = saved.get("noise_multiplier") if saved.get("key") == self._plan_key else None
-        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, epochs, pc.accountant, prefix,
-                           noise_multiplier=sigma, n_images=len(x))
+        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, 0, pc.accountant, prefix,
+                           noise_multiplier=sigma, n_images=len(x), steps=steps)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
-        self.net = get_model(tc.model, n_classes).trainable
+        model = get_model(tc.model, n_classes)
+        self.net = model.trainable
         opt = make_optimizer(self.net, tc.optimizer, tc.lr)
         self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen)
-        pixel_model = x.dim() == 4
+        pixel_model = isinstance(model.frozen, torch.nn.Identity)  # as privmed train: scattering maps are 4-d too
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
         self.rounds_run: list[int] = []  # the server's round number of each round this hospital ran

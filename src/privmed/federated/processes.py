@@ -376,12 +376,19 @@ def run_processes(cfg, setup, root: Path, progress: bool = True, on_tick=None) -
         dep.stop()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+    return dict(collect(root, setup), timing=timing)
+
+
+def collect(root: Path, setup) -> dict:
+    """The finished run's global weights, per-round log and each hospital's own public ledger."""
+    from privmed.federated.deployed import read_checkpoint
+
     weights, meta, _ = read_checkpoint(root / "server" / "checkpoint.npz")
     ledgers = {}
     for h in setup.site_records:
         p = root / f"hospital-{h}" / "ledger.json"
         ledgers[h] = json.loads(p.read_text()) if p.is_file() else None
-    return {"weights": weights, "rounds": meta["rounds"], "ledgers": ledgers, "timing": timing}
+    return {"weights": weights, "rounds": meta["rounds"], "ledgers": ledgers}
 
 
 def _main_thread() -> bool:

@@ -125,7 +125,8 @@ def _check_model(tc):
 class ProcessFederation:
     """Process mode: the same setup as ``Federation`` (splits, partition by patient, delta, initial
     model) without loading any image here; each hospital's SuperNode gets only its own records and
-    loads them itself. ``run()`` drives the OS processes (``privmed.federated.processes``)."""
+    loads them itself. ``run()`` drives the OS processes (``privmed.federated.processes``) or Flower's
+    simulation engine (``privmed.federated.simulation``)."""
 
     def __init__(self, cfg: FederatedConfig, progress: bool = True):
         tc = cfg.train
@@ -143,9 +144,13 @@ class ProcessFederation:
 
     def run(self, root: Path, on_tick=None) -> list[np.ndarray]:
         from privmed.federated.processes import run_processes
+        from privmed.federated.simulation import run_ray
 
         quiet_flower(True)
-        res = run_processes(self.cfg, self, root, self.progress, on_tick)
+        if self.cfg.engine == "simulation":
+            res = run_ray(self.cfg, self, root, self.progress)
+        else:
+            res = run_processes(self.cfg, self, root, self.progress, on_tick)
         self.rounds_log, self.timing, self.site_ledgers = res["rounds"], res["timing"], res["ledgers"]
         self.seconds = self.timing["seconds"]
         return res["weights"]
@@ -165,6 +170,8 @@ class ProcessFederation:
             hl.append(led)
         fw = ("Flower (flwr) ServerApp/ClientApp, deployment engine: flower-superlink + one flower-supernode per "
               "hospital as OS processes, flwr run" + (", TLS" if self.cfg.tls else ", insecure (no TLS)"))
+        if self.cfg.engine == "simulation":
+            fw = "Flower (flwr) ServerApp/ClientApp, simulation engine (Ray), one simulated SuperNode per hospital"
         return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(hl)), self.n_units,
                                 self.rounds_log, framework=fw)
 
@@ -174,9 +181,9 @@ def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progres
     """``on_tick``: process mode only, called about once a second with (deployment, rounds done)."""
     tc = cfg.train
     out = Path(out) if out else bundles_dir() / f"{tc.dataset}-federated"
-    if cfg.engine == "processes":
+    if cfg.engine in ("processes", "simulation"):
         fed = ProcessFederation(cfg, progress)
-        weights = fed.run(run_dir(out) / "processes", on_tick)
+        weights = fed.run(run_dir(out) / cfg.engine, on_tick)
     else:
         fed = Federation(cfg, progress)
         weights = fed.run()
@@ -209,7 +216,7 @@ def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progres
              for h, p in enumerate(fed.parts)]
     log = {"rounds": fed.rounds_log, "partition": sizes, "dataset_fingerprint": fed.splits.fingerprint,
            "training_seconds": round(fed.seconds, 1), "engine": cfg.engine}
-    if cfg.engine == "processes":  # bytes go over sockets there, not counted
+    if cfg.engine in ("processes", "simulation"):  # bytes go over sockets / Ray there, not counted
         log.update(processes=fed.timing, messages=None, bytes_to_hospitals=None, bytes_to_server=None)
     else:
         log.update(messages=fed.grid.messages, bytes_to_hospitals=fed.grid.bytes_to_hospitals,

@@ -32,16 +32,17 @@ class DPPlan:
 
     def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_units: int, batch_size: int,
                  epochs: int, accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None,
-                 n_images: int | None = None):
+                 n_images: int | None = None, steps: int | None = None):
         """``noise_multiplier``: from an earlier calibration of this same plan (a federated hospital's
         saved state, one process per round): skips the search; the budget check below still runs.
-        ``n_images``: training images when the unit is the patient; delta must stay below 1/images too."""
+        ``n_images``: training images when the unit is the patient; delta must stay below 1/images too.
+        ``steps``: plan this many steps instead of ``epochs`` whole epochs (e.g. one step per federated round)."""
         check_budget(epsilon, delta, max(n_units, n_images or 0))
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
         self.accountant, self.prefix, self.n_units = accountant, list(prefix), n_units
         self.steps_per_epoch = math.ceil(n_units / batch_size)
         self.sample_rate = 1.0 / self.steps_per_epoch
-        self.planned_steps = self.steps_per_epoch * epochs
+        self.planned_steps = steps or self.steps_per_epoch * epochs
         self.noise_multiplier = noise_multiplier or sigma_for(epsilon, delta, self.sample_rate, self.planned_steps,
                                                               accountant, prefix=self.prefix)
         self.planned_epsilon = self.epsilon_after(self.planned_steps)
