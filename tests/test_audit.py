@@ -40,9 +40,10 @@ def make_folder(root, n_train=64, n_test=48, size=32, seed=0, copies=3):
 def tiny_bundle(tmp, dp: bool, epochs: int = 25, name: str | None = None, model: str = "effnet_lite0_head"):
     """A head model (frozen EfficientNet-Lite0 features at 64x64 + linear head): seconds."""
     data = make_folder(tmp / "data") if not (tmp / "data").exists() else tmp / "data"
+    # labels are noise, so validation accuracy cannot pick a memorising epoch: release the last one
     cfg = TrainConfig(dataset=str(data), model=model, epochs=epochs, batch_size=16, lr=2e-2, patience=100,
                       val_fraction=0.2, augment={"enabled": False}, preprocess={"size": 64},
-                      privacy={"enabled": dp, "epsilon": 1.0})
+                      privacy={"enabled": dp, "epsilon": 1.0}, release="last")
     return train_bundle(cfg, tmp / (name or ("dp" if dp else "nodp")), progress=False)
 
 
@@ -69,8 +70,9 @@ def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
     block = audit_bundle(nodp, k_reference=2, n_per_side=128, seed=0)
     assert block["members"]["n"] == block["nonmembers"]["n"] == 128
-    # validation images that are byte copies of training images are not used as non-members
-    assert block["nonmembers"]["excluded_copies_of_training_images"] > 0
+    # copies of one image stay on one side of the validation split (they were split before, and the
+    # audit had to drop validation copies of training images as non-members)
+    assert block["nonmembers"]["excluded_copies_of_training_images"] == 0
     # members really are the bundle's training images: the loss attack sees them (AUC 0.82-0.87 here)
     assert block["attacks"]["loss"]["auc"] > 0.7 and block["attacks"]["loss"]["auc_ci95"][0] > 0.5
     assert block["max_auc"] > 0.75

@@ -359,3 +359,57 @@ def test_statement_names_only_what_the_bundle_has():
     assert "model and its calibration, decision threshold and out-of-distribution detector change little" in full
     no_threshold = statement({**privacy, "calibration": {"method": "temperature scaling"}, "ood": {"threshold": 3.0}})
     assert "its calibration and out-of-distribution detector change little" in no_threshold
+
+
+def test_copies_of_one_image_are_one_unit_and_move_the_clipped_sum_by_at_most_C(tmp_path):
+    """Brain MRI's training split holds the same image up to 16-22 times (exact and near copies). With
+    one unit per file, removing one image (every copy of it) moved the clipped sum by k C (group
+    privacy: about k times epsilon). Copies now share one unit and one side of the validation split."""
+    import shutil
+
+    from PIL import Image
+
+    from privmed.config import default_data_root
+    from privmed.data.datasets import open_dataset, train_val_split
+    from privmed.data.inspect import with_copy_groups
+    from privmed.training.data import unit_ids
+
+    src = sorted((default_data_root() / "covid19_xray" / "train" / "normal").iterdir())[:4]
+    root = tmp_path / "ds" / "train"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+    shutil.copy(src[0], root / "a" / f"x0{src[0].suffix}")
+    shutil.copy(src[0], root / "a" / f"x0-copy{src[0].suffix}")  # byte copy
+    Image.open(src[0]).convert("L").resize((500, 500)).save(root / "a" / "x0-small.png")  # near copy
+    for i in (1, 2, 3):
+        shutil.copy(src[i], root / "b" / f"x{i}{src[i].suffix}")
+    ds = open_dataset(tmp_path / "ds")
+    recs = with_copy_groups(ds, ds.records("train"))
+    keys = {r.path.stem: r.copies for r in recs}
+    assert keys["x0"] and keys["x0"] == keys["x0-copy"] == keys["x0-small"]
+    assert keys["x1"] is keys["x2"] is keys["x3"] is None
+    units, name = unit_ids(recs, "image")
+    assert name == "image" and len(torch.unique(units)) == 4
+    for seed in range(20):  # copies never straddle the validation split
+        train, val = train_val_split(recs, 0.5, seed)
+        assert len({r.path.stem.startswith("x0") for r in val if r.copies}) <= 1
+        assert sum(r.copies is not None for r in train) in (0, 3)
+    # the sensitivity: three identical copies (same features) are one unit, so removing the image moves
+    # the clipped sum by at most C; one unit per file moved it by 3 C
+    torch.manual_seed(0)
+    net = nn.Linear(8, 2)
+    net2 = copy.deepcopy(net)  # a second engine needs its own module (Opacus hooks it)
+    x = torch.cat([torch.full((3, 8), 5.0), torch.randn(3, 8) * 5])
+    with torch.no_grad():  # the copies' label: the class the model gives least, so each gradient exceeds C
+        wrong = int(net(x[:1]).argmin())
+    y = torch.tensor([wrong, wrong, wrong, 1, 1, 0])
+    order = [r.path.stem for r in recs]
+    grouped = units[[order.index(s) for s in ("x0", "x0-copy", "x0-small", "x1", "x2", "x3")]]
+    assert _max_change(_engine(net, grouped), x, y, grouped) <= C + 1e-5
+    per_file = torch.arange(6)
+    engine = _engine(net2, per_file)
+    full = engine.clipped_sum(x, y, *_local(per_file, per_file), per_sample_loss)
+    keep = torch.arange(3, 6)
+    part = engine.clipped_sum(x[keep], y[keep], *_local(torch.arange(3), torch.arange(3)), per_sample_loss)
+    moved = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(full, part))))
+    assert moved > 2.9 * C

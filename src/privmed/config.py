@@ -102,6 +102,8 @@ class TrainConfig(BaseModel):
     ema: float = Field(0.0, ge=0, lt=1)  # exponential moving average of the weights (post-processing)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int = Field(10, ge=1)
+    # without DP, the released epoch: the best on validation, or the last (DP always releases the last)
+    release: Literal["best", "last"] = "best"
     seed: int = 0
     workers: int = 0
     exclude_leaked_test: bool = True

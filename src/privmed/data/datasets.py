@@ -62,11 +62,17 @@ class Record:
     index: int | None = None  # row in an .npz file; None for image files
     split: str | None = None  # .npz split the row belongs to
     block: str | None = None  # a grouping coarser than the image but not a patient (CT slice block)
+    copies: str | None = None  # shared by exact and near copies of one image (data.inspect.with_copy_groups)
+
+    @property
+    def image(self) -> str:
+        """The image as a unit: all its copies together."""
+        return self.copies or f"{self.path}#{self.index}"
 
     @property
     def group(self) -> str:
         """Unit that must not straddle a split: the patient, else the slice block, else the image."""
-        return self.patient_id or self.block or f"{self.path}#{self.index}"
+        return self.patient_id or self.block or self.image
 
 
 class FolderDataset:

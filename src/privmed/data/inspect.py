@@ -343,6 +343,52 @@ def leaked_test_records(ds, split: str = "test", near_duplicates: bool = True,
     return [r for r in ds.records(split) if _rel(ds, r) in leaked]
 
 
+def with_copy_groups(ds, records: list[Record], max_distance: int = NEAR_MAX_DISTANCE) -> list[Record]:
+    """``records`` with a shared ``copies`` key on exact and near copies of one image (the rule that
+    finds test leaks: same bytes or pHash within ``max_distance`` bits, joined transitively). A copied
+    image is one unit of privacy, not k (as k units its epsilon would grow about k-fold by group
+    privacy), and its copies fall on one side of the validation split. The key is the smallest content
+    hash in the group: it depends on the group's own images only. Records with a patient id keep it."""
+    from dataclasses import replace
+
+    todo = [i for i, r in enumerate(records) if not r.patient_id]
+    if len(todo) < 2:
+        return list(records)
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        items = list(pool.map(lambda i: _fingerprint(ds, records[i], records[i].split or TRAIN), todo))
+    ok = [k for k, it in enumerate(items) if not it.error]
+    parent = list(range(len(items)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    by_sha: dict[str, int] = {}
+    for k in ok:
+        a, b = find(k), find(by_sha.setdefault(items[k].sha, k))
+        parent[a] = b
+    if max_distance > 0 and ok:
+        bits = np.array([items[k].phash for k in ok])
+        for start in range(0, len(ok), 512):
+            d = (bits[start:start + 512, None, :] != bits[None, :, :]).sum(-1)
+            for x, y in zip(*np.nonzero(d <= max_distance)):
+                a, b = find(ok[start + x]), find(ok[y])
+                parent[a] = b
+    members: dict[int, list[int]] = defaultdict(list)
+    for k in range(len(items)):
+        members[find(k)].append(k)
+    out = list(records)
+    for group in members.values():
+        if len(group) > 1:
+            key = "copies:" + min(items[k].sha for k in group)[:24]
+            for k in group:
+                out[todo[k]] = replace(records[todo[k]], copies=key)
+    return out
+
+
 # ---------------------------------------------------------------- human output
 
 def format_report(report: dict, max_files: int = 10) -> str:

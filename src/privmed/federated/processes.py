@@ -308,7 +308,7 @@ def prepare(root: Path, cfg, setup) -> Path:
         site = root / f"hospital-{h}"
         site.mkdir(exist_ok=True, mode=0o700)
         rows = [{"path": str(r.path), "label": r.label, "patient_id": r.patient_id, "index": r.index,
-                 "split": r.split, "block": r.block} for r in records]
+                 "split": r.split, "block": r.block, "copies": r.copies} for r in records]
         atomic_write_text(site / "site.json", json.dumps({
             "hospital": h, "config": cfg.model_dump(mode="json"), "delta": setup.delta,
             "n_classes": len(setup.splits.classes), "records": rows}), private=True)

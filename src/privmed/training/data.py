@@ -30,8 +30,10 @@ class Splits:
 
 
 def split_records(cfg: TrainConfig) -> Splits:
+    from privmed.data.inspect import with_copy_groups
+
     ds = open_dataset(cfg.dataset, cfg.data_root)
-    records = ds.records("train")
+    records = with_copy_groups(ds, ds.records("train"))  # copies of one image: one unit, one side of the split
     if "val" in ds.splits:
         train, val = records, ds.records("val")
     else:
@@ -61,7 +63,7 @@ def unit_ids(records: list[Record], unit: str) -> tuple[torch.Tensor, str]:
         name = "image"
     else:
         name = "patient" if has_ids else "slice block"
-    keys = [f"{r.path}#{r.index}" if name == "image" else r.group for r in records]
+    keys = [r.image if name == "image" else r.group for r in records]  # an image with all its copies
     index: dict[str, int] = {}
     return torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.long), name
 

@@ -189,9 +189,10 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
     final = _plain(net)
     if ema:
         final.load_state_dict(ema.state)
-    elif best_state is not None:
+    elif best_state is not None and cfg.release == "best":
         final.load_state_dict(best_state)
-    return Fit(final.eval(), history, len(history) if dp else best_epoch, engine)
+    last = dp or cfg.release == "last"
+    return Fit(final.eval(), history, len(history) if last else best_epoch, engine)
 
 
 def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
