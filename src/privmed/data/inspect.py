@@ -358,34 +358,20 @@ def with_copy_groups(ds, records: list[Record], max_distance: int = NEAR_MAX_DIS
     with ThreadPoolExecutor(workers) as pool:
         items = list(pool.map(lambda i: _fingerprint(ds, records[i], records[i].split or TRAIN), todo))
     ok = [k for k, it in enumerate(items) if not it.error]
-    parent = list(range(len(items)))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    by_sha: dict[str, int] = {}
+    first: dict[str, int] = {}
+    pairs = []  # exact copies: each to the first file with its bytes
     for k in ok:
-        a, b = find(k), find(by_sha.setdefault(items[k].sha, k))
-        parent[a] = b
+        j = first.setdefault(items[k].sha, k)
+        if j != k:
+            pairs.append((k, j))
     if max_distance > 0 and ok:
         bits = np.array([items[k].phash for k in ok])
-        for start in range(0, len(ok), 512):
-            d = (bits[start:start + 512, None, :] != bits[None, :, :]).sum(-1)
-            for x, y in zip(*np.nonzero(d <= max_distance)):
-                a, b = find(ok[start + x]), find(ok[y])
-                parent[a] = b
-    members: dict[int, list[int]] = defaultdict(list)
-    for k in range(len(items)):
-        members[find(k)].append(k)
+        pairs += [(ok[i], ok[j]) for i, j in hamming_pairs(bits, bits, max_distance, same=True)]
     out = list(records)
-    for group in members.values():
-        if len(group) > 1:
-            key = "copies:" + min(items[k].sha for k in group)[:24]
-            for k in group:
-                out[todo[k]] = replace(records[todo[k]], copies=key)
+    for group in _groups(pairs, len(items)):
+        key = "copies:" + min(items[k].sha for k in group)[:24]
+        for k in group:
+            out[todo[k]] = replace(records[todo[k]], copies=key)
     return out
 
 
