@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from privmed.config import TrainConfig
+from privmed.evaluation.metrics import classification_report
 from privmed.models import get_model
 from privmed.models.batched import batched_forward
 from privmed.privacy import DPPlan
@@ -33,11 +34,9 @@ class _NoNoise(DPPlan):
 
 
 def _scores(prob: np.ndarray, y: np.ndarray, split: str) -> dict:
-    """Accuracy (argmax) and AUC (binary, or macro one-vs-rest) of class probabilities."""
-    from sklearn.metrics import roc_auc_score
-
-    auc = roc_auc_score(y, prob[:, 1]) if prob.shape[1] == 2 else roc_auc_score(y, prob, multi_class="ovr")
-    return {f"{split}_accuracy": round(float((prob.argmax(1) == y).mean()), 4), f"{split}_auc": round(float(auc), 4)}
+    """Argmax accuracy and AUC by privmed's own report (binary, or the mean of one-vs-rest)."""
+    rep = classification_report(y, prob, [str(c) for c in range(prob.shape[1])])
+    return {f"{split}_accuracy": round(rep["accuracy"], 4), f"{split}_auc": round(rep["auc"], 4)}
 
 
 def _net_scores(net, x, y, split: str) -> dict:
