@@ -10,6 +10,7 @@ import torch
 
 from privmed.bench import paper
 from privmed.bench.report import write_run_report
+from privmed.config import TrainConfig
 from privmed.evaluation import robustness
 from privmed.evaluation.audit import audit_bundle
 from privmed.evaluation.report import write_report
@@ -109,8 +110,21 @@ def test_bench_entry_and_run_report(tiny, tmp_path, monkeypatch):
 def test_quick_plan_covers_the_cheap_parts():
     quick = [e for e in paper.entries() if e["quick"]]
     ids = {e["id"] for e in quick}
-    assert {"chest-head-eps0.5", "chest-head-eps1", "chest-head-eps2", "chest-head-eps5", "chest-head-eps8",
-            "chest-head-nodp"} <= ids
+    assert {"chest-best-eps0.5", "chest-best-eps1", "chest-best-eps2", "chest-best-eps5", "chest-best-eps8",
+            "chest-best-nodp"} <= ids
     full = {e["id"] for e in paper.entries()}
     assert {"chest-resnet50-nodp", "chest-vgg-nodp", "chest-cnn-eps5", "chest-cnn-eps2"} <= full
     assert len(full) == len(paper.entries())  # ids are unique
+
+
+def test_each_entry_trains_exactly_the_command_its_row_prints():
+    """The row shows a ``privmed train`` command; the bench must train that config, not a look-alike."""
+    by_id = {e["id"]: e for e in paper.entries()}
+    scatter = paper.entry_config(by_id["chest-scatter-eps2"])
+    assert (scatter.model, scatter.epochs, scatter.lr, scatter.ema, scatter.privacy.max_grad_norm) == \
+        ("scatter_cnn", 15, 4.0, 0.9, 0.1)
+    assert "--set privacy.max_grad_norm=0.1" in paper.train_command(by_id["chest-scatter-eps2"], "b")
+    best = by_id["chest-best-eps2"]
+    assert paper.entry_config(best).model_dump() == TrainConfig(model=best["model"], privacy={"epsilon": 2.0}).model_dump()
+    assert paper.entry_config(by_id["covid19-ct-best-eps2"]).privacy.unit == "image"
+    assert paper.entry_config(by_id["chest-cnn-nodp"]).privacy.enabled is False

@@ -3,20 +3,21 @@
 Every entry trains a bundle with ``train_bundle`` (the code path of ``privmed train``), evaluates
 it on the official test split with ``evaluate`` (leaked test images removed), times inference,
 optionally audits it (``privmed privacy audit``) and measures robustness. Each entry's raw
-result is ``RUN/<id>/result.json`` (a rerun skips finished entries) and docs/RESULTS.md shows the
+result is ``RUN/<id>/result.json`` (a rerun skips finished entries) and docs/PAPER.md (generated) shows the
 exact command next to every number.
 
-``--quick`` is the subset that took 11 minutes on 2 CPU cores, extracting the backbone features
-included (docs/RESULTS.md, "Run time"): the head model's
-privacy-utility curve with audits, its robustness on a test subset, and the COVID-19 set.
-The full run (``privmed bench paper``) adds the from-scratch CNNs (64 px, 10 epochs), ResNet-50 and
-VGG (64 px, 5 epochs), the ablation and brain MRI; docs/RESULTS.md records how long each entry took.
+``--quick`` is the cheap subset: privmed's best model (the default bundles' recipe) on chest X-ray with
+its privacy-utility curve and audits, its robustness on a test subset, and the COVID-19 X-ray set.
+The full run (``privmed bench paper``) adds the paper's rows (from-scratch CNNs at 64 px for 10 epochs,
+ResNet-50 and VGG at 64 px for 5 epochs), the ScatterNet DP CNN, the ablation, brain MRI and lung CT;
+docs/PAPER.md records how long each entry took.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,64 +26,82 @@ import numpy as np
 
 from privmed.config import REPO_ROOT, TrainConfig
 
-CHEST, BRAIN, COVID = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray"
+CHEST, BRAIN, COVID, CT = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray", "covid19_ct"
 QUICK_ROBUSTNESS_IMAGES = 150
 # The from-scratch CNN rows: 64 px and 10 epochs so that each fits ~5 minutes on 2 CPU cores (at 128 px
 # one DP epoch took 85 s); the loss attack only (no reference models to train).
 CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
+# privmed's best recipes, as the default bundles are trained (benchmarks/train_defaults.sh): the model's
+# own defaults (config.MODEL_DEFAULTS), so these rows move when the defaults do.
+BEST = {"epochs": None, "batch_size": None}
+BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
+              COVID: "effnet_lite0_head"}
+# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/RESULTS.md ("A DP CNN that learns")
+SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0, "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
 
 
 def _e(id, table, label, dataset, model, epsilon, *, epochs=30, batch_size=256, size=None, augment=True,
-       clahe=False, lr=None, audit_k=None, robustness=None, quick=False):
+       clahe=False, lr=None, audit_k=None, robustness=None, quick=False, overrides=None):
+    """One entry. ``epochs``/``batch_size`` None: the model's default; ``overrides``: ``--set KEY=VALUE``."""
     return {"id": id, "table": table, "label": label, "dataset": dataset, "model": model, "epsilon": epsilon,
             "epochs": epochs, "batch_size": batch_size, "size": size, "augment": augment, "clahe": clahe, "lr": lr,
-            "audit_k": audit_k, "robustness": robustness, "quick": quick}
+            "audit_k": audit_k, "robustness": robustness, "quick": quick, "overrides": overrides or {}}
 
 
 def entries() -> list[dict]:
     """The full plan; ``quick`` marks the subset run by ``--quick``."""
+    best = BEST_MODEL[CHEST]
     e = []
-    # main table, chest X-ray (official test set, 624 images)
+    # main table, chest X-ray (official test set, 624 images): the paper's four rows, then privmed's
     e += [
         _e("chest-resnet50-nodp", "main", "ResNet-50, no DP (64 px, 5 epochs)", CHEST, "resnet50", None,
            epochs=5, batch_size=64, size=64, audit_k=0),
         _e("chest-vgg-nodp", "main", "VGG-style, no DP (64 px, 5 epochs)", CHEST, "vgg", None,
            epochs=5, batch_size=64, size=64, audit_k=0),
         _e("chest-cnn-eps5", "main", "CNN, DP eps=5 (64 px, 10 epochs)", CHEST, "cnn", 5.0, **CNN),
-        _e("chest-cnn-eps2", "main", "CNN, DP eps=2 (64 px, 10 epochs)", CHEST, "cnn", 2.0, **CNN, robustness=624),
-        _e("chest-head-eps2", "main", "privmed best: EfficientNet-Lite0 head, DP eps=2", CHEST, "effnet_lite0_head",
-           2.0, audit_k=4, robustness=624, quick=True),
+        _e("chest-cnn-eps2", "main", "CNN, DP eps=2 (64 px, 10 epochs)", CHEST, "cnn", 2.0, **CNN),
+        _e("chest-scatter-eps2", "main", "ScatterNet + DP CNN, eps=2 (64 px, 15 epochs)", CHEST, "scatter_cnn", 2.0,
+           **SCATTER),
+        _e("chest-best-eps2", "main", "privmed best: EfficientNet-Lite0 multi-tap head, DP eps=2 (default bundle)",
+           CHEST, best, 2.0, **BEST, audit_k=4, robustness=624, quick=True),
     ]
-    # privacy-utility curve of the head model (cheap: linear heads on cached features); eps=2 is above
+    # privacy-utility curve of the best model (cheap: linear heads on cached features); eps=2 is above
     for eps in (0.5, 1.0, 5.0, 8.0, None):
         tag = f"eps{eps:g}" if eps else "nodp"
-        e.append(_e(f"chest-head-{tag}", "privacy_utility", f"EfficientNet-Lite0 head, {'DP eps=%g' % eps if eps else 'no DP'}",
-                    CHEST, "effnet_lite0_head", eps, audit_k=4, quick=True))
-    # ablation of the DP CNN (augmentation, CLAHE, DP) and of the head model (CLAHE, DP)
+        e.append(_e(f"chest-best-{tag}", "privacy_utility", f"multi-tap head, {'DP eps=%g' % eps if eps else 'no DP'}",
+                    CHEST, best, eps, **BEST, audit_k=4, quick=True))
+    # ablation of the paper's DP CNN (augmentation, CLAHE, DP) and of the best model (CLAHE)
     e += [
         _e("chest-cnn-eps2-noaug", "ablation", "CNN eps=2, no augmentation", CHEST, "cnn", 2.0, **CNN, augment=False),
         _e("chest-cnn-eps2-clahe", "ablation", "CNN eps=2, + CLAHE", CHEST, "cnn", 2.0, **CNN, clahe=True),
         _e("chest-cnn-nodp", "ablation", "CNN, no DP", CHEST, "cnn", None, **CNN),
-        _e("chest-head-eps2-clahe", "ablation", "head eps=2, + CLAHE", CHEST, "effnet_lite0_head", 2.0, clahe=True),
+        _e("chest-best-eps2-clahe", "ablation", "multi-tap head eps=2, + CLAHE", CHEST, best, 2.0, **BEST,
+           clahe=True),
     ]
-    # shorter tables: brain MRI (leak-free test) and COVID-19
-    for ds, quick in ((BRAIN, False), (COVID, True)):
-        short = ds.split("_")[0]
+    # shorter tables: brain MRI (leak-free test), COVID-19 X-ray, lung CT (no patient ids: the image is the unit)
+    for ds, quick in ((BRAIN, False), (COVID, True), (CT, False)):
+        short = ds.split("_")[0] + ("-ct" if ds == CT else "")
+        unit = {"overrides": {"privacy.unit": "image"}} if ds == CT else {}
+        name = "EfficientNet-Lite0 " + ("head" if BEST_MODEL[ds] == "effnet_lite0_head" else "multi-tap head")
         e += [
-            _e(f"{short}-head-eps2", "datasets", "EfficientNet-Lite0 head, DP eps=2", ds, "effnet_lite0_head", 2.0,
+            _e(f"{short}-best-eps2", "datasets", f"{name}, DP eps=2 (default bundle)", ds, BEST_MODEL[ds], 2.0,
+               **BEST, **unit, audit_k=4, quick=quick),
+            _e(f"{short}-best-nodp", "datasets", f"{name}, no DP", ds, BEST_MODEL[ds], None, **BEST, **unit,
                audit_k=4, quick=quick),
-            _e(f"{short}-head-nodp", "datasets", "EfficientNet-Lite0 head, no DP", ds, "effnet_lite0_head", None,
-               audit_k=4, quick=quick),
-            _e(f"{short}-cnn-eps2", "datasets", "CNN, DP eps=2 (64 px, 10 epochs)", ds, "cnn", 2.0, **CNN,
-               quick=quick),
         ]
+        if ds != CT:  # the paper's CNN on the other sets
+            e.append(_e(f"{short}-cnn-eps2", "datasets", "CNN, DP eps=2 (64 px, 10 epochs)", ds, "cnn", 2.0, **CNN,
+                        quick=quick))
     return e
 
 
 def train_command(entry: dict, bundle: str) -> str:
-    parts = ["privmed train", f"--dataset {entry['dataset']}", f"--model {entry['model']}"]
+    parts = ["privmed train", f"--dataset {shlex.quote(str(entry['dataset']))}", f"--model {entry['model']}"]
     parts.append(f"--epsilon {entry['epsilon']:g}" if entry["epsilon"] else "--no-dp")
-    parts += [f"--epochs {entry['epochs']}", f"--batch-size {entry['batch_size']}"]
+    if entry["epochs"]:
+        parts.append(f"--epochs {entry['epochs']}")
+    if entry["batch_size"]:
+        parts.append(f"--batch-size {entry['batch_size']}")
     if entry["lr"]:
         parts.append(f"--lr {entry['lr']}")
     if not entry["augment"]:
@@ -91,21 +110,16 @@ def train_command(entry: dict, bundle: str) -> str:
         parts.append("--clahe")
     if entry["size"]:
         parts.append(f"--set preprocess.size={entry['size']}")
-    parts.append(f"--out {bundle}")
+    parts += [f"--set {k}={v}" for k, v in entry.get("overrides", {}).items()]
+    parts.append(f"--out {shlex.quote(str(bundle))}")
     return " ".join(parts)
 
 
 def entry_config(entry: dict) -> TrainConfig:
-    kw = {"dataset": entry["dataset"], "model": entry["model"], "epochs": entry["epochs"],
-          "batch_size": entry["batch_size"], "privacy": {"enabled": entry["epsilon"] is not None},
-          "augment": {"enabled": entry["augment"]}, "preprocess": {"clahe": entry["clahe"]}}
-    if entry["epsilon"] is not None:
-        kw["privacy"]["epsilon"] = entry["epsilon"]
-    if entry["size"]:
-        kw["preprocess"]["size"] = entry["size"]
-    if entry["lr"]:
-        kw["lr"] = entry["lr"]
-    return TrainConfig(**kw)
+    """The config ``privmed train`` builds from the entry's printed command: the row's command is what ran."""
+    from privmed.cli import build_parser, train_config
+
+    return train_config(build_parser().parse_args(shlex.split(train_command(entry, "bundle"))[1:]))
 
 
 def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
@@ -237,10 +251,10 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
                 + " | ".join(_mia(r)) + f" | {cmds} |")
 
     titles = {"main": "Chest X-ray pneumonia: models compared (624 test images)",
-              "privacy_utility": "Privacy-utility curve: EfficientNet-Lite0 head on chest X-ray",
-              "ablation": "Ablation (chest X-ray)", "datasets": "Brain MRI and COVID-19"}
+              "privacy_utility": "Privacy-utility curve: the multi-tap head (privmed's best) on chest X-ray",
+              "ablation": "Ablation (chest X-ray)", "datasets": "Brain MRI, COVID-19 X-ray and lung CT"}
     curve = sorted([r for r in results if r["table"] == "privacy_utility" or (
-        r["dataset"] == CHEST and r["model"] == "effnet_lite0_head" and not r["clahe"])],
+        r["dataset"] == CHEST and r["model"] == BEST_MODEL[CHEST] and not r["clahe"] and r["table"] != "ablation")],
         key=lambda r: r["epsilon"] if r["epsilon"] is not None else 1e9)
     for key in ("main", "privacy_utility", "ablation", "datasets"):
         rows = curve if key == "privacy_utility" else by_table.get(key, [])
@@ -300,7 +314,7 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
               "| entry | minutes |", "|---|---|"] + [f"| {r['id']} | {r['seconds'] / 60:.1f} |" for r in timed] + \
              [f"| total | {sum(r['seconds'] for r in timed) / 60:.1f} |", ""]
     L += ["## How to reproduce", "", "```", "privmed bench paper --quick    # this file's quick subset",
-          "privmed bench paper            # everything (adds CNN, ResNet-50, VGG, ablation, brain MRI)",
+          "privmed bench paper            # everything (adds the paper's CNN, ResNet-50, VGG, ScatterNet, ablation, brain MRI, CT)",
           "privmed report RUN --out reports/paper   # HTML + Markdown with the privacy-utility curve", "```", "",
           "Not run: " + (", ".join(e["id"] for e in entries() if e["id"] not in {r["id"] for r in results}) or "nothing"),
           ""]
@@ -324,7 +338,7 @@ def _cpu() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def run_paper(quick: bool = False, out: Path | str = "docs/RESULTS.md", run_dir: Path | None = None,
+def run_paper(quick: bool = False, out: Path | str = "docs/PAPER.md", run_dir: Path | None = None,
               only: list[str] | None = None, progress: bool = True) -> dict:
     run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / ("paper-quick" if quick else "paper")  # git-ignored
     run_dir.mkdir(parents=True, exist_ok=True)

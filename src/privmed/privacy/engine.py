@@ -127,12 +127,13 @@ class DPSGD:
             p.grad = None
         loss_fn(self.module(x), y).sum().backward()
         n_local = int(local.max()) + 1
+        local = local.to(x.device)
         per_unit = []
         for p in self.params:
             g = p.grad_sample.reshape(len(x), -1)
-            per_unit.append(torch.zeros(n_local, g.shape[1], dtype=g.dtype).index_add_(0, local, g))
+            per_unit.append(torch.zeros(n_local, g.shape[1], dtype=g.dtype, device=g.device).index_add_(0, local, g))
         norms = torch.sqrt(sum((g ** 2).sum(1) for g in per_unit))
-        factor = (self.plan.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * self.unit_weight[unit_ids]
+        factor = (self.plan.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * self.unit_weight[unit_ids].to(norms.device)
         out = [(g * factor[:, None]).sum(0).view_as(p) for g, p in zip(per_unit, self.params)]
         for p in self.params:
             p.grad_sample = None
@@ -146,7 +147,8 @@ class DPSGD:
         std = self.plan.noise_multiplier * self.plan.max_grad_norm
         scale = self.plan.sample_rate * self.plan.n_units
         for p, s in zip(self.params, summed):
-            noise = torch.normal(0.0, std, size=p.shape, generator=self.gen)
+            # drawn on the CPU from the one secret generator, then moved: the same mechanism on any device
+            noise = torch.normal(0.0, std, size=p.shape, generator=self.gen).to(p.device)
             p.grad = (s + noise) / scale
         self.optimizer.step()
         self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
