@@ -50,15 +50,12 @@ def engine(start: int, batch: int, device: str, mode: str, state=None):
     return model, DPSGD(tail, opt, torch.arange(batch), plan, grad_sample_mode=mode)
 
 
-def frozen_shape(start: int) -> tuple:
-    model = effnet_lite0_tail(2, start=start)
+def batch_for(frozen: torch.nn.Module, batch: int, device: str, seed: int = 0):
+    """Random inputs of the frozen part's output shape (ReLU6 range) for a 224 px film."""
     with torch.no_grad():
-        return tuple(model.frozen(torch.rand(1, 1, 224, 224)).shape[1:])
-
-
-def batch_for(start: int, batch: int, device: str, seed: int = 0):
+        shape = frozen(torch.rand(1, 1, 224, 224)).shape[1:]
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *frozen_shape(start)), generator=g).clamp(0, 6)  # ReLU6 outputs
+    x = torch.randn((batch, *shape), generator=g).clamp(0, 6)
     y = torch.randint(0, 2, (batch,), generator=g)
     idx = torch.arange(batch)
     return x.to(device), y.to(device), idx, idx
@@ -71,9 +68,9 @@ def sync(device: str) -> None:
 
 def check_devices(start: int, device: str, mode: str, batch: int = 16) -> float:
     """Relative L2 difference of one clipped sum, CPU against ``device``, same weights and batch."""
-    _, cpu = engine(start, batch, "cpu", mode)
+    model, cpu = engine(start, batch, "cpu", mode)
     _, dev = engine(start, batch, device, mode, state=cpu.plain_module.state_dict())
-    x, y, local, ids = batch_for(start, batch, "cpu")
+    x, y, local, ids = batch_for(model.frozen, batch, "cpu")
     a = cpu.clipped_sum(x, y, local, ids, loss_fn)
     b = dev.clipped_sum(x.to(device), y.to(device), local, ids, loss_fn)
     num = sum(((u - v.cpu()) ** 2).sum() for u, v in zip(a, b))
@@ -81,8 +78,8 @@ def check_devices(start: int, device: str, mode: str, batch: int = 16) -> float:
 
 
 def time_steps(start: int, batch: int, device: str, mode: str, steps: int, warmup: int) -> dict:
-    _, dp = engine(start, batch, device, mode)
-    x, y, local, ids = batch_for(start, batch, device)
+    model, dp = engine(start, batch, device, mode)
+    x, y, local, ids = batch_for(model.frozen, batch, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
