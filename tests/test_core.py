@@ -40,6 +40,21 @@ def test_patient_ids_and_grouped_split(data_root):
     assert {id(r) for r in train_val_split(others_removed, 0.1, seed=0)[1]} == {id(r) for r in va if r in others_removed}
 
 
+def test_split_and_units_do_not_depend_on_where_the_dataset_lives(tmp_path, data_root):
+    """COVID-19 X-ray has no patient ids: its images are the units. Keyed by path, a user whose data
+    sat elsewhere got another validation split (231/20 train/val instead of 216/35 here) and an
+    audit of the shipped bundle would have labelled training images as non-members."""
+    from privmed.training.data import split_records, unit_ids
+
+    (tmp_path / "elsewhere").symlink_to(data_root, target_is_directory=True)
+    here, there = (split_records(TrainConfig(dataset="covid19_xray", data_root=root))
+                   for root in (data_root, tmp_path / "elsewhere"))
+    assert here.fingerprint == there.fingerprint and 0 < len(here.val) < len(here.train)
+    assert [r.image for r in here.train] == [r.image for r in there.train]
+    assert all(r.image.startswith("copies:") for r in here.train + here.val)
+    assert torch.equal(unit_ids(here.train, "auto")[0], unit_ids(there.train, "auto")[0])
+
+
 def test_patient_id_patterns():
     assert patient_id_from_name("person1000_bacteria_2931.jpeg") == "person1000"
     assert patient_id_from_name("NORMAL2-IM-0381-0001.jpeg") == "NORMAL2-IM-0381"

@@ -62,7 +62,7 @@ class Record:
     index: int | None = None  # row in an .npz file; None for image files
     split: str | None = None  # .npz split the row belongs to
     block: str | None = None  # a grouping coarser than the image but not a patient (CT slice block)
-    copies: str | None = None  # shared by exact and near copies of one image (data.inspect.with_copy_groups)
+    copies: str | None = None  # content key of an image and its exact/near copies (data.inspect.with_copy_groups)
 
     @property
     def image(self) -> str:

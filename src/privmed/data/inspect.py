@@ -348,11 +348,12 @@ def with_copy_groups(ds, records: list[Record], max_distance: int = NEAR_MAX_DIS
     finds test leaks: same bytes or pHash within ``max_distance`` bits, joined transitively). A copied
     image is one unit of privacy, not k (as k units its epsilon would grow about k-fold by group
     privacy), and its copies fall on one side of the validation split. The key is the smallest content
-    hash in the group: it depends on the group's own images only. Records with a patient id keep it."""
+    hash in the group (a lone image's own hash): it depends on the group's own pixels only, never on
+    where the dataset lives. Records with a patient id keep it."""
     from dataclasses import replace
 
     todo = [i for i, r in enumerate(records) if not r.patient_id]
-    if len(todo) < 2:
+    if not todo:
         return list(records)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
@@ -368,7 +369,11 @@ def with_copy_groups(ds, records: list[Record], max_distance: int = NEAR_MAX_DIS
         bits = np.array([items[k].phash for k in ok])
         pairs += [(ok[i], ok[j]) for i, j in hamming_pairs(bits, bits, max_distance, same=True)]
     out = list(records)
-    for group in _groups(pairs, len(items)):
+    grouped = _groups(pairs, len(items))
+    # a lone image is a group of one: its key is its own content hash, not its path, so the split
+    # and the units do not change when the dataset is moved (an audit elsewhere sees the same members)
+    seen = {k for g in grouped for k in g}
+    for group in grouped + [[k] for k in ok if k not in seen]:
         key = "copies:" + min(items[k].sha for k in group)[:24]
         for k in group:
             out[todo[k]] = replace(records[todo[k]], copies=key)
