@@ -50,15 +50,17 @@ def _inputs(name: str, n: int):
     return model.trainable, x
 
 
-def _max_change(engine, x, y, units):
-    """max over units u of || S(D) - S(D without u) ||, S = the clipped, weighted sum."""
+def _max_change(engine, x, y, units, batched=False):
+    """max over units u of || S(D) - S(D without u) ||, S = the clipped, weighted sum
+    (``batched``: as ``step`` computes it, in physical batches)."""
+    clipped_sum = engine.batch_clipped_sum if batched else engine.clipped_sum
     all_units = torch.unique(units)
-    full = engine.clipped_sum(x, y, *_local(units, all_units), per_sample_loss)
+    full = clipped_sum(x, y, *_local(units, all_units), per_sample_loss)
     worst = 0.0
     for u in all_units.tolist():
         keep = units != u
         rest = all_units[all_units != u]
-        part = engine.clipped_sum(x[keep], y[keep], *_local(units[keep], rest), per_sample_loss)
+        part = clipped_sum(x[keep], y[keep], *_local(units[keep], rest), per_sample_loss)
         worst = max(worst, float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(full, part)))))
     return worst
 
@@ -91,6 +93,32 @@ def test_one_unit_moves_the_clipped_sum_by_at_most_C(name, mode):
         for a, b in zip(engine.clipped_sum(x, y, *everyone, per_sample_loss),
                         hooks.clipped_sum(x, y, *everyone, per_sample_loss)):
             assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_physical_batches_give_the_same_clipped_sum_and_keep_the_bound():
+    """privacy.physical_batch splits a sampled batch for GPU memory, whole units only: each unit is
+    still clipped once, so the summed pieces equal the one-pass sum and removing a unit moves it <= C."""
+    torch.manual_seed(0)
+    net, x = _inputs("cnn", 12)
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    y = torch.tensor([0] * 11 + [1])
+    units = torch.tensor([0, 0, 0, 0, 0, 1, 2, 2, 3, 4, 5, 6])  # patients with 1 to 5 images
+    one = _engine(copy.deepcopy(net), units)
+    split = _engine(net, units)
+    split.physical_batch = 3
+    everyone = _local(units, torch.unique(units))
+    pieces = split.chunks(everyone[0])
+    assert [(p.start, p.stop) for _, p in pieces] == [(0, 1), (1, 3), (3, 6), (6, 7)]  # the 5-image patient alone
+    for a, b in zip(split.batch_clipped_sum(x, y, *everyone, per_sample_loss),
+                    one.clipped_sum(x, y, *everyone, per_sample_loss)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert _max_change(split, x, y, units, batched=True) <= C * (1 + 1e-4)  # every removal in pieces of <= 3
+    idx, local, chosen = split.sample()
+    assert all(len(torch.unique(local[ex])) == p.stop - p.start for ex, p in split.chunks(local))
+    with pytest.raises(ValueError, match="in order"):
+        split.chunks(torch.tensor([0, 1, 0]))
 
 
 @pytest.mark.parametrize("name", [n for n, s in MODELS.items() if not s.dp_ok])

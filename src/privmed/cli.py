@@ -33,7 +33,7 @@ def train_config(a: argparse.Namespace):
 
     over: dict = {"dataset": a.dataset, "privacy": {"enabled": not a.no_dp}, "augment": {}, "preprocess": {}}
     pairs = {"model": a.model, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
-             "data_root": a.data_root, "patience": a.patience}
+             "data_root": a.data_root, "patience": a.patience, "device": getattr(a, "device", None)}
     over.update({k: v for k, v in pairs.items() if v is not None})
     for k, v in {"epsilon": a.epsilon, "delta": a.delta, "max_grad_norm": a.max_grad_norm,
                  "accountant": a.accountant, "unit": a.privacy_unit}.items():
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
     add_train_arguments(t)
+    t.add_argument("--device", help="where the trainable part trains: cpu (default), cuda, cuda:N or auto")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a bundle on a dataset split")

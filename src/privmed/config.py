@@ -64,6 +64,9 @@ class PrivacyConfig(BaseModel):
     unit: Literal["auto", "patient", "image"] = "auto"
     count_noise: float = Field(10.0, gt=0)  # noise multiplier of the DP class counts behind class weights
     grad_sample_mode: Literal["hooks", "ew"] = "hooks"
+    # most images per forward/backward pass (GPU memory); a sampled batch is split into whole units,
+    # so each unit is still clipped once and the sum is the same. None: the whole sampled batch at once
+    physical_batch: int | None = Field(None, ge=1)
 
     @field_validator("epsilon")
     @classmethod
@@ -92,6 +95,11 @@ class TrainConfig(BaseModel):
     dataset: str = "chest_xray_pneumonia"
     data_root: Path = Field(default_factory=default_data_root)
     model: str = "effnet_lite0_head"
+    # builder arguments of the model, recorded in the bundle (effnet_lite0_tail: start=0 trains every block)
+    model_args: dict[str, int | float | str] = Field(default_factory=dict)
+    # where the trainable part trains: cpu, cuda, cuda:N or auto (cuda when present). Not part of the
+    # recipe: noise and sampling still come from the secret CPU generator (privacy/engine.py)
+    device: str = "cpu"
     epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
@@ -110,6 +118,14 @@ class TrainConfig(BaseModel):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        head, _, index = v.partition(":")
+        if head not in ("cpu", "cuda", "auto") or (index and (head != "cuda" or not index.isdigit())):
+            raise ValueError(f"device must be cpu, cuda, cuda:N or auto (got '{v}')")
+        return v
 
     @model_validator(mode="after")
     def _fill_model_defaults(self) -> "TrainConfig":

@@ -111,7 +111,7 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
         "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
                     (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),
         "task": TASKS.get(cfg.dataset, cfg.dataset), "dataset": cfg.dataset, "classes": splits.classes,
-        "model": {"name": cfg.model, "kwargs": {}},
+        "model": {"name": cfg.model, "kwargs": dict(cfg.model_args)},
         "input": {"channels": 1, "height": cfg.preprocess.size, "width": cfg.preprocess.size, "range": [0, 1],
                   "color": "grayscale"},
         "preprocessing": cfg.preprocess.model_dump(),

@@ -56,6 +56,8 @@ def recipe_block(meta: dict) -> dict:
 
 def _config(meta: dict, data_root: Path | None) -> TrainConfig:
     cfg = TrainConfig(**meta["training"])
+    if cfg.device != "cpu" and not torch.cuda.is_available():  # trained on a GPU, audited here: same recipe
+        cfg = cfg.model_copy(update={"device": "cpu"})
     if data_root:
         cfg = cfg.model_copy(update={"data_root": Path(data_root)})
     return cfg

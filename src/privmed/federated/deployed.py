@@ -49,7 +49,7 @@ def load_site(site: Path):
     spec = json.loads((site / "site.json").read_text())
     cfg = FederatedConfig(**spec["config"])
     records = [Record(**dict(r, path=Path(r["path"]))) for r in spec["records"]]
-    model = get_model(cfg.train.model, spec["n_classes"])
+    model = get_model(cfg.train.model, spec["n_classes"], **cfg.train.model_args)
     x = model_inputs(model, load_pixels(records, cfg.train, False), False)
     y = torch.tensor([r.label for r in records])
     units, _ = unit_ids(records, cfg.train.privacy.unit)

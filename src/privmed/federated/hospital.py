@@ -55,10 +55,11 @@ class Hospital:
         self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, 0, pc.accountant, prefix,
                            noise_multiplier=sigma, n_images=len(x), steps=steps)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
-        model = get_model(tc.model, n_classes)
+        model = get_model(tc.model, n_classes, **tc.model_args)
         self.net = model.trainable
         opt = make_optimizer(self.net, tc.optimizer, tc.lr)
-        self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen)
+        self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen,
+                            pc.physical_batch)
         pixel_model = isinstance(model.frozen, torch.nn.Identity)  # as privmed train: scattering maps are 4-d too
         self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0

@@ -99,7 +99,7 @@ def _setup(fed, cfg: FederatedConfig, progress: bool):
     fed.cfg, fed.progress = cfg, progress
     fed.splits = split_records(tc)
     k = len(fed.splits.classes)
-    fed.model = get_model(tc.model, k)
+    fed.model = get_model(tc.model, k, **tc.model_args)
     y = np.array([r.label for r in fed.splits.train], dtype=np.int64)
     units, fed.unit = unit_ids(fed.splits.train, tc.privacy.unit)
     fed.parts = partition(units.numpy(), y, k, cfg.hospitals, cfg.partition, cfg.alpha, cfg.partition_seed)
@@ -111,7 +111,7 @@ def _setup(fed, cfg: FederatedConfig, progress: bool):
 
 def _initial_weights(tc, k: int) -> list[np.ndarray]:
     torch.manual_seed(tc.seed)  # data-independent initialisation of the global model
-    return [p.detach().numpy().copy() for p in get_model(tc.model, k).trainable.parameters()]
+    return [p.detach().numpy().copy() for p in get_model(tc.model, k, **tc.model_args).trainable.parameters()]
 
 
 def _check_model(tc):
@@ -120,6 +120,8 @@ def _check_model(tc):
         raise ValueError(f"unknown model '{tc.model}'; choose one of {', '.join(MODELS)}")
     if not spec.dp_ok:
         raise ValueError(f"model '{tc.model}' uses BatchNorm and cannot train with DP")
+    if tc.device != "cpu":  # hospitals train on their own CPUs here; a silent fallback would mislead
+        raise ValueError(f"federated training runs on the CPU; remove --set device={tc.device}")
 
 
 class ProcessFederation:
@@ -198,7 +200,7 @@ def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progres
     meta = {
         "model_id": f"{TASKS.get(tc.dataset, tc.dataset)}-{tc.model}-fed{len(fed.hospitals)}-eps{tc.privacy.epsilon:g}",
         "task": TASKS.get(tc.dataset, tc.dataset), "dataset": tc.dataset, "classes": fed.splits.classes,
-        "model": {"name": tc.model, "kwargs": {}},
+        "model": {"name": tc.model, "kwargs": dict(tc.model_args)},
         "input": {"channels": 1, "height": tc.preprocess.size, "width": tc.preprocess.size, "range": [0, 1],
                   "color": "grayscale"},
         "preprocessing": tc.preprocess.model_dump(),

@@ -3,6 +3,8 @@ trained (possibly empty) and a trainable part; DP-SGD only ever sees the trainab
 the trainer may cache the frozen part's outputs when no augmentation runs before it."""
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -195,4 +197,11 @@ MODELS: dict[str, ModelSpec] = {
 def get_model(name: str, num_classes: int, **kwargs) -> SplitModel:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    # builders swallow unknown keywords (**_): a misspelt model_args key must not pass silently
+    known = [p.name for p in inspect.signature(MODELS[name].build).parameters.values()
+             if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "num_classes"]
+    wrong = sorted(set(kwargs) - set(known))
+    if wrong:
+        raise ValueError(f"model '{name}' takes no argument {', '.join(wrong)}; its model_args: "
+                         f"{', '.join(known) or 'none'}")
     return MODELS[name].build(num_classes, **kwargs)

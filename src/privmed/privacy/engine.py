@@ -75,7 +75,7 @@ class DPSGD:
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, units: torch.Tensor, plan: DPPlan,
                  unit_weight: torch.Tensor | None = None, grad_sample_mode: str = "hooks",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, physical_batch: int | None = None):
         errors = ModuleValidator.validate(module, strict=False)
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors}")
@@ -94,6 +94,7 @@ class DPSGD:
             raise ValueError("unit weights must be one per unit, in [0, 1] (weights > 1 would break the bound C)")
         self.unit_weight = w
         self.gen = generator or secret_generator()  # never stored: see privacy/randomness.py
+        self.physical_batch = physical_batch  # images per forward/backward; a unit is never split
         self.accountant = create_accountant(plan.accountant)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 
@@ -139,11 +140,42 @@ class DPSGD:
             p.grad_sample = None
         return out
 
+    def chunks(self, local: torch.Tensor) -> list[tuple[slice, slice]]:
+        """(example slice, unit slice) pieces of a sampled batch of at most ``physical_batch`` images,
+        whole units only (``local`` is sorted, as ``sample`` returns it): each unit is clipped in one
+        piece, so the summed pieces equal the one-piece clipped sum and the bound C holds."""
+        if not len(local):
+            return []
+        if bool((local[1:] < local[:-1]).any()):
+            raise ValueError("physical batches need each unit's images together, in order (as sample() gives them)")
+        sizes = torch.bincount(local.cpu()).tolist()
+        cap = self.physical_batch or sum(sizes)
+        out, ex0, un0, n = [], 0, 0, 0
+        for u, k in enumerate(sizes):
+            if n and n + k > cap:
+                out.append((slice(ex0, ex0 + n), slice(un0, u)))
+                ex0, un0, n = ex0 + n, u, 0
+            n += k
+        out.append((slice(ex0, ex0 + n), slice(un0, len(sizes))))
+        return out
+
+    def batch_clipped_sum(self, x: torch.Tensor, y: torch.Tensor, local: torch.Tensor, unit_ids: torch.Tensor,
+                          loss_fn) -> list[torch.Tensor]:
+        """``clipped_sum`` of a sampled batch, computed in pieces of at most ``physical_batch`` images."""
+        pieces = self.chunks(local) if self.physical_batch else []
+        if len(pieces) <= 1:
+            return self.clipped_sum(x, y, local, unit_ids, loss_fn)
+        summed = None
+        for ex, un in pieces:
+            part = self.clipped_sum(x[ex], y[ex], local[ex] - un.start, unit_ids[un], loss_fn)
+            summed = part if summed is None else [a + b for a, b in zip(summed, part)]
+        return summed
+
     def step(self, x: torch.Tensor, y: torch.Tensor, local: torch.Tensor, unit_ids: torch.Tensor, loss_fn) -> None:
         """One DP-SGD step on the sampled batch (may be empty: a noise-only step, still counted)."""
         if not self.can_step():
             raise PrivacyBudgetError(f"budget exhausted: {self.steps} of {self.plan.planned_steps} planned steps taken")
-        summed = self.clipped_sum(x, y, local, unit_ids, loss_fn)
+        summed = self.batch_clipped_sum(x, y, local, unit_ids, loss_fn)
         std = self.plan.noise_multiplier * self.plan.max_grad_norm
         scale = self.plan.sample_rate * self.plan.n_units
         for p, s in zip(self.params, summed):

@@ -54,9 +54,21 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def torch_device(name: str) -> torch.device:
+    """``TrainConfig.device`` as a torch device; a GPU that is not there is a clear error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--set device={name}: this machine's torch sees no such CUDA GPU "
+                         f"({torch.cuda.device_count()} found); use device=cpu or device=auto")
+    return dev
+
+
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
     net.eval()
-    logits = batched_forward(net, x, batch)
+    dev = next(net.parameters()).device
+    logits = batched_forward(lambda xb: net(xb.to(dev)).cpu(), x, batch)
     return float((logits.argmax(1) == y).float().mean())
 
 
@@ -114,15 +126,17 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
     shuffled batches (seed ``cfg.seed``) of the ``weight``-weighted loss. ``pixels``: augment
     (``cfg.augment``). ``val``: (x, y) scored each epoch; without DP it picks the released epoch and
     stops early; none: the last epoch. ``state``: a checkpoint to resume; ``save(state)`` after
-    each epoch."""
+    each epoch. Data stay on the CPU; each batch moves to ``cfg.device``; the returned net is on the CPU."""
     dp = plan is not None
-    weight = torch.ones(int(y.max()) + 1) if weight is None else weight
+    device = torch_device(cfg.device)
+    net.to(device)
+    weight = (torch.ones(int(y.max()) + 1) if weight is None else weight).to(device)
     augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixels else None
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
     engine = None
     if dp:
-        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight), cfg.privacy.grad_sample_mode,
-                       generator)
+        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight.cpu()), cfg.privacy.grad_sample_mode,
+                       generator, cfg.privacy.physical_batch)
         steps_per_epoch = plan.steps_per_epoch
     else:
         batch = batch_for(cfg.batch_size, int(units.max()) + 1)
@@ -154,13 +168,13 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
                     break
                 idx, local, chosen = engine.sample()
                 xb = augment(x[idx]) if augment and len(idx) else x[idx]
-                engine.step(xb, y[idx], local, chosen, per_sample_loss)
+                engine.step(xb.to(device), y[idx].to(device), local, chosen, per_sample_loss)
             else:
                 idx = order[s * batch:(s + 1) * batch]
-                xb = augment(x[idx]) if augment else x[idx]
+                xb, yb = (augment(x[idx]) if augment else x[idx]).to(device), y[idx].to(device)
                 optimizer.zero_grad()
-                losses = per_sample_loss(net(xb), y[idx])
-                (losses * weight[y[idx]]).mean().backward()
+                losses = per_sample_loss(net(xb), yb)
+                (losses * weight[yb]).mean().backward()
                 optimizer.step()
                 total += float(losses.detach().sum())
             if ema:
@@ -192,7 +206,7 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
     elif best_state is not None and cfg.release == "best":
         final.load_state_dict(best_state)
     last = dp or cfg.release == "last"
-    return Fit(final.eval(), history, len(history) if last else best_epoch, engine)
+    return Fit(final.cpu().eval(), history, len(history) if last else best_epoch, engine)
 
 
 def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
@@ -201,11 +215,12 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     spec = MODELS.get(cfg.model)
     if spec is None:
         raise ValueError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}")
+    torch_device(cfg.device)  # a missing GPU fails now, not after minutes of feature extraction
     dp = cfg.privacy.enabled
     if dp and not spec.dp_ok:
         raise ValueError(f"model '{cfg.model}' uses BatchNorm and cannot train with DP; pass --no-dp")
     splits = split_records(cfg)
-    model = get_model(cfg.model, len(splits.classes))
+    model = get_model(cfg.model, len(splits.classes), **cfg.model_args)
     x_tr = model_inputs(model, load_pixels(splits.train, cfg, progress), progress)
     x_va = model_inputs(model, load_pixels(splits.val, cfg, progress), progress)
     y_tr = torch.tensor([r.label for r in splits.train])
@@ -214,7 +229,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     n_units, k = int(units.max()) + 1, len(splits.classes)
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt and ckpt.is_file() else None
-    if state and state["config"] != cfg.model_dump(mode="json"):
+    if state and _recipe(state["config"]) != _recipe(cfg.model_dump(mode="json")):
         raise ValueError(f"checkpoint {ckpt} was made with other settings; use another --out or delete it")
 
     plan, gen, counts = None, None, None
@@ -250,6 +265,11 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
                                          count_noise=cfg.privacy.count_noise if cfg.class_weights else None)
     result.val_inputs, result.seconds = x_va, time.time() - t0
     return result
+
+
+def _recipe(config: dict) -> dict:
+    """A checkpoint's settings without where it ran: a run may resume on another device."""
+    return {k: v for k, v in config.items() if k != "device"}
 
 
 def _plain(net: nn.Module) -> nn.Module:
