@@ -116,28 +116,28 @@ def _lite_backbone() -> dict:
             "sha256": effl.weights_sha256(), "code_version": effl.BACKBONE_VERSION}
 
 
-def effnet_lite0_head(num_classes: int, dropout: float = 0.0, **_) -> SplitModel:
+def effnet_lite0_head(num_classes: int, dropout: float = 0.0) -> SplitModel:
     head = nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes))
     return SplitModel(LiteFrozen(None), head, _lite_backbone())
 
 
-def effnet_lite0_multi(num_classes: int, **_) -> SplitModel:
+def effnet_lite0_multi(num_classes: int) -> SplitModel:
     head = nn.Linear(LiteMulti.DIMS, num_classes)
     nn.init.zeros_(head.weight)  # zero init: DP noise, not a random start, sets the first steps
     nn.init.zeros_(head.bias)
     return SplitModel(LiteMulti(), nn.Sequential(head), _lite_backbone())
 
 
-def effnet_lite0_tail(num_classes: int, dropout: float = 0.0, start: int = 15, **_) -> SplitModel:
+def effnet_lite0_tail(num_classes: int, dropout: float = 0.0, start: int = 15) -> SplitModel:
     full = effl.fold_all_bn(effl.pretrained_lite0())
     return SplitModel(LiteFrozen(start), LiteTail(full, start, num_classes, dropout), _lite_backbone())
 
 
-def cnn(num_classes: int, dropout: float = 0.3, **_) -> SplitModel:
+def cnn(num_classes: int, dropout: float = 0.3) -> SplitModel:
     return SplitModel(nn.Identity(), PaperCNN(num_classes, dropout=dropout))
 
 
-def scatter_cnn(num_classes: int, size: int = 64, J: int = 2, **_) -> SplitModel:
+def scatter_cnn(num_classes: int, size: int = 64, J: int = 2) -> SplitModel:
     """Fixed scattering features (J, L = 8) of a ``size`` px image + a small GroupNorm tanh CNN."""
     frozen = ScatterFrozen(size, J)
     version = f"{SCATTER_VERSION}-{size}px" + ("" if J == 2 else f"-J{J}")
@@ -146,12 +146,12 @@ def scatter_cnn(num_classes: int, size: int = 64, J: int = 2, **_) -> SplitModel
     return SplitModel(frozen, ScatterCNN(num_classes, frozen.channels), backbone)
 
 
-def scatter_cnn_128(num_classes: int, **_) -> SplitModel:
+def scatter_cnn_128(num_classes: int) -> SplitModel:
     """The same at 128 px with J = 3 (217 channels, still 16 x 16): twice the detail per film."""
     return scatter_cnn(num_classes, size=128, J=3)
 
 
-def resnet50(num_classes: int, **_) -> SplitModel:
+def resnet50(num_classes: int) -> SplitModel:
     """Non-private baseline (BatchNorm, so not DP-compatible), from MONAI, random init."""
     from monai.networks.nets import ResNet
 
@@ -160,7 +160,7 @@ def resnet50(num_classes: int, **_) -> SplitModel:
     return SplitModel(nn.Identity(), net)
 
 
-def vgg(num_classes: int, **_) -> SplitModel:
+def vgg(num_classes: int) -> SplitModel:
     """Non-private VGG-style baseline: stacked 3x3 convs with BatchNorm."""
     def stage(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
@@ -197,9 +197,8 @@ MODELS: dict[str, ModelSpec] = {
 def get_model(name: str, num_classes: int, **kwargs) -> SplitModel:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
-    # builders swallow unknown keywords (**_): a misspelt model_args key must not pass silently
-    known = [p.name for p in inspect.signature(MODELS[name].build).parameters.values()
-             if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "num_classes"]
+    # a bundle's or --set's model_args: a misspelt key gets this message, not a bare TypeError
+    known = list(inspect.signature(MODELS[name].build).parameters)[1:]
     wrong = sorted(set(kwargs) - set(known))
     if wrong:
         raise ValueError(f"model '{name}' takes no argument {', '.join(wrong)}; its model_args: "

@@ -130,18 +130,19 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
     dp = plan is not None
     device = torch_device(cfg.device)
     net.to(device)
-    weight = (torch.ones(int(y.max()) + 1) if weight is None else weight).to(device)
+    weight = torch.ones(int(y.max()) + 1) if weight is None else weight
     augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixels else None
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
     engine = None
     if dp:
-        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight.cpu()), cfg.privacy.grad_sample_mode,
+        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight), cfg.privacy.grad_sample_mode,
                        generator, cfg.privacy.physical_batch)
         steps_per_epoch = plan.steps_per_epoch
     else:
         batch = batch_for(cfg.batch_size, int(units.max()) + 1)
         steps_per_epoch = math.ceil(len(x) / batch)
         shuffle = torch.Generator().manual_seed(cfg.seed)
+        loss_weight = weight.to(device)
 
     history, best_epoch, start_epoch, best_acc, best_state, stale = [], 0, 0, -1.0, None, 0
     if state:
@@ -174,7 +175,7 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
                 xb, yb = (augment(x[idx]) if augment else x[idx]).to(device), y[idx].to(device)
                 optimizer.zero_grad()
                 losses = per_sample_loss(net(xb), yb)
-                (losses * weight[yb]).mean().backward()
+                (losses * loss_weight[yb]).mean().backward()
                 optimizer.step()
                 total += float(losses.detach().sum())
             if ema:
