@@ -17,7 +17,7 @@ from torch import nn
 
 from privmed.config import TrainConfig
 from privmed.models import get_model
-from privmed.privacy import default_delta, sigma_for
+from privmed.privacy import DEFAULT_DELTA, sigma_for
 from privmed.training.data import load_pixels, pixels_to_tensor, split_records
 
 
@@ -57,11 +57,11 @@ def main() -> None:
     steps_per_epoch = math.ceil(n / a.batch_size)
     steps = steps_per_epoch * a.epochs
     print(f"d = {d:,} parameters; one step with batch {a.batch_size}, {a.epochs} epochs ({steps} steps), "
-          f"C = {a.max_grad_norm:g}, delta = {default_delta(n):g}, PRV accountant:")
+          f"C = {a.max_grad_norm:g}, delta = {DEFAULT_DELTA:g}, PRV accountant:")
     print(f"  signal: norm of the mean clipped gradient {signal.norm():.3f} "
           f"(per coordinate, RMS {signal.norm() / math.sqrt(d):.2e})")
     for eps in (2.0, 8.0, 50.0):
-        sigma = sigma_for(eps, default_delta(n), 1 / steps_per_epoch, steps)
+        sigma = sigma_for(eps, DEFAULT_DELTA, 1 / steps_per_epoch, steps)
         per = sigma * a.max_grad_norm / a.batch_size
         print(f"  epsilon {eps:g}: noise multiplier {sigma:.3f}, noise per coordinate {per:.2e}, "
               f"noise norm {per * math.sqrt(d):.3f}")

@@ -25,7 +25,7 @@ from privmed.models import get_model
 from privmed.models.batched import batched_forward
 from privmed.privacy import DPPlan
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records, unit_ids
-from privmed.training.trainer import batch_for, count_weights, fit, train
+from privmed.training.trainer import count_weights, fit, train
 
 
 class _NoNoise(DPPlan):
@@ -79,10 +79,8 @@ def main():
     print(json.dumps({**head, "row": "logistic", **row, "seconds": round(time.time() - t0, 1)}), flush=True)
 
     t0 = time.time()
-    batch = batch_for(cfg.batch_size, n_units)
-    steps_per_epoch = -(-n_units // batch)
-    plan = _NoNoise.with_noise(0.0, 1 / steps_per_epoch, cfg.privacy.max_grad_norm, n_units,
-                               steps_per_epoch * cfg.epochs)
+    q = cfg.privacy.sample_rate  # the DP recipe's public rate and steps
+    plan = _NoNoise.with_noise(0.0, q, cfg.privacy.max_grad_norm, n_units, round(1 / q) * cfg.epochs)
     net = fit(get_model(cfg.model, len(splits.classes)).trainable, x_tr, y_tr, cfg, units,
               count_weights(y_tr, len(splits.classes)), plan).net
     print(json.dumps({**head, "row": "dp_recipe_no_noise", **_net_scores(net, x_va, y_va, "val"),

@@ -19,6 +19,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_budget_dir(tmp_path_factory):
+    """Session fixtures that train (small_bundle...) spend a throwaway budget, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVMED_BUDGET_DIR", str(tmp_path_factory.mktemp("budget") / "session"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _private_budget_dir(tmp_path, monkeypatch):
+    """Every test gets its own privacy budget registry: tests never spend (or read) the user's budget."""
+    monkeypatch.setenv("PRIVMED_BUDGET_DIR", str(tmp_path / "budget"))
+
+
 def require_dataset(root: Path, name: str = "covid19_xray") -> Path:
     """``root`` if it holds dataset ``name``; else skip, or fail under CI=true."""
     if not (Path(root) / name).is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,9 +120,8 @@ def test_dp_training_respects_budget_and_resumes_with_fresh_noise(data_root, tmp
     full = trainer.train(_cfg(data_root), checkpoint_dir=tmp_path / "a", progress=False)
     assert full.privacy["epsilon"] <= 2.0
     assert full.privacy["delta"] < 1 / len(full.splits.train)
-    n = full.privacy["n_units_train"]
-    assert full.privacy["sample_rate"] == 1 / -(-n // 32)
-    assert full.privacy["steps"] == 3 * -(-n // 32)
+    # q and steps are public settings, not functions of the private number of units
+    assert full.privacy["sample_rate"] == 0.1 and full.privacy["steps"] == 3 * 10
     assert [h["epsilon"] for h in full.history] == sorted(h["epsilon"] for h in full.history)
 
     # kill the run right after the first checkpoint is written, then resume it
@@ -175,7 +175,7 @@ def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeyp
     assert plan["unit_of_privacy"] == "patient" and plan["epsilon"] <= 2.0
     per_epoch = round(1 / plan["sample_rate"])
     assert plan["steps"] == 3 * per_epoch and per_epoch >= 3
-    assert plan["n_units_train"] < 16  # 16 patients (48 films), some held out for validation
+    assert "n_units_train" not in plan and plan["n_units_train_dp"] is not None  # a DP estimate only
 
     real_step, calls = DPSGD.step, []
 
@@ -197,7 +197,7 @@ def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeyp
 
     monkeypatch.setattr(DPSGD, "step", real_step)
     resumed = read_metadata(train_bundle(cfg, out, progress=False))["privacy"]
-    assert resumed["unit_of_privacy"] == "patient" and resumed["n_units_train"] == plan["n_units_train"]
+    assert resumed["unit_of_privacy"] == "patient"
     assert resumed["steps"] == plan["steps"]  # the 2 lost steps redone from the checkpoint, none twice
     assert resumed["epsilon"] == plan["epsilon"] and resumed["epochs"] == 3
     assert not work.exists() and sorted(p.name for p in out.parent.iterdir()) == ["bundle", "bundle.run"]
@@ -211,7 +211,7 @@ def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root)
     for key in ("mechanism", "epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps",
                 "epochs", "accountant", "unit_of_privacy", "opacus_version"):
         assert key in p
-    assert p["epsilon"] <= 2.0 and p["delta"] < 1 / p["n_units_train"]
+    assert p["epsilon"] <= 2.0 and p["delta"] == 1e-5 and "n_units_train" not in p
     model = privmed.load_model(small_bundle)
     img = next((data_root / "covid19_xray/test/normal").glob("*"))
     pred = model.predict(img)
@@ -229,10 +229,86 @@ def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root)
     from privmed.evaluation.evaluate import evaluate
 
     r = evaluate(small_bundle, "covid19_xray", "test", data_root, progress=False)
-    assert r["n"] + r["leaked_test_images_removed"] == 66
+    assert r["n"] + r["private"]["leaked_test_images_removed"] == 66
     assert 0 <= r["accuracy"] <= 1 and len(r["confusion_matrix"]) == 3
     with pytest.raises(BundleError, match="classes"):
         evaluate(small_bundle, "chest_xray_pneumonia", "test", data_root, progress=False)
+
+
+def test_record_keeps_private_counts_out_of_the_bundle(small_bundle, tmp_path, data_root, capsys):
+    """`privmed evaluate --record` writes only public test metrics into the bundle (the whole official
+    test split); the leak-free subset, a function of the training images, goes to the private run log,
+    or nowhere for a copy without one. Failed before issue 29: `leaked_test_images_removed` (covid19_xray: 8) went into metadata.json, and `--record
+    --split val` wrote exact validation metrics into the released bundle."""
+    from privmed.inference.bundle import PRIVATE_METRICS, read_metadata, read_run_log, run_dir, update_metadata
+
+    bundle = Path(shutil.copytree(small_bundle, tmp_path / "b"))
+    update_metadata(bundle, metrics={"old/test": {"n": 1, "leaked_test_images_removed": 3}})  # an older record
+    args = ["evaluate", str(bundle), "--data-root", str(data_root), "--record", "--json"]
+
+    def recorded() -> dict:
+        text = (bundle / "metadata.json").read_text()
+        assert not any(k in text for k in PRIVATE_METRICS)
+        return read_metadata(bundle)["metrics"]
+
+    assert main(args) == 0  # no run log beside the copy: the private counts are not recorded anywhere
+    out = capsys.readouterr()
+    assert "leaked_test_images_removed" in json.loads(out.out)["private"]  # shown to the data owner
+    assert "no private run log" in out.err and not run_dir(bundle).exists()
+    assert set(recorded()) == {"old/test", "covid19_xray/test"}
+
+    shutil.copytree(run_dir(small_bundle), run_dir(bundle))
+    assert main(args) == 0
+    entry = recorded()["covid19_xray/test"]
+    private = read_run_log(bundle)["metrics"]["covid19_xray/test"]
+    # the bundle: the whole official test split (its size says nothing of the training images);
+    # the run log: the leak-free subset and how many test images it dropped
+    assert entry["n"] == 66 and "whole official test split" in entry["test_images"]
+    assert private["n"] + private["private"]["leaked_test_images_removed"] == 66
+
+    before = (bundle / "metadata.json").read_bytes()
+    assert main(["evaluate", str(bundle), "--data-root", str(data_root), "--record", "--split", "val"]) == 2
+    assert "only the public test split" in capsys.readouterr().err
+    assert (bundle / "metadata.json").read_bytes() == before
+
+
+def test_checkpoint_is_owner_only(tmp_path):
+    """The checkpoint holds exact per-epoch validation accuracy: 0600 in a 0700 folder like the run log
+    (before issue 29: 0644 in 0755 under the usual umask)."""
+    from privmed.training.trainer import _save_checkpoint
+
+    ckpt = tmp_path / "out.partial" / "checkpoint.pt"
+    _save_checkpoint(ckpt, {"history": [{"val_accuracy": 0.5}]})
+    assert ckpt.stat().st_mode & 0o777 == 0o600 and ckpt.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_gdp_accountant_is_refused(tmp_path):
+    """GDP is not offered where a guarantee is stated (issue 29; see the next test for why)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="accountant"):
+        TrainConfig(privacy={"accountant": "gdp"})
+    for argv in (["train", "--dataset", "covid19_xray", "--accountant", "gdp", "--out", str(tmp_path / "x")],
+                 ["privacy", "account", "--sigma", "1", "--sample-rate", "0.25", "--steps", "20", "--delta", "1e-5",
+                  "--accountant", "gdp"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_gdp_understates_epsilon():
+    """Why GDP was removed: at sigma 1, q 0.25, 20 steps, delta 1e-5 Opacus's GDP accountant (a central
+    limit approximation) gives epsilon 6.86 where PRV (numerically tight, with error bounds) gives 8.09:
+    a stated guarantee 15 % too strong."""
+    from opacus.accountants import GaussianAccountant, PRVAccountant
+
+    eps = {}
+    for name, acc in (("gdp", GaussianAccountant()), ("prv", PRVAccountant())):
+        acc.history = [(1.0, 0.25, 20)]
+        eps[name] = acc.get_epsilon(delta=1e-5)
+    assert eps["gdp"] == pytest.approx(6.86, abs=0.01) and eps["prv"] == pytest.approx(8.09, abs=0.02)
+    assert eps["prv"] - eps["gdp"] > 1
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path, data_root):
@@ -291,8 +367,6 @@ def test_medmnist_style_npz_trains_like_a_folder(tmp_path, data_root):
     assert res.privacy["epsilon"] <= 2.0 and len(res.history) == 1
     assert len(md5(path)) == 32
 
-
-from pathlib import Path  # noqa: E402
 
 from privmed.config import PreprocessConfig  # noqa: E402
 

@@ -186,8 +186,35 @@ def test_covid19_ct_records_carry_slice_blocks_and_val_is_used():
     assert all(r.block and r.group == r.block and r.patient_id is None for r in train)
     assert len({r.group for r in train}) == 43
     s = split_records(TrainConfig(dataset="covid19_ct", data_root=root))
-    assert s.fingerprint["val_split"] == "dataset" and len(s.val) == 400 and len(s.train) == 1682
+    # 400 / 1682 on disk; one training copy of a validation image joins it (next test)
+    assert s.fingerprint["val_split"] == "dataset" and len(s.val) == 401 and len(s.train) == 1681
     assert not {r.group for r in s.train} & {r.group for r in s.val}
+
+
+def test_no_copy_group_straddles_train_and_validation():
+    """Copies of one image (same bytes, or pHash within 16 bits) are one unit on one side of
+    train/validation, grouped over both splits together. Failed before: grouping ran over train only,
+    so val/covid/Covid_1173.jpg (block covid-029) kept its near copy train/covid/Covid_1135.jpg
+    (block covid-028) in training, and val's Covid_41.jpg / Covid_42.jpg were two units."""
+    from privmed.config import TrainConfig
+    from privmed.data.datasets import open_dataset
+    from privmed.data.inspect import with_copy_groups
+    from privmed.training.data import split_records, unit_ids
+
+    root = ct_root()
+    s = split_records(TrainConfig(dataset="covid19_ct", data_root=root))
+    regrouped = with_copy_groups(open_dataset("covid19_ct", root), s.train + s.val)  # recount, both sides
+    train_keys, val_keys = ({r.copies for r in part} for part in (regrouped[: len(s.train)], regrouped[len(s.train):]))
+    assert not train_keys & val_keys
+    side = {r.path.name: "train" for r in s.train} | {r.path.name: "val" for r in s.val}
+    assert side["Covid_1173.jpg"] == side["Covid_1135.jpg"] == "val"  # a 1:1 tie: 1173 holds the smaller hash
+    moved = next(r for r in s.val if r.path.name == "Covid_1135.jpg")
+    assert moved.block == "covid-029" and moved.copies == next(r.copies for r in s.val if r.path.name == "Covid_1173.jpg")
+    assert s.fingerprint["copies_moved"] == 1
+    units, name = unit_ids(s.val, "image")  # copies inside validation: one unit
+    index = {r.path.name: int(u) for r, u in zip(s.val, units)}
+    assert name == "image" and index["Covid_41.jpg"] == index["Covid_42.jpg"]
+    assert index["Covid_1173.jpg"] == index["Covid_1135.jpg"] and len(set(index.values())) == len(s.val) - 2
 
 
 def test_manifest_groups_keep_a_generic_folder_grouped(tmp_path):
@@ -205,6 +232,32 @@ def test_manifest_groups_keep_a_generic_folder_grouped(tmp_path):
     tr, va = train_val_split(recs, 0.4, seed=0)  # a keyed hash per group: 8 groups can leave 0.25 empty
     assert va and not {r.group for r in tr} & {r.group for r in va}
 
+
+
+def test_a_copy_group_goes_to_the_side_holding_most_of_it(tmp_path):
+    """The majority rule (the real split has a 1:1 tie only): an image twice in train and once in the
+    dataset's own val ends up in train, three times, and its moved copy joins the copies' slice block."""
+    from privmed.config import TrainConfig
+    from privmed.training.data import split_records
+
+    rng = np.random.default_rng(0)
+    rows = ["file,split,class,slice_block"]
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                PILImage.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                rows.append(f"{split}/{cls}/{i}.png,{split},{cls},{split}-{cls}")
+    for f in ("train/a/copy.png", "val/a/copy.png"):
+        shutil.copy(tmp_path / "train/a/0.png", tmp_path / f)
+        rows.append(f"{f},{f[:f.index('/')]},a,{f[:f.index('/')]}-a")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    s = split_records(TrainConfig(dataset=str(tmp_path)))
+    assert s.fingerprint["copies_moved"] == 1 and (len(s.train), len(s.val)) == (10, 8)
+    moved = next(r for r in s.train if r.path.parent.parent.name == "val")
+    assert moved.path.name == "copy.png" and moved.block == "train-a"
+    assert len({r.copies for r in s.train if r.path.parent.name == "a"}) == 4  # 0.png and its two copies: one unit
+    assert not {r.group for r in s.train} & {r.group for r in s.val}
 
 def test_inspect_reports_slice_blocks_and_cross_split_near_duplicates():
     from privmed.data.datasets import open_dataset

@@ -129,3 +129,32 @@ def test_auc_interval_covers_and_shrinks():
     lo1, hi1 = B.auc_confidence_interval(0.7, 50, 50)
     lo2, hi2 = B.auc_confidence_interval(0.7, 5000, 5000)
     assert lo1 < lo2 < 0.7 < hi2 < hi1
+
+
+def test_one_run_p_value_pays_delta_per_canary():
+    """Steinke, Nasr & Jagielski (2023): P[V >= v] <= f(v) + 2 m delta max_i (f(v - i) - f(v)) / i.
+    Failed before: there was no one-run bound with delta (the audit used the pure-DP form for any delta)."""
+    from scipy.stats import binom
+
+    m, r, v, eps, delta = 1000, 100, 70, 0.5, 1e-5
+    q = math.exp(eps) / (1 + math.exp(eps))
+    f = lambda k: binom.sf(k - 1, r, q)
+    brute = f(v) + 2 * m * delta * max((f(v - i) - f(v)) / i for i in range(1, v + 1))
+    assert B.one_run_p_value(v, r, m, eps, delta) == pytest.approx(brute, rel=1e-9)
+    assert B.one_run_p_value(v, r, m, eps, 0.0) == pytest.approx(f(v), rel=1e-9)
+    pure = B.one_run_eps_lower_bound(95, 100, 1000, 0.0)
+    assert 0 < B.one_run_eps_lower_bound(95, 100, 1000, 1e-5) < pure  # delta costs some eps
+    assert B.one_run_eps_lower_bound(95, 100, 1000, 0.05) == 0.0     # 2 m delta = 100: nothing is shown
+    with pytest.raises(ValueError):
+        B.one_run_p_value(10, 20, 0, 1.0, 1e-5)  # delta without the number of canaries
+
+
+def test_one_run_test_is_valid_on_randomized_response():
+    """eps-DP randomized response on coin-flipped canaries is the worst case of the theorem: the test
+    of "eps-DP" at 5 % may reject it in at most ~5 % of runs."""
+    eps, m = 1.0, 200
+    q = math.exp(eps) / (1 + math.exp(eps))
+    rng = np.random.default_rng(0)
+    rejected = sum(B.one_run_p_value(int(rng.binomial(m, q)), m, m, eps) <= 0.05 for _ in range(400))
+    assert rejected <= 32  # Binomial(400, 0.05): mean 20, P(X > 32) < 0.005
+    assert B.one_run_eps_lower_bound(int(m * q), m, m) < eps  # the typical run shows less than the truth

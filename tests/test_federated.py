@@ -51,8 +51,8 @@ def secagg_run(data_root):
 
 def _weighted_mean(fed, r):
     hs = list(fed.hospitals.values())
-    total = sum(h.n_units for h in hs)
-    return [sum(h.n_units * h.updates[r][i] for h in hs) / total for i in range(len(hs[0].updates[r]))]
+    total = sum(h.fedavg_weight() for h in hs)  # DP numbers of units: the exact ones are never sent
+    return [sum(h.fedavg_weight() * h.updates[r][i] for h in hs) / total for i in range(len(hs[0].updates[r]))]
 
 
 def _close_to_any(arr, updates, atol=1e-4):

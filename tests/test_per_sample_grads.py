@@ -20,11 +20,14 @@ def _real_batch(data_root, size, n=4):
 
 @pytest.mark.parametrize("name,size", [("cnn", 64), ("scatter_cnn", 64), ("effnet_lite0_tail", 224)])
 def test_opacus_per_sample_grads_match_autograd(data_root, name, size):
+    """In float64: in float32 a batch of 4 and a batch of 1 differ by ~1e-5 in the forward, which can move
+    a pre-activation across a ReLU6 kink and flip its gradient (effnet_lite0_tail: 1.45e-3 relative
+    error on a fresh machine). In float64 they agree to ~1e-15, so the tolerance can be tighter."""
     torch.manual_seed(0)
     px, y = _real_batch(data_root, size)
     model = get_model(name, 2)
-    x = model_inputs(model, px, progress=False)
-    net = model.trainable
+    x = model_inputs(model, px, progress=False).double()
+    net = model.trainable.double()
     for m in net.modules():  # dropout would make the two passes differ
         if isinstance(m, nn.Dropout):
             m.p = 0.0
@@ -43,7 +46,7 @@ def test_opacus_per_sample_grads_match_autograd(data_root, name, size):
             continue
         for i in range(len(x)):
             want = ref[i][k]
-            assert torch.allclose(p.grad_sample[i], want, atol=1e-5 * (1 + float(want.abs().max()))), k
+            assert torch.allclose(p.grad_sample[i], want, rtol=1e-9, atol=1e-9 * (1 + float(want.abs().max()))), k
         checked += 1
     assert checked >= 2
     gsm._close()

@@ -83,12 +83,13 @@ def test_bench_entry_and_run_report(tiny, tmp_path, monkeypatch):
     data = str(tmp / "data")
     for eps in (1.0, None):
         e = paper._e(f"tiny-head-{eps}", "privacy_utility", f"tiny eps={eps}", data, "effnet_lite0_head", eps,
-                     epochs=3, batch_size=16, size=64, audit_k=0, robustness=12 if eps else None)
+                     epochs=3, batch_size=16, size=64, audit_k=0, robustness=12 if eps else None,
+                     overrides={"val_fraction": 0.4})
         r = paper.run_entry(e, run, progress=False)
         assert 0 <= r["test"]["accuracy"] <= 1 and r["images_per_s"] > 0
         assert "privmed train" in r["commands"]["train"] and (f"--epsilon {eps:g}" if eps else "--no-dp") in \
             r["commands"]["train"]
-        # non-members: validation images without a copy in train, then test images; as many members
+        # non-members: validation images only (without a copy in train); as many members
         assert r["audit"]["members"]["n"] == r["audit"]["nonmembers"]["n"] >= 20
         # the stored triplets: copies of one image now stay on one side of the validation split
         assert r["audit"]["nonmembers"]["excluded_copies_of_training_images"] == 0

@@ -121,7 +121,7 @@ def short_dp_run(data_root) -> float:
     y = torch.tensor([r.label for r in recs])
     y_te = np.array([r.label for r in test])
     n = len(x)
-    plan = DPPlan(2.0, 1 / (10 * n), 0.1, n, n // 4, EPOCHS)
+    plan = DPPlan(2.0, 1 / (10 * n), 0.1, 0.25, 4 * EPOCHS, expected_units=n)
     net = model.trainable
     engine = DPSGD(net, torch.optim.SGD(net.parameters(), lr=4.0, momentum=0.9), torch.arange(n), plan)
     while engine.can_step():

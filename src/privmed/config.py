@@ -39,6 +39,15 @@ def bundles_dir() -> Path:
     return Path(os.environ.get("PRIVMED_BUNDLES", REPO_ROOT / "bundles")).expanduser()
 
 
+def budget_dir() -> Path:
+    """The privacy budget registry (``privmed.privacy.budget``): private, outside the checkout.
+    ``PRIVMED_BUDGET_DIR``, else ``$XDG_DATA_HOME/privmed/budget``, else ``~/.local/share/privmed/budget``."""
+    env = os.environ.get("PRIVMED_BUDGET_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "privmed" / "budget"
+
+
 class PreprocessConfig(BaseModel):
     size: int = Field(224, ge=16, le=1024)
     clahe: bool = False
@@ -57,12 +66,20 @@ class AugmentConfig(BaseModel):
 class PrivacyConfig(BaseModel):
     enabled: bool = True
     epsilon: float = 2.0
-    delta: float | None = None  # None -> 1 / (10 N), N = training images
+    # None -> 1e-5, a public rule: a delta computed from the exact number of images would publish it.
+    # Training refuses a delta of 1/N or more (N = training images)
+    delta: float | None = None
+    # Poisson rate of DP-SGD, public and fixed before the data are read (a rate from the exact number
+    # of units would publish it). None: the model's default (MODEL_DEFAULTS), else 0.2. Under DP the
+    # batch is Poisson with mean q N and ``batch_size`` applies only to non-private training
+    sample_rate: float | None = Field(None, gt=0, le=0.5)
     max_grad_norm: float = 1.0
-    accountant: Literal["prv", "rdp", "gdp"] = "prv"
+    accountant: Literal["prv", "rdp"] = "prv"  # not gdp: it understates epsilon (issue 29)
     # auto: the patient wherever the data carry patient ids, else the image
     unit: Literal["auto", "patient", "image"] = "auto"
-    count_noise: float = Field(10.0, gt=0)  # noise multiplier of the DP class counts behind class weights
+    # noise multiplier of the DP class counts (always released under DP: the DP estimate of the number
+    # of units that scales the noisy gradient sum; and the class weights when class_weights is on)
+    count_noise: float = Field(10.0, gt=0)
     grad_sample_mode: Literal["hooks", "ew"] = "hooks"
     # most images per forward/backward pass (GPU memory); a sampled batch is split into whole units,
     # so each unit is still clipped once and the sum is the same. None: the whole sampled batch at once
@@ -81,8 +98,8 @@ class PrivacyConfig(BaseModel):
 MODEL_DEFAULTS = {
     "effnet_lite0_head": {"epochs": 30, "batch_size": 512, "lr": 0.05},
     "effnet_lite0_multi": {"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"},
-    "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3},
-    "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3},
+    "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3, "sample_rate": 0.1},
+    "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3, "sample_rate": 0.1},
     # Tramer & Boneh: large batches, SGD with a high rate (the clip C is small, so lr * C is the step)
     "scatter_cnn": (_SCATTER := {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"}),
     "scatter_cnn_128": _SCATTER,  # the same recipe at 128 px, J = 3
@@ -129,7 +146,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_model_defaults(self) -> "TrainConfig":
-        for key, value in {"optimizer": "adam", **MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"])}.items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
+        defaults = {"optimizer": "adam", "sample_rate": 0.2, **MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"])}
+        for key, value in defaults.items():
+            holder = self.privacy if key == "sample_rate" else self
+            if getattr(holder, key) is None:
+                setattr(holder, key, value)
         return self

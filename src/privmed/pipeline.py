@@ -19,16 +19,15 @@ from privmed.inference import calibration as cal
 from privmed.inference import ood
 from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
 from privmed.models.batched import batched_forward
-from privmed.privacy.accounting import sigma_for
+from privmed.privacy.budget import Registry
 from privmed.privacy.ledger import add_validation_releases
-from privmed.privacy.randomness import secret_generator
-from privmed.privacy.releases import gaussian_sum
+from privmed.privacy.randomness import SecretStream
+from privmed.privacy.releases import gaussian_sum, validation_history
 from privmed.training.data import unit_ids
 from privmed.training.trainer import train
 
 TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19",
          "covid19_ct": "covid19_ct"}
-RELEASES_ON_VALIDATION = 2
 W_STAT, W_HIST = 0.6, 0.8
 
 
@@ -45,16 +44,11 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     """(calibration, decision, ood block, ledger releases, run-log notes) from validation data.
 
     Under DP two Gaussian releases, each on per-unit rows: (1) OOD statistics + margin histogram,
-    (2) histogram of OOD scores. Without DP the same statistics, exact."""
-    n_units = int(units.max()) + 1
+    (2) histogram of OOD scores. Whether there are enough units for (2) and for using (1) is decided
+    on (1)'s own noisy unit count, never on the exact one. Without DP the same statistics, exact."""
     dp = privacy is not None
-    if dp and n_units < ood.MIN_UNITS:
-        note = (f"validation has {n_units} units, too few for DP statistics: temperature 1, argmax decision, "
-                "no out-of-distribution detector (the quality gate still runs)")
-        return {"method": "none", "temperature": 1.0, "note": note}, None, None, [], {"note": note}
-    sigma = sigma_for(privacy["epsilon_target"], privacy["delta"], 1.0, 1, privacy["accountant"],
-                      repeat=RELEASES_ON_VALIDATION) if dp else 0.0
-    gen = secret_generator()
+    sigma = validation_history(privacy["epsilon_target"], privacy["delta"], privacy["accountant"])[0][0] if dp else 0.0
+    stream = SecretStream()
     proj = ood.projection(emb.shape[1])
     z = ood.embed(emb, proj)
     # one release, rows of norm 1: OOD statistics and the margin histogram (temperature, operating
@@ -63,17 +57,25 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     parts = [(ood.stat_rows(z, y, k), ood.STAT_SENSITIVITY, W_STAT), (cal.margin_rows(logits, y, k), 1.0, W_HIST)]
     rows = np.concatenate([r * (w / sens) for r, sens, w in parts], 1)
     sens1 = 1.0
-    rel1 = gaussian_sum(_per_unit_mean(rows, units), sens1, sigma, gen)
+    rel1 = gaussian_sum(_per_unit_mean(rows, units), sens1, sigma, stream)
     out, start = [], 0
     for r, sens, w in parts:  # undo each part's scaling: (release, noise std on that scale)
         out.append((rel1[start:start + r.shape[1]] * sens / w, sigma * sens / w))
         start += r.shape[1]
     (stats, stats_std), (hist, hist_std) = out
     det = ood.detector_from_release(stats, k, ood.DIMS, stats_std, emb.shape[1])
+    n_units = float(det["noisy_counts"].sum()) if dp else int(units.max()) + 1
+    release1 = {"release": "validation: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
+                "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": sens1}
+    if dp and n_units < ood.MIN_UNITS:
+        note = (f"validation has about {n_units:.0f} units (DP estimate), too few for DP statistics: temperature "
+                "1, argmax decision, no out-of-distribution detector (the quality gate still runs)")
+        return ({"method": "none", "temperature": 1.0, "note": note}, None, None, [release1],
+                {"note": note, "n_units_validation_dp": n_units})
     temperature = cal.temperature_from_histogram(cal.denoise(hist, hist_std))  # raw: unbounded as T -> 0
     provisional = ood.block(det, float("inf"), sigma, n_units)
     s = ood.scores(emb, provisional)
-    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, gen)
+    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, stream)
     block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units)
     how = (f"Gaussian mechanism on validation (noise multiplier {sigma:.4g})" if dp else "exact, on validation")
     calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
@@ -84,12 +86,20 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
         decision = {"positive_class_index": 1, "threshold_probability": float(1 / (1 + np.exp(-t / temperature))),
                     "threshold_margin": t, "chosen_by": f"largest balanced accuracy, {how}"}
     releases = [] if not dp else [
-        {"release": "validation: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
-         "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": sens1},
+        release1,
         {"release": "validation: OOD score histogram (Gaussian mechanism)", "on": "validation",
          "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
-    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > block["threshold"]))}
+    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > block["threshold"])), "n_units_validation_dp": n_units}
     return calibration, decision, block, releases, notes
+
+
+def dataset_total(budget: dict, privacy: dict) -> dict:
+    """What the dataset has spent over every run recorded in the budget registry, this one included
+    (mechanism parameters only: public). The registry key stays out: it would identify the data."""
+    s = Registry().summary(budget["key"], privacy["delta"], privacy["accountant"])
+    return {"epsilon_all_runs": round(s["spent"], 4), "delta": s["delta"], "runs": s["runs"],
+            "limit": s["limit"], "composition": s["composition"],
+            "counted_since": "the first run recorded in this machine's privacy budget registry"}
 
 
 def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, progress: bool = True,
@@ -106,7 +116,8 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
         logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy)
     privacy = result.privacy or {"mechanism": "none (non-private)", "epsilon": None}
     if result.privacy:
-        privacy = add_validation_releases(result.privacy, releases, int(units.max()) + 1)
+        privacy = add_validation_releases(result.privacy, releases, notes.get("n_units_validation_dp"))
+        privacy["dataset_budget"] = dataset_total(result.budget, privacy)
     meta = {
         "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
                     (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),

@@ -406,7 +406,8 @@ def _summary(e: dict) -> dict:
     return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
             "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
             "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
-            "unit_of_privacy": p.get("unit_of_privacy"), "privacy_statement": statement(m),
+            "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
+            "privacy_statement": statement(m),
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
             # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
             "available": not e.get("broken")}

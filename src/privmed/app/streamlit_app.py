@@ -60,7 +60,8 @@ def ledger_rows(card: dict) -> list[dict]:
     names = [("mechanism", "mechanism"), ("epsilon", "epsilon (spent)"), ("delta", "delta"),
              ("noise_multiplier", "noise multiplier"), ("max_grad_norm", "clipping norm"),
              ("sample_rate", "sample rate"), ("steps", "steps"), ("epochs", "epochs"),
-             ("accountant", "accountant"), ("unit_of_privacy", "unit of privacy")]
+             ("accountant", "accountant"), ("unit_of_privacy", "unit of privacy"),
+             ("neighbouring_relation", "neighbouring datasets"), ("randomness", "noise source")]
     return [{"field": label, "value": str(p.get(k))} for k, label in names if k in p]
 
 

@@ -40,7 +40,8 @@ def run_report(run_dir: Path, out: Path) -> Doc:
         best = max(audits, key=lambda r: r["audit"]["max_auc"])
         doc.fig(plot_mia(best["audit"]), "mia_roc",
                 f"MIA ROC of the most leaking audited model ({best['label']}, {best['dataset']})")
-        doc.table(["entry", "epsilon", "MIA AUC", "TPR@1%FPR", "ceiling AUC", "empirical eps (95% lower bound)"],
+        doc.table(["entry", "epsilon", "MIA AUC", "TPR@1%FPR", "ceiling AUC",
+                   "heuristic empirical eps (not a certified bound)"],
                   [[r["id"], r.get("epsilon") if r.get("epsilon") is not None else "none", r["audit"]["max_auc"],
                     r["audit"]["max_tpr_at_fpr"]["0.01"], (r["audit"].get("ceiling") or {}).get("auc", "—"),
                     r["audit"]["empirical_epsilon"]["lower_bound"]] for r in audits])

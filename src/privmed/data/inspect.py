@@ -380,6 +380,40 @@ def with_copy_groups(ds, records: list[Record], max_distance: int = NEAR_MAX_DIS
     return out
 
 
+def copies_on_one_side(ds, train: list[Record], val: list[Record]) -> tuple[list[Record], list[Record], int]:
+    """(train, val, images moved) with every copy group (``with_copy_groups`` run over both sides
+    together) moved whole to one side, so no validation image has a copy in training. The side is
+    the one holding most of the group; on a tie, the side of the member whose content hash is the
+    group's key (the smallest). Only the images pick the side: no path, name or patient id.
+    A moved copy joins the slice block of the copies it joins (the same picture, the same scan),
+    so blocks stay on one side too. Records with a patient id carry no copy key: never moved."""
+    from dataclasses import replace
+
+    tagged = [(0, r) for r in train] + [(1, r) for r in val]
+    count: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s, r in tagged:
+        if r.copies:
+            count[r.copies][s] += 1
+    side = {k: int(n[1] > n[0]) for k, n in count.items() if n[0] and n[1]}
+    for s, r in tagged:  # a tie: the side of the member that names the group
+        if r.copies in side and count[r.copies][0] == count[r.copies][1] and _copies_key(ds, r) == r.copies:
+            side[r.copies] = s
+    block = {k: min((r.block for s, r in tagged if r.copies == k and s == side[k] and r.block), default=None)
+             for k in side}
+    out: tuple[list[Record], list[Record]] = ([], [])
+    moved = 0
+    for s, r in tagged:
+        if r.copies in side and s != side[r.copies]:
+            r, s, moved = replace(r, block=block[r.copies]), side[r.copies], moved + 1
+        out[s].append(r)
+    return out[0], out[1], moved
+
+
+def _copies_key(ds, record: Record) -> str:
+    """The key ``with_copy_groups`` gives an image that is the smallest content hash of its group."""
+    return "copies:" + (_fingerprint(ds, record, record.split or TRAIN).sha or "")[:24]
+
+
 # ---------------------------------------------------------------- human output
 
 def format_report(report: dict, max_files: int = 10) -> str:

@@ -50,19 +50,34 @@ class Preprocess:
         return np.clip(x, 0.0, 1.0)
 
 
+class SeededDraws:
+    """Reproducible draws for non-private training (``rand(n)``, ``randn(shape)``). Under DP the
+    trainer passes its secret stream (``privacy.randomness.SecretStream``) instead, same methods."""
+
+    def __init__(self, seed: int = 0):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def rand(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.gen)
+
+    def randn(self, shape) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.gen)
+
+
 class Augment:
     """Batched training augmentation on tensors (N,1,H,W): rotation, flip, zoom, contrast, noise.
 
     Done in torch on whole batches: per-image MONAI transforms cost ~6 ms an image here, which
-    would dominate a DP epoch on two cores.
+    would dominate a DP epoch on two cores. ``draws``: where the randomness comes from (seeded by
+    ``seed`` when not given).
     """
 
-    def __init__(self, cfg: AugmentConfig | None = None, seed: int = 0):
+    def __init__(self, cfg: AugmentConfig | None = None, seed: int = 0, draws=None):
         self.cfg = cfg or AugmentConfig()
-        self.gen = torch.Generator().manual_seed(seed)
+        self.draws = draws or SeededDraws(seed)
 
     def _u(self, n, lo, hi):
-        return lo + (hi - lo) * torch.rand(n, generator=self.gen)
+        return lo + (hi - lo) * self.draws.rand(n)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -71,7 +86,7 @@ class Augment:
         n = x.shape[0]
         ang = self._u(n, -c.rotate_degrees, c.rotate_degrees) * torch.pi / 180
         scale = 1.0 / self._u(n, 1 - c.zoom, 1 + c.zoom)
-        flip = torch.where(torch.rand(n, generator=self.gen) < 0.5, -1.0, 1.0) if c.flip else torch.ones(n)
+        flip = torch.where(self.draws.rand(n) < 0.5, -1.0, 1.0) if c.flip else torch.ones(n)
         cos, sin = torch.cos(ang) * scale, torch.sin(ang) * scale
         theta = torch.stack([torch.stack([cos * flip, -sin, torch.zeros(n)], 1),
                              torch.stack([sin * flip, cos, torch.zeros(n)], 1)], 1)
@@ -82,5 +97,5 @@ class Augment:
             m = x.mean((1, 2, 3), keepdim=True)
             x = (x - m) * k + m
         if c.noise_std:
-            x = x + c.noise_std * torch.randn(x.shape, generator=self.gen)
+            x = x + c.noise_std * self.draws.randn(x.shape)
         return x.clamp(0, 1)

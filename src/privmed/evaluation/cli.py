@@ -38,9 +38,11 @@ def register(sub, privacy_sub) -> None:
     pa.add_argument("--n", type=int, default=500, help="members (and as many non-members) to audit")
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--canaries", type=int, default=0, metavar="M",
-                    help="also run the one-run canary audit of the recipe with M canaries (head models)")
+                    help="also run the one-run canary audit of the recipe with M canaries (head models): the only "
+                         "check that can fail the audit (exit 3)")
     pa.add_argument("--data-root", type=Path)
-    pa.add_argument("--no-store", action="store_true", help="do not write the result into the bundle metadata")
+    pa.add_argument("--no-store", action="store_true",
+                    help="do not write the result into the private run log (<bundle>.run/audit.json)")
     pa.add_argument("--json", action="store_true")
     pa.set_defaults(fn=cmd_audit)
 

@@ -18,6 +18,18 @@ the bound only claims what the data support at the stated confidence. Choosing t
 threshold on the same data that then certify it would overstate the bound; ``eps_lower_bound``
 therefore picks the threshold on one half of the scores and certifies it on the other half, or
 takes caller-fixed thresholds with a Bonferroni correction.
+
+That bound is only as valid as its binomial model: each score must be an independent trial of
+the DP mechanism (separate training runs, or targets whose membership was decided by independent
+coin flips before training). Many targets of *one* trained model whose membership was not so
+decided (a bundle's training images against its validation images) are not independent trials:
+over them the number is a heuristic, not a certified bound, and the audit only warns on it.
+
+One-run audit. Steinke, Nasr & Jagielski (2023, "Privacy auditing with one (1) training run")
+prove what one training run does certify: m canaries, each included by an independent fair coin
+before training, an attacker that makes r guesses (abstaining on the rest). Under (eps, delta)-DP
+the number of correct guesses v satisfies P[V >= v] <= f(v) + 2 m delta max_i (f(v - i) - f(v)) / i,
+f(v) = P[Binomial(r, e^eps / (1 + e^eps)) >= v] (``one_run_p_value``): delta is paid once per canary.
 """
 from __future__ import annotations
 
@@ -116,7 +128,8 @@ def eps_from_rates(tpr: float, fpr: float, delta: float = 0.0) -> float:
 
 
 def certified_eps(tp: int, n_pos: int, fp: int, n_neg: int, delta: float = 0.0, alpha: float = 0.05) -> dict:
-    """Lower bound on eps from one threshold's counts, valid with probability >= 1 - alpha.
+    """Lower bound on eps from one threshold's counts, valid with probability >= 1 - alpha when
+    the counts are binomial (independent trials; see the module docstring).
 
     TPR is bounded from below and FPR from above (each at alpha/2, union bound), then both DP
     inequalities are solved for eps."""
@@ -132,7 +145,7 @@ def certified_eps(tp: int, n_pos: int, fp: int, n_neg: int, delta: float = 0.0, 
 
 @dataclass
 class EpsLowerBound:
-    eps_lb: float          # certified at `confidence` (0 when nothing is shown)
+    eps_lb: float          # at `confidence` if the scores are independent trials (0 when nothing is shown)
     eps_point: float       # plug-in estimate at the certified threshold (no CI; can be inf)
     confidence: float
     threshold: float | None
@@ -166,7 +179,8 @@ def _candidates(pos: np.ndarray, neg: np.ndarray, max_thresholds: int) -> np.nda
 
 def eps_lower_bound(member_scores, nonmember_scores, delta: float = 0.0, confidence: float = 0.95,
                     thresholds=None, seed: int = 0, max_thresholds: int = 200) -> EpsLowerBound:
-    """Empirical epsilon lower bound of a membership attack, valid at ``confidence``.
+    """Empirical epsilon lower bound of a membership attack, valid at ``confidence`` when the scores
+    are independent trials (else a heuristic: see the module docstring).
 
     Higher score = "member". Without ``thresholds`` the scores are split in two random halves:
     the threshold (and direction) with the best bound on the first half is certified with
@@ -214,6 +228,45 @@ def eps_lower_bound(member_scores, nonmember_scores, delta: float = 0.0, confide
 def max_certifiable_eps(n_pos: int, n_neg: int, delta: float = 0.0, confidence: float = 0.95) -> float:
     """The largest bound ``certified_eps`` can give on these sample sizes (perfect separation)."""
     return certified_eps(n_pos, n_pos, 0, n_neg, delta, 1 - confidence)["eps_lb"]
+
+
+# --------------------------------------------------------------------------- one-run audit
+
+def one_run_p_value(correct: int, guesses: int, canaries: int, eps: float, delta: float = 0.0) -> float:
+    """P[at least ``correct`` of ``guesses`` right] for an (eps, delta)-DP training run audited with
+    ``canaries`` coin-flipped canaries (Steinke, Nasr & Jagielski 2023; module docstring). A small
+    value rejects "the recipe is (eps, delta)-DP"."""
+    from scipy.stats import binom
+
+    v, r = int(correct), int(guesses)
+    if not 0 <= v <= r:
+        raise ValueError(f"need 0 <= correct <= guesses (got {v}, {r})")
+    if delta > 0 and canaries < r:
+        raise ValueError("delta > 0 needs the number of canaries (at least the number of guesses)")
+    if v == 0:
+        return 1.0
+    q = 1.0 / (1.0 + math.exp(-eps))  # accuracy of eps-DP randomized response
+    tail = float(binom.sf(v - 1, r, q))
+    # max over i of P[v - i <= Binomial < v] / i: what delta can buy, per unit of delta and canary
+    below = np.cumsum(binom.pmf(np.arange(v - 1, -1, -1), r, q)) / np.arange(1, v + 1)
+    return min(1.0, tail + 2 * canaries * delta * float(below.max()))
+
+
+def one_run_eps_lower_bound(correct: int, guesses: int, canaries: int = 0, delta: float = 0.0,
+                            confidence: float = 0.95) -> float:
+    """The largest eps that ``one_run_p_value`` rejects at ``confidence`` (0 if none): a certified
+    lower bound on the recipe's epsilon at that delta."""
+    level = 1 - confidence
+    if guesses == 0 or one_run_p_value(correct, guesses, canaries, 0.0, delta) > level:
+        return 0.0
+    lo, hi = 0.0, 50.0
+    for _ in range(60):  # the p-value rises with eps: bisect for p-value = 1 - confidence
+        mid = (lo + hi) / 2
+        if one_run_p_value(correct, guesses, canaries, mid, delta) <= level:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def auc_confidence_interval(auc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -30,7 +30,8 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
              exclude_leaked: bool = True, progress: bool = True, patient_disjoint: bool = False) -> dict:
     """Metrics on a split. ``patient_disjoint``: also drop images whose patient id occurs in train
     (chest_xray_pneumonia: 170 test ids also name training files; docs/RESULTS.md on whether they
-    are the same people)."""
+    are the same people). ``report["private"]`` holds the counts of removed images: functions of the
+    training images, kept out of the bundle by ``privmed evaluate --record``."""
     model = load_model(bundle)
     dataset = dataset or model.metadata["dataset"]
     cfg_kwargs = {"dataset": dataset, "exclude_leaked_test": exclude_leaked,
@@ -55,7 +56,10 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
     report = classification_report(np.array([r.label for r in records]), probs, model.classes,
                                    pred=model.label_index(probs))
     report.update(bundle=str(bundle), model_id=model.metadata.get("model_id"), dataset=dataset, split=split,
-                  leaked_test_images_removed=n_leaked, privacy=model.info["privacy"])
+                  privacy=model.info["privacy"])
+    # exact counts that are functions of the training images: for the data owner and the private run
+    # log, never the bundle (issue 29)
+    report["private"] = {"leaked_test_images_removed": n_leaked}
     if patient_disjoint:
-        report["images_of_patient_ids_in_train_removed"] = n_shared
+        report["private"]["images_of_patient_ids_in_train_removed"] = n_shared
     return report

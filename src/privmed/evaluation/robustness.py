@@ -85,7 +85,8 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
         rep = classification_report(labels, p, model.classes, pred=model.label_index(p))  # the served decision
         return {"accuracy": rep["accuracy"], "f1_macro": rep["f1_macro"], "auc": rep["auc"]}
 
-    out = {"bundle": str(bundle), "dataset": cfg.dataset, "n": len(records), "leaked_test_images_removed": n_leaked,
+    out = {"bundle": str(bundle), "dataset": cfg.dataset, "n": len(records),
+           "private": {"leaked_test_images_removed": n_leaked},  # a function of the training images (issue 29)
            "applied": "to the decoded test image before the bundle's preprocessing", "clean": score(("clean", 0)),
            "degradations": {}}
     for kind in kinds or SEVERITIES:

@@ -22,7 +22,7 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 # epsilon itself is left to the final ledger: the PRV accountant takes seconds per call
-LEDGER_KEYS = ("hospital", "n_units", "rounds", "local_steps_per_round", "steps", "noise_multiplier",
+LEDGER_KEYS = ("hospital", "n_units_dp", "rounds", "local_steps_per_round", "steps", "noise_multiplier",
                "sample_rate", "delta")
 
 
@@ -59,7 +59,7 @@ class _HospitalClient(NumPyClient):
             self.hospital.use_class_weight(w)
         update = self.hospital.fit(parameters, round_no=int(config.get("round", 0)) or None)
         led = self.hospital.ledger(with_epsilon=False)
-        return update, self.hospital.n_units, {k: led[k] for k in LEDGER_KEYS}
+        return update, self.hospital.fedavg_weight(), {k: led[k] for k in LEDGER_KEYS}
 
 
 def client_app(hospitals: dict[int, object], secagg: bool) -> ClientApp:
@@ -153,8 +153,9 @@ def exchange_counts(grid, timeout: float | None = None) -> np.ndarray | None:
 
 
 def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = None) -> DefaultWorkflow:
-    """``total_units``: the weights' sum (public); SecAgg+ scales each update by its weight / max_weight
-    before quantising, so max_weight = total keeps the quantisation step small relative to the update.
+    """``total_units``: a bound on the weights' sum (the coordinator's, never released: twice the units
+    it dealt, room for the DP weights' noise); SecAgg+ scales each update by its weight / max_weight
+    before quantising, so a bound near the total keeps the quantisation step small.
     ``timeout``: seconds a stage waits for replies (process mode: a dead hospital must not stall it)."""
     if secagg_cfg.enabled:
         shares = secagg_cfg.num_shares or n

@@ -45,7 +45,7 @@ def cmd_federate(a):
     p = meta["privacy"]
     summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta["model_id"],
                "epsilon": p["epsilon"], "delta": p["delta"], "guarantee": p["guarantee"],
-               "hospitals": [{k: h[k] for k in ("hospital", "n_units", "noise_multiplier", "sample_rate", "steps",
+               "hospitals": [{k: h[k] for k in ("hospital", "n_units_dp", "noise_multiplier", "sample_rate", "steps",
                                                 "epsilon")} for h in p["hospitals"]],
                "secure_aggregation": p["federation"]["secure_aggregation"] is not None,
                "training_seconds": run["training_seconds"], "engine": run.get("engine"),
@@ -57,7 +57,7 @@ def cmd_federate(a):
         print(f"bundle written to {out} (private run log: {summary['run_log']})")
         print(p["guarantee"])
         for h in summary["hospitals"]:
-            print(f"  hospital {h['hospital']}: {h['n_units']} units, sigma {h['noise_multiplier']:.4g}, "
+            print(f"  hospital {h['hospital']}: {h['n_units_dp']} units (DP estimate), sigma {h['noise_multiplier']:.4g}, "
                   f"q {h['sample_rate']:.4g}, {h['steps']} steps, epsilon {h['epsilon']:.4g}")
     return 0
 

@@ -113,7 +113,7 @@ class SiteClient(NumPyClient):
         _save_torch(dict(hospital.state_dict(), pending=None), state_path)
         led = hospital.ledger(with_epsilon=False)
         atomic_write_text(self.site / "ledger.json", json.dumps(led), private=True)
-        return update, hospital.n_units, {k: led[k] for k in LEDGER_KEYS}
+        return update, hospital.fedavg_weight(), {k: led[k] for k in LEDGER_KEYS}
 
 
 def _client_fn(context: Context):

@@ -1,7 +1,7 @@
 """One hospital: its own patients, its own DP-SGD engine and ledger, kept across rounds.
 
 Each round it loads the global weights, takes ``local_steps`` DP-SGD steps on its own units
-(Poisson sampling, per-unit clipping, Gaussian noise from its own secret generator) and returns
+(Poisson sampling, per-unit clipping, Gaussian noise from its own secret stream) and returns
 the update (local - global). Everything it sends is a function of its noisy steps and of what it
 received, so by adaptive composition its accountant over all rounds bounds what anyone outside
 the hospital (server, other hospitals, the released model) learns about one of its patients.
@@ -9,7 +9,6 @@ It refuses a round that would take it past its planned budget.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -17,10 +16,10 @@ import torch
 from privmed.data.transforms import Augment
 from privmed.errors import PrivacyBudgetError
 from privmed.models import get_model
-from privmed.privacy import DPPlan, DPSGD
-from privmed.privacy.randomness import secret_generator, secret_seed
-from privmed.privacy.releases import dp_class_weights
-from privmed.training.trainer import batch_for, make_optimizer, per_sample_loss, unit_weights
+from privmed.privacy import DPPlan, DPSGD, check_budget
+from privmed.privacy.randomness import SecretStream
+from privmed.privacy.releases import dp_class_weights, units_estimate
+from privmed.training.trainer import make_optimizer, per_sample_loss, unit_weights
 
 
 class Hospital:
@@ -31,37 +30,40 @@ class Hospital:
         class counts are reused, never released again."""
         tc, pc = cfg.train, cfg.train.privacy
         self.index, self.x, self.y, self.units = index, x, y, units
-        self.n_units = int(units.max()) + 1
-        batch = batch_for(tc.batch_size, self.n_units)  # q <= 1/4, as privmed train
-        self.local_steps = cfg.local_steps or math.ceil(self.n_units / batch) * cfg.local_epochs
+        self.n_units = int(units.max()) + 1  # exact: stays in the hospital (refusal check only)
+        # public: q from the settings, never from the hospital's exact number of units
+        self.local_steps = cfg.local_steps or max(1, round(1 / pc.sample_rate)) * cfg.local_epochs
         self.rounds = cfg.rounds
         self.fedprox_mu = cfg.fedprox_mu
         self.reset_momentum = cfg.local_momentum == "reset"
-        gen = secret_generator()
-        prefix, weight, self.counts = [], torch.ones(n_classes), None
-        if tc.class_weights:  # the hospital's own DP class counts (a Gaussian release, composed in)
-            prefix = [(pc.count_noise, 1.0, 1)]
-            if restore is not None:
-                self.counts, w = restore["counts"], restore["class_weight"]
-            else:
-                self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, gen)
+        stream = SecretStream()
+        prefix, weight = [(pc.count_noise, 1.0, 1)], torch.ones(n_classes)
+        # the hospital's own DP class counts (a Gaussian release, composed in): its DP number of units
+        # (FedAvg weight, gradient scale) and, with class_weights, its class weights
+        if restore is not None:
+            self.counts, w = restore["counts"], restore["class_weight"]
+        else:
+            self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, stream)
+        self.n_units_dp = units_estimate(self.counts)
+        if tc.class_weights:
             weight = torch.tensor(w, dtype=torch.float32)
             self._class_weight = w
         # spare rounds: budget planned in for rounds lost to a crash (their steps still count)
         steps = (cfg.rounds + cfg.spare_rounds) * self.local_steps
-        self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, steps, pc.accountant, prefix))
+        self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant, prefix))
         saved = (restore or {}).get("plan") or {}
         sigma = saved.get("noise_multiplier") if saved.get("key") == self._plan_key else None
-        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, self.n_units, batch, 0, pc.accountant, prefix,
-                           noise_multiplier=sigma, n_images=len(x), steps=steps)
+        check_budget(pc.epsilon, delta, max(self.n_units, len(x)))
+        self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant, prefix,
+                           noise_multiplier=sigma, expected_units=self.n_units_dp)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
         model = get_model(tc.model, n_classes, **tc.model_args)
         self.net = model.trainable
         opt = make_optimizer(self.net, tc.optimizer, tc.lr)
-        self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, gen,
+        self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, stream,
                             pc.physical_batch)
         pixel_model = isinstance(model.frozen, torch.nn.Identity)  # as privmed train: scattering maps are 4-d too
-        self.augment = Augment(tc.augment, secret_seed()) if tc.augment.enabled and pixel_model else None
+        self.augment = Augment(tc.augment, draws=stream) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
         self.rounds_run: list[int] = []  # the server's round number of each round this hospital ran
         if restore is not None:
@@ -69,6 +71,10 @@ class Hospital:
             opt.load_state_dict(restore["optimizer"])
             self.rounds_done, self.rounds_run = restore["rounds_done"], list(restore["rounds_run"])
         self.updates: list[list[np.ndarray]] = []  # kept in the hospital for tests; never sent as is
+
+    def fedavg_weight(self) -> int:
+        """This hospital's FedAvg weight: its DP number of units (the exact one would be published)."""
+        return max(1, round(self.n_units_dp))
 
     def _unit_weight(self, class_weight: torch.Tensor) -> torch.Tensor:
         """A unit's weight: the mean class weight of its images (public, <= 1)."""
@@ -132,14 +138,12 @@ class Hospital:
 
     def ledger(self, with_epsilon: bool = True) -> dict:
         """Public numbers only: what an accountant needs to recompute this hospital's epsilon."""
-        releases = []
-        if self.counts is not None:
-            releases.append({"release": "class counts per unit (Gaussian mechanism, sensitivity 1)",
-                             "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1})
+        releases = [{"release": "class counts per unit (Gaussian mechanism, sensitivity 1)",
+                     "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1}]
         releases.append({"release": "local DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)",
                          "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
                          "steps": self.engine.steps})
-        return {"hospital": self.index + 1, "n_units": self.n_units, "rounds": self.rounds_done,
+        return {"hospital": self.index + 1, "n_units_dp": round(self.n_units_dp, 1), "rounds": self.rounds_done,
                 "rounds_run": list(self.rounds_run),
                 "local_steps_per_round": self.local_steps, "steps": self.engine.steps,
                 "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,

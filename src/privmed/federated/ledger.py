@@ -13,13 +13,20 @@ than the reconstruction threshold collude with it.
 """
 from __future__ import annotations
 
+from privmed.privacy.ledger import ASSUMPTIONS, RELATION
 from privmed.privacy.randomness import SOURCE
+
+
+def _dp_total(hospital_ledgers: list[dict]) -> float | None:
+    """The federation's DP number of units: the sum of the hospitals' DP estimates."""
+    parts = [h.get("n_units_dp") for h in hospital_ledgers]
+    return None if None in parts else round(sum(parts), 1)
 
 
 def aggregation(cfg) -> str:
     """How updates become the global model. FedProx, FedAvgM and a local momentum reset use only the
     noisy iterates, the global model and the securely aggregated DP sum: post-processing, no epsilon."""
-    parts = ["weighted FedAvg of updates (weight = the hospital's number of units)"]
+    parts = ["weighted FedAvg of updates (weight = the hospital's DP number of units, from its DP class counts)"]
     if cfg.fedprox_mu:
         parts.append(f"FedProx local proximal step (mu {cfg.fedprox_mu:g})")
     if cfg.server_momentum or cfg.server_lr != 1:
@@ -33,7 +40,7 @@ def aggregation(cfg) -> str:
 
 
 def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float, secagg: dict | None,
-                     n_units_total: int, rounds_log: list[dict] | None = None,
+                     rounds_log: list[dict] | None = None,
                      framework: str = "Flower (flwr) ServerApp/ClientApp, in-process grid") -> dict:
     """``rounds_log``: per round, the hospitals whose update the server aggregated ("participants")."""
     from opacus import __version__ as opacus_version
@@ -49,8 +56,10 @@ def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float,
         "unit_of_privacy": unit,
         "epsilon": round(eps, 4), "epsilon_target": pc.epsilon, "delta": delta,
         "max_grad_norm": pc.max_grad_norm, "accountant": pc.accountant,
-        "epochs": None if cfg.local_steps else cfg.rounds * cfg.local_epochs, "n_units_train": n_units_total,
-        "opacus_version": opacus_version, "randomness": SOURCE + " (one generator per hospital)",
+        "epochs": None if cfg.local_steps else cfg.rounds * cfg.local_epochs,
+        "neighbouring_relation": RELATION + ", within one hospital",
+        "n_units_train_dp": _dp_total(hospital_ledgers),
+        "opacus_version": opacus_version, "randomness": SOURCE + " (one stream per hospital)",
         "federation": {
             "hospitals": cfg.hospitals, "participants": [h["hospital"] for h in hospital_ledgers],
             "rounds": cfg.rounds, "local_epochs_per_round": None if cfg.local_steps else cfg.local_epochs,
@@ -76,7 +85,5 @@ def federated_ledger(hospital_ledgers: list[dict], unit: str, cfg, delta: float,
                       f"delta = {delta:.1g}, against everyone outside that hospital: the server, the other "
                       "hospitals and anyone holding the model"),
         "validation_releases": "none: temperature 1, argmax decision, no out-of-distribution detector",
-        "assumptions": "the numbers of units and of images per hospital, the federation's number of training "
-                       "images (delta is set from it) and the list of classes are public; the official test "
-                       "split is a public benchmark (its metrics are published, not protected)",
+        "assumptions": ASSUMPTIONS,
     }

@@ -290,7 +290,7 @@ def prepare(root: Path, cfg, setup) -> Path:
     server.mkdir(exist_ok=True, mode=0o700)
     n = len(setup.site_records)
     secagg = cfg.secagg.enabled
-    plan = {"hospitals": n, "rounds": cfg.rounds, "secagg": cfg.secagg.model_dump(), "total_units": setup.n_units,
+    plan = {"hospitals": n, "rounds": cfg.rounds, "secagg": cfg.secagg.model_dump(), "total_units": 2 * setup.n_units,
             # a round goes on without one dead hospital (SecAgg+ threshold n - 1 allows it)
             "min_hospitals": max(2 if secagg else 1, n - 1), "stage_timeout": cfg.stage_timeout,
             "class_weight_scope": cfg.weight_scope(),

@@ -24,7 +24,7 @@ from privmed.federated.partition import partition
 from privmed.inference.bundle import run_dir, save_bundle, write_run_log
 from privmed.models import MODELS, get_model
 from privmed.pipeline import TASKS
-from privmed.privacy import check_budget, default_delta
+from privmed.privacy import DEFAULT_DELTA, check_budget
 from privmed.training.data import load_pixels, model_inputs, split_records, unit_ids
 
 
@@ -67,7 +67,7 @@ class Federation:
         self.strategy = UpdateFedAvg(self.initial, n, on_round, momentum=cfg.server_momentum, server_lr=cfg.server_lr)
         capp = client_app(self.hospitals, cfg.secagg.enabled)
         self.grid = LocalGrid(capp, node_ids, list(self.hospitals), on_reply=on_reply)
-        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.n_units, cfg.weight_scope() == "global")
+        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, 2 * self.n_units, cfg.weight_scope() == "global")
         t0 = time.time()
         sapp(grid=self.grid, context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         bar.close()
@@ -79,7 +79,7 @@ class Federation:
     def ledger(self) -> dict:
         hl = [self.hospitals[h].ledger() for h in sorted(self.hospitals)]
         return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(self.hospitals)),
-                                self.n_units, self.rounds_log)
+                                self.rounds_log)
 
 
 def _secagg_block(cfg, n: int) -> dict | None:
@@ -103,9 +103,9 @@ def _setup(fed, cfg: FederatedConfig, progress: bool):
     y = np.array([r.label for r in fed.splits.train], dtype=np.int64)
     units, fed.unit = unit_ids(fed.splits.train, tc.privacy.unit)
     fed.parts = partition(units.numpy(), y, k, cfg.hospitals, cfg.partition, cfg.alpha, cfg.partition_seed)
-    # one delta for every hospital: 1/(10 N) of the whole federation, as a centralised run on the
-    # same images (strictly below 1/N_h for each hospital)
-    fed.delta = tc.privacy.delta if tc.privacy.delta is not None else default_delta(len(fed.splits.train))
+    # one public delta for every hospital (a delta from the exact number of images would publish it);
+    # each hospital refuses one of 1/N_h or more
+    fed.delta = tc.privacy.delta if tc.privacy.delta is not None else DEFAULT_DELTA
     return k, y, units
 
 
@@ -165,7 +165,7 @@ class ProcessFederation:
         pc = self.cfg.train.privacy
         hl = []
         for h in sorted(self.site_records):
-            led = self.site_ledgers.get(h) or {"hospital": h + 1, "n_units": self.units_of[h], "rounds": 0,
+            led = self.site_ledgers.get(h) or {"hospital": h + 1, "n_units_dp": None, "rounds": 0,
                                                "rounds_run": [], "steps": 0, "releases": []}
             hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in led["releases"] if r["steps"]]
             led["epsilon"] = round(epsilon_of(hist, self.delta, pc.accountant), 4) if hist else 0.0
@@ -174,7 +174,7 @@ class ProcessFederation:
               "hospital as OS processes, flwr run" + (", TLS" if self.cfg.tls else ", insecure (no TLS)"))
         if self.cfg.engine == "simulation":
             fw = "Flower (flwr) ServerApp/ClientApp, simulation engine (Ray), one simulated SuperNode per hospital"
-        return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(hl)), self.n_units,
+        return federated_ledger(hl, self.unit, self.cfg, self.delta, _secagg_block(self.cfg, len(hl)),
                                 self.rounds_log, framework=fw)
 
 

@@ -24,6 +24,8 @@ from privmed.models import MODELS, SplitModel, get_model
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 METADATA = "metadata.json"
+# exact counts computed from the training images (issue 29): the private run log, never the bundle
+PRIVATE_METRICS = ("leaked_test_images_removed", "images_of_patient_ids_in_train_removed")
 
 
 def versions() -> dict:
@@ -146,3 +148,18 @@ def write_run_log(bundle: Path, blocks: dict, name: str = "run.json") -> Path:
 def read_run_log(bundle: Path, name: str = "run.json") -> dict:
     path = run_dir(bundle) / name
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_metrics(bundle: Path, key: str, metrics: dict, private: dict) -> Path | None:
+    """Store ``metrics`` as ``metrics[key]`` of the bundle and ``private`` (exact statistics of private
+    images) under ``metrics[key]`` of the private run log. Returns the run log, or None when the bundle
+    has none beside it (a copied bundle): the private part is then not recorded anywhere. Private keys
+    left in older entries of the bundle are dropped too."""
+    def public(entry: dict) -> dict:
+        return {k: v for k, v in entry.items() if k not in PRIVATE_METRICS}
+
+    entries = {k: public(e) for k, e in read_metadata(bundle).get("metrics", {}).items()}
+    update_metadata(bundle, metrics={**entries, key: public(metrics)})
+    if not (run_dir(bundle) / "run.json").is_file():
+        return None
+    return write_run_log(bundle, {"metrics": {**read_run_log(bundle).get("metrics", {}), key: private}})

@@ -63,8 +63,8 @@ def model_card(metadata: dict, name: str | None = None) -> dict:
     p = metadata.get("privacy") or {}
     ledger_keys = ("mechanism", "epsilon", "epsilon_target", "epsilon_train", "epsilon_validation", "delta",
                    "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs", "accountant",
-                   "unit_of_privacy", "n_units_train", "n_units_validation", "randomness", "releases",
-                   "composition", "assumptions", "class_weights", "opacus_version")
+                   "unit_of_privacy", "neighbouring_relation", "n_units_train_dp", "n_units_validation_dp",
+                   "randomness", "releases", "composition", "assumptions", "class_weights", "opacus_version")
     test = (metadata.get("metrics") or {}).get(f"{metadata.get('dataset')}/test") or {}
     return {
         "id": metadata.get("model_id") or name, "name": name, "task": metadata.get("task"),

@@ -1,9 +1,9 @@
 """DP-SGD over units of privacy (patients or images), built on Opacus's per-sample gradients.
 
-One step: Poisson-sample units with rate q (secret generator), take every image of each sampled
+One step: Poisson-sample units with rate q (secret stream), take every image of each sampled
 unit, compute per-image gradients (Opacus ``GradSampleModule``), sum them per unit, clip each
 unit's sum to norm C, scale it by a public weight w_u <= 1, add N(0, (sigma C)^2) noise (secret
-generator) and divide by the fixed expected batch q * N_units. Adding or removing one unit moves
+stream) and divide by q * N^, N^ a DP estimate of the number of units (post-processing). Adding or removing one unit moves
 the noisy sum by at most C, whatever the rest of the batch holds: each unit's loss and weight
 depend on that unit alone. With one image per unit this is standard DP-SGD (Abadi et al. 2016);
 with patients it is user-level DP-SGD (McMahan et al. 2018, DP-FedAvg's per-user clipping).
@@ -11,7 +11,6 @@ Opacus has no user-level sampler; its accountants count the steps.
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -20,29 +19,36 @@ from opacus.grad_sample.utils import get_gsm_class
 from opacus.validators import ModuleValidator
 
 from privmed.errors import PrivacyBudgetError
-from privmed.privacy.accounting import History, check_budget, epsilon_of, sigma_for
-from privmed.privacy.randomness import SOURCE, secret_generator
+from privmed.privacy.accounting import History, epsilon_of, sigma_for
+from privmed.privacy.randomness import SOURCE, SecretStream
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 class DPPlan:
-    """Noise for a strict (epsilon, delta) budget over a planned number of Poisson steps, after
-    the releases in ``prefix`` (e.g. DP class counts) have been composed in."""
+    """Noise for a strict (epsilon, delta) budget over ``steps`` Poisson steps at rate
+    ``sample_rate``, after the releases in ``prefix`` (e.g. DP class counts) have been composed in.
 
-    def __init__(self, epsilon: float, delta: float, max_grad_norm: float, n_units: int, batch_size: int,
-                 epochs: int, accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None,
-                 n_images: int | None = None, steps: int | None = None):
+    Every parameter of the mechanism (q, steps, delta, C, sigma) is public and fixed before any
+    private data is touched: none is a function of the exact number of units, so publishing them
+    reveals nothing and the add/remove guarantee stands. ``expected_units`` (a DP estimate of the
+    number of units, e.g. the sum of the DP class counts) only scales the noisy sum into a mean
+    gradient: post-processing of DP outputs."""
+
+    def __init__(self, epsilon: float, delta: float, max_grad_norm: float, sample_rate: float, steps: int,
+                 accountant: str = "prv", prefix: History = (), noise_multiplier: float | None = None,
+                 expected_units: float | None = None):
         """``noise_multiplier``: from an earlier calibration of this same plan (a federated hospital's
-        saved state, one process per round): skips the search; the budget check below still runs.
-        ``n_images``: training images when the unit is the patient; delta must stay below 1/images too.
-        ``steps``: plan this many steps instead of ``epochs`` whole epochs (e.g. one step per federated round)."""
-        check_budget(epsilon, delta, max(n_units, n_images or 0))
+        saved state, one process per round): skips the search; the budget check below still runs."""
+        if not 0 < sample_rate <= 0.5:
+            raise PrivacyBudgetError(f"sample rate must be in (0, 0.5] (got {sample_rate}): amplification needs q < 1")
+        if not steps >= 1:
+            raise PrivacyBudgetError(f"need at least one step (got {steps})")
         self.epsilon, self.delta, self.max_grad_norm = epsilon, delta, max_grad_norm
-        self.accountant, self.prefix, self.n_units = accountant, list(prefix), n_units
-        self.steps_per_epoch = math.ceil(n_units / batch_size)
-        self.sample_rate = 1.0 / self.steps_per_epoch
-        self.planned_steps = steps or self.steps_per_epoch * epochs
+        self.accountant, self.prefix = accountant, list(prefix)
+        self.sample_rate, self.planned_steps = float(sample_rate), int(steps)
+        self.steps_per_epoch = max(1, round(1 / self.sample_rate))
+        self.expected_units = expected_units
         self.noise_multiplier = noise_multiplier or sigma_for(epsilon, delta, self.sample_rate, self.planned_steps,
                                                               accountant, prefix=self.prefix)
         self.planned_epsilon = self.epsilon_after(self.planned_steps)
@@ -55,7 +61,7 @@ class DPPlan:
         """A plan with a given noise multiplier (to repeat a recipe, e.g. audit reference models)."""
         plan = cls.__new__(cls)
         plan.epsilon, plan.delta, plan.max_grad_norm = float("inf"), delta, max_grad_norm
-        plan.accountant, plan.prefix, plan.n_units = accountant, [], n_units
+        plan.accountant, plan.prefix, plan.expected_units = accountant, [], n_units
         plan.steps_per_epoch = max(1, round(1 / sample_rate))
         plan.sample_rate, plan.planned_steps, plan.noise_multiplier = sample_rate, steps, noise_multiplier
         return plan
@@ -75,7 +81,7 @@ class DPSGD:
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, units: torch.Tensor, plan: DPPlan,
                  unit_weight: torch.Tensor | None = None, grad_sample_mode: str = "hooks",
-                 generator: torch.Generator | None = None, physical_batch: int | None = None):
+                 stream: SecretStream | None = None, physical_batch: int | None = None):
         errors = ModuleValidator.validate(module, strict=False)
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors}")
@@ -83,8 +89,6 @@ class DPSGD:
         self.optimizer, self.plan = optimizer, plan
         self.units = torch.as_tensor(units, dtype=torch.long)
         n_units = int(self.units.max()) + 1 if len(self.units) else 0
-        if n_units != plan.n_units:
-            raise ValueError(f"{n_units} units in the data, the budget was planned for {plan.n_units}")
         self.members = [[] for _ in range(n_units)]
         for i, u in enumerate(self.units.tolist()):
             self.members[u].append(i)
@@ -93,7 +97,11 @@ class DPSGD:
         if len(w) != n_units or w.min() < 0 or w.max() > 1 + 1e-6:
             raise ValueError("unit weights must be one per unit, in [0, 1] (weights > 1 would break the bound C)")
         self.unit_weight = w
-        self.gen = generator or secret_generator()  # never stored: see privacy/randomness.py
+        self.stream = stream or SecretStream()  # never stored: see privacy/randomness.py
+        if not plan.expected_units:
+            raise ValueError("the plan needs expected_units, a DP estimate of the number of units (e.g. the sum "
+                             "of the DP class counts): scaling by the exact count would publish it")
+        self.expected_units = float(plan.expected_units)
         self.physical_batch = physical_batch  # images per forward/backward; a unit is never split
         self.accountant = create_accountant(plan.accountant)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -110,7 +118,7 @@ class DPSGD:
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(example indices, local unit index of each example, sampled unit ids) for one
         Poisson-sampled batch: each unit is in with probability q, independently, with all its images."""
-        chosen = torch.nonzero(torch.rand(len(self.members), generator=self.gen) < self.plan.sample_rate)[:, 0]
+        chosen = torch.from_numpy(self.stream.bernoulli(len(self.members), self.plan.sample_rate)).nonzero()[:, 0]
         if len(chosen) == 0:
             empty = torch.empty(0, dtype=torch.long)
             return empty, empty, empty
@@ -177,10 +185,10 @@ class DPSGD:
             raise PrivacyBudgetError(f"budget exhausted: {self.steps} of {self.plan.planned_steps} planned steps taken")
         summed = self.batch_clipped_sum(x, y, local, unit_ids, loss_fn)
         std = self.plan.noise_multiplier * self.plan.max_grad_norm
-        scale = self.plan.sample_rate * self.plan.n_units
+        scale = self.plan.sample_rate * self.expected_units  # post-processing: the noisy sum -> a mean
         for p, s in zip(self.params, summed):
-            # drawn on the CPU from the one secret generator, then moved: the same mechanism on any device
-            noise = torch.normal(0.0, std, size=p.shape, generator=self.gen).to(p.device)
+            # drawn on the CPU from the one secret stream, then moved: the same mechanism on any device
+            noise = self.stream.noise(p.shape, std).to(device=p.device, dtype=s.dtype)
             p.grad = (s + noise) / scale
         self.optimizer.step()
         self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
@@ -193,7 +201,7 @@ class DPSGD:
         return self.plan.epsilon_after(self.steps)
 
     def state_dict(self) -> dict:
-        # the accountant only; the generator is secret and a resumed run draws a new one
+        # the accountant only; the stream is secret and a resumed run draws a new key
         return {"history": list(self.accountant.history), "noise_multiplier": self.plan.noise_multiplier,
                 "sample_rate": self.plan.sample_rate, "planned_steps": self.plan.planned_steps}
 

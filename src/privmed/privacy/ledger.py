@@ -8,15 +8,22 @@ composition each unit's guarantee is the larger of the two.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from privmed.privacy.accounting import epsilon_of
 from privmed.privacy.randomness import SOURCE
+from privmed.privacy.releases import units_estimate
 
-ASSUMPTIONS = ("the numbers of training units, of training images (delta is set from it) and of validation units, "
-               "and the list of classes, are public; the official test split is a public benchmark (its metrics "
-               "are published, not protected)")
+RELATION = "add/remove one unit (all of a unit's images together)"
+ASSUMPTIONS = ("public: the list of classes, the model, every mechanism setting (epsilon, delta, C, q, steps, "
+               "sigma) and the official test split (a public benchmark: its metrics are published, not "
+               "protected). Not published: the numbers of units and images; the bundle holds DP estimates only "
+               "(add/remove neighbours assume these counts stay private)")
 
 
 def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_weights=None, count_noise=None) -> dict:
+    """The training side's releases and every number needed to recompute its epsilon; no exact
+    function of the private data (counts appear only as their DP release)."""
     from opacus import __version__ as opacus_version
 
     plan = engine.plan
@@ -33,26 +40,29 @@ def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_wei
         "epsilon_target": plan.epsilon, "delta": plan.delta,
         "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
         "sample_rate": plan.sample_rate, "steps": engine.steps, "epochs": epochs,
-        "n_units_train": plan.n_units,
+        "neighbouring_relation": RELATION,
+        "n_units_train_dp": None if class_counts is None else round(units_estimate(class_counts), 1),
         "accountant": plan.accountant, "opacus_version": opacus_version, "randomness": SOURCE,
         "releases": releases,
         "assumptions": ASSUMPTIONS,
     }
+    if class_counts is not None:
+        out["dp_class_counts"] = [round(float(c), 2) for c in np.asarray(class_counts)]
     if class_weights is not None:
         out["class_weights"] = {"weights": [round(float(w), 6) for w in class_weights],
-                                "dp_counts": [round(float(c), 2) for c in class_counts],
+                                "dp_counts": out.get("dp_class_counts"),
                                 "applied": "after clipping, each <= 1 (sensitivity stays C)"}
     return out
 
 
-def add_validation_releases(ledger: dict, releases: list[dict], n_val_units: int) -> dict:
+def add_validation_releases(ledger: dict, releases: list[dict], n_val_units_dp: float | None) -> dict:
     """Compose the validation-side releases and set the bundle's epsilon to the larger side."""
     hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]
     eps_val = epsilon_of(hist, ledger["delta"], ledger["accountant"]) if hist else 0.0
     out = dict(ledger)
     out["releases"] = list(ledger.get("releases", [])) + releases
     out["epsilon_validation"] = round(eps_val, 4)
-    out["n_units_validation"] = n_val_units
+    out["n_units_validation_dp"] = None if n_val_units_dp is None else round(float(n_val_units_dp), 1)
     out["epsilon"] = round(max(ledger["epsilon_train"], eps_val), 4)
     out["composition"] = ("sequential within train and within validation (accountant over each side's releases); "
                           "parallel across the two (disjoint units): epsilon = max(epsilon_train, epsilon_validation)")
@@ -83,7 +93,8 @@ def statement(meta: dict) -> str:
                 f"to the model for prediction, nor the public test set.")
     who = {"patient": "patient (all of a patient's images together)",
            "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
-    return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}) protects each {who} "
+    relation = ", add/remove one unit" if p.get("neighbouring_relation", "").startswith("add/remove") else ""
+    return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}{relation}) protects each {who} "
             f"used for training and validation: {_released(meta)} little whether or not that {unit.split()[-1]}'s "
             f"data were used; "
             f"it does not cover images sent to the model for prediction, nor the public test set."

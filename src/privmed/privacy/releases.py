@@ -1,26 +1,34 @@
 """Gaussian releases of statistics of private images (counts, sums, histograms).
 
 Each unit contributes one row whose L2 norm is at most ``sensitivity``; the release is the sum of
-the rows plus N(0, (sigma * sensitivity)^2) per coordinate from the secret generator. In an
+the rows plus N(0, (sigma * sensitivity)^2) per coordinate from the secret stream. In an
 accountant's history it is the entry (sigma, 1.0, 1).
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from privmed.privacy.randomness import secret_generator
+from privmed.privacy.accounting import History, sigma_for
+from privmed.privacy.randomness import SecretStream
+
+# Gaussian releases on the validation units: (1) OOD statistics + margin histogram, (2) OOD score
+# histogram (pipeline.validation_releases); their noise is planned before training, with the budget
+RELEASES_ON_VALIDATION = 2
 
 
-def gaussian_sum(rows: np.ndarray, sensitivity: float, sigma: float, gen: torch.Generator | None = None) -> np.ndarray:
+def validation_history(epsilon: float, delta: float, accountant: str) -> History:
+    """The validation side's planned releases: each (sigma, 1, 1), sigma such that all compose to epsilon."""
+    sigma = sigma_for(epsilon, delta, 1.0, 1, accountant, repeat=RELEASES_ON_VALIDATION)
+    return [(sigma, 1.0, 1)] * RELEASES_ON_VALIDATION
+
+
+def gaussian_sum(rows: np.ndarray, sensitivity: float, sigma: float, stream: SecretStream | None = None) -> np.ndarray:
     rows = np.asarray(rows, np.float64)
     norms = np.linalg.norm(rows.reshape(len(rows), -1), axis=1) if len(rows) else np.zeros(0)
     if len(rows) and norms.max() > sensitivity * (1 + 1e-6):
         raise ValueError(f"a row has norm {norms.max():.4g} > sensitivity {sensitivity}: clip before releasing")
     total = rows.sum(0) if len(rows) else np.zeros(rows.shape[1:])
-    noise = torch.normal(0.0, sigma * sensitivity, size=tuple(total.shape), generator=gen or secret_generator(),
-                         dtype=torch.float64).numpy()
-    return total + noise
+    return total + (stream or SecretStream()).normal(tuple(total.shape), sigma * sensitivity)
 
 
 def unit_class_rows(labels: np.ndarray, units: np.ndarray, num_classes: int) -> np.ndarray:
@@ -33,9 +41,9 @@ def unit_class_rows(labels: np.ndarray, units: np.ndarray, num_classes: int) -> 
 
 
 def dp_class_weights(labels: np.ndarray, units: np.ndarray, num_classes: int, sigma: float,
-                     gen: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     stream: SecretStream | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(noisy per-class unit counts, weights in (0, 1]): inverse noisy frequency, largest = 1."""
-    noisy = gaussian_sum(unit_class_rows(labels, units, num_classes), 1.0, sigma, gen)
+    noisy = gaussian_sum(unit_class_rows(labels, units, num_classes), 1.0, sigma, stream)
     return noisy, weights_from_counts(noisy)
 
 
@@ -45,3 +53,9 @@ def weights_from_counts(noisy: np.ndarray) -> np.ndarray:
     floor = max(1.0, 0.01 * max(noisy.sum(), 1.0))
     w = 1.0 / np.maximum(noisy, floor)
     return w / w.max()
+
+
+def units_estimate(noisy_counts: np.ndarray) -> float:
+    """The number of units as a DP estimate: the sum of the noisy per-unit class counts (each unit's
+    row sums to at most sqrt(k) and at least 1; with one class per unit, to exactly 1), floored at 1."""
+    return max(1.0, float(np.sum(noisy_counts)))

@@ -30,14 +30,18 @@ class Splits:
 
 
 def split_records(cfg: TrainConfig) -> Splits:
-    from privmed.data.inspect import with_copy_groups
+    from privmed.data.inspect import copies_on_one_side, with_copy_groups
 
     ds = open_dataset(cfg.dataset, cfg.data_root)
-    records = with_copy_groups(ds, ds.records("train"))  # copies of one image: one unit, one side of the split
-    if "val" in ds.splits:
-        train, val = records, ds.records("val")
-    else:
-        train, val = train_val_split(records, cfg.val_fraction, cfg.seed)
+    train = ds.records("train")
+    # copies of one image: one unit, one side of the split. Found over train and validation together:
+    # over train alone, a validation image kept its copy in training (covid19_ct's Covid_1173.jpg)
+    # and copies inside validation were separate units
+    records = with_copy_groups(ds, train + (ds.records("val") if "val" in ds.splits else []))
+    train, val = records[: len(train)], records[len(train):]
+    if "val" not in ds.splits:
+        train, val = train_val_split(train, cfg.val_fraction, cfg.seed)
+    train, val, moved = copies_on_one_side(ds, train, val)  # the dataset's own split, or groups split by patient
     if not val:
         raise DatasetError(f"the validation split is empty ({len(records)} training images in "
                            f"{len({r.group for r in records})} groups at --set val_fraction={cfg.val_fraction}); "
@@ -46,7 +50,8 @@ def split_records(cfg: TrainConfig) -> Splits:
         raise DatasetError("after the validation split some class has no training image; add images")
     fp = {"train": fingerprint(train), "val": fingerprint(val), "n_train": len(train), "n_val": len(val),
           "n_patients_train": len({r.group for r in train}), "val_split": "dataset" if "val" in ds.splits
-          else f"stratified by class, grouped by patient, fraction {cfg.val_fraction}, seed {cfg.seed}"}
+          else f"stratified by class, grouped by patient, fraction {cfg.val_fraction}, seed {cfg.seed}",
+          "copies_moved": moved}
     return Splits(ds.classes, train, val, fp)
 
 

@@ -6,7 +6,9 @@ Under DP the released weights are the last iterate (or its EMA): choosing an epo
 accuracy would be a release about validation images that no mechanism accounts for. Without DP
 the best epoch on validation is kept, with early stopping. Seeds drive only data-independent
 choices (initialisation, the validation split); sampling, noise and augmentation under DP come
-from a secret generator (``privacy/randomness.py``).
+from a secret ChaCha20 stream (``privacy/randomness.py``). Every parameter of the DP mechanism is
+public and fixed before the data are read (epsilon, delta, q, steps, C); the exact numbers of units
+and images enter only a refusal (delta < 1/N), never the released model or bundle.
 """
 from __future__ import annotations
 
@@ -23,15 +25,28 @@ from torch import nn
 from tqdm import tqdm
 
 from privmed.config import TrainConfig
-from privmed.data.transforms import Augment
+from privmed.data.transforms import Augment, SeededDraws
 from privmed.files import atomic_path
 from privmed.models import MODELS, get_model
 from privmed.models.batched import batched_forward
-from privmed.privacy import DPPlan, DPSGD, default_delta
+from privmed.privacy import DPSGD, DPPlan, check_budget
+from privmed.privacy.accounting import DEFAULT_DELTA
+from privmed.privacy.budget import Registry, key_of, split_of
 from privmed.privacy.ledger import training_ledger
-from privmed.privacy.randomness import secret_generator, secret_seed
-from privmed.privacy.releases import dp_class_weights, weights_from_counts
-from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
+from privmed.privacy.randomness import SecretStream
+from privmed.privacy.releases import (
+    dp_class_weights,
+    units_estimate,
+    validation_history,
+    weights_from_counts,
+)
+from privmed.training.data import (
+    Splits,
+    load_pixels,
+    model_inputs,
+    split_records,
+    unit_ids,
+)
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
@@ -47,6 +62,7 @@ class TrainResult:
     val_inputs: torch.Tensor | None = None  # what the trainable part sees for val (for calibration)
     seconds: float = 0.0
     unit: str = "image"
+    budget: dict | None = None  # the dataset's registry key and split identity (under DP)
 
 
 def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -117,12 +133,12 @@ def batch_for(batch_size: int, n_units: int) -> int:
 def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, units: torch.Tensor,
         weight: torch.Tensor | None = None, plan: DPPlan | None = None, *, pixels: bool = False,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, state: dict | None = None, save=None,
-        generator: torch.Generator | None = None, progress: bool = False) -> Fit:
+        stream: SecretStream | None = None, progress: bool = False) -> Fit:
     """The training loop: ``cfg.epochs`` epochs of the trainable module ``net`` on inputs ``x``
     (cached pixels or frozen features), labels ``y`` and unit ids ``units``.
 
-    With a ``plan``: DP-SGD (``privmed.privacy.DPSGD``, secret noise and sampling from
-    ``generator``) with per-unit weights from the public class weights ``weight``. Without:
+    With a ``plan``: DP-SGD (``privmed.privacy.DPSGD``, secret noise, sampling and augmentation
+    from ``stream``) with per-unit weights from the public class weights ``weight``. Without:
     shuffled batches (seed ``cfg.seed``) of the ``weight``-weighted loss. ``pixels``: augment
     (``cfg.augment``). ``val``: (x, y) scored each epoch; without DP it picks the released epoch and
     stops early; none: the last epoch. ``state``: a checkpoint to resume; ``save(state)`` after
@@ -131,12 +147,13 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, unit
     device = torch_device(cfg.device)
     net.to(device)
     weight = torch.ones(int(y.max()) + 1) if weight is None else weight
-    augment = Augment(cfg.augment, secret_seed() if dp else cfg.seed) if cfg.augment.enabled and pixels else None
+    stream = (stream or SecretStream()) if dp else None
+    augment = Augment(cfg.augment, draws=stream or SeededDraws(cfg.seed)) if cfg.augment.enabled and pixels else None
     optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
     engine = None
     if dp:
         engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight), cfg.privacy.grad_sample_mode,
-                       generator, cfg.privacy.physical_batch)
+                       stream, cfg.privacy.physical_batch)
         steps_per_epoch = plan.steps_per_epoch
     else:
         batch = batch_for(cfg.batch_size, int(units.max()) + 1)
@@ -227,45 +244,71 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     y_tr = torch.tensor([r.label for r in splits.train])
     y_va = torch.tensor([r.label for r in splits.val])
     units, unit = unit_ids(splits.train, cfg.privacy.unit)
-    n_units, k = int(units.max()) + 1, len(splits.classes)
+    k = len(splits.classes)
     ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir else None
     state = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt and ckpt.is_file() else None
     if state and _recipe(state["config"]) != _recipe(cfg.model_dump(mode="json")):
         raise ValueError(f"checkpoint {ckpt} was made with other settings; use another --out or delete it")
 
-    plan, gen, counts = None, None, None
+    plan, stream, counts, budget = None, None, None, None
     weight = count_weights(y_tr, k) if cfg.class_weights and not dp else torch.ones(k)
     if dp:
-        gen = secret_generator()
-        prefix = []
+        stream = SecretStream()
+        plan, counts = dp_plan(cfg, y_tr, units, k, len(x_tr), stream, state)
+        budget = spend_budget(splits, plan, resumed=state is not None)
         if cfg.class_weights:
-            prefix = [(cfg.privacy.count_noise, 1.0, 1)]
-            if state and state.get("dp_class_counts") is not None:  # a DP output: reuse, never redraw
-                counts = np.asarray(state["dp_class_counts"])
-                w = weights_from_counts(counts)
-            else:
-                counts, w = dp_class_weights(y_tr.numpy(), units.numpy(), k, cfg.privacy.count_noise, gen)
-            weight = torch.tensor(w, dtype=torch.float32)
-        delta = cfg.privacy.delta if cfg.privacy.delta is not None else default_delta(len(x_tr))
-        plan = DPPlan(cfg.privacy.epsilon, delta, cfg.privacy.max_grad_norm, n_units,
-                      batch_for(cfg.batch_size, n_units), cfg.epochs, cfg.privacy.accountant, prefix,
-                      n_images=len(x_tr))
+            weight = torch.tensor(weights_from_counts(counts), dtype=torch.float32)
 
     def save(loop_state: dict) -> None:
         _save_checkpoint(ckpt, {"config": cfg.model_dump(mode="json"), **loop_state,
                                 "dp_class_counts": None if counts is None else np.asarray(counts).tolist()})
 
     done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=isinstance(model.frozen, nn.Identity),
-               val=(x_va, y_va), state=state, save=save if ckpt else None, generator=gen, progress=progress)
+               val=(x_va, y_va), state=state, save=save if ckpt else None, stream=stream, progress=progress)
     model.trainable = done.net
     model.eval()
-    result = TrainResult(model, splits, done.history, best_epoch=done.best_epoch, unit=unit)
+    result = TrainResult(model, splits, done.history, best_epoch=done.best_epoch, unit=unit,
+                         budget=budget)
     if done.engine:
         result.privacy = training_ledger(done.engine, unit, epochs=len(result.history), class_counts=counts,
                                          class_weights=weight.tolist() if cfg.class_weights else None,
-                                         count_noise=cfg.privacy.count_noise if cfg.class_weights else None)
+                                         count_noise=cfg.privacy.count_noise)
     result.val_inputs, result.seconds = x_va, time.time() - t0
     return result
+
+
+def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, n_images: int, stream: SecretStream,
+            state: dict | None = None) -> tuple[DPPlan, np.ndarray]:
+    """(plan, DP class counts). The counts are the first release (sensitivity 1 per unit); their sum
+    is the DP estimate of the number of units that scales the noisy gradient sum. q, steps and delta
+    are public settings; the exact counts only decide a refusal (delta < 1/N)."""
+    pc = cfg.privacy
+    delta = pc.delta if pc.delta is not None else DEFAULT_DELTA
+    n_units = int(units.max()) + 1
+    check_budget(pc.epsilon, delta, max(n_units, n_images))
+    if state and state.get("dp_class_counts") is not None:  # a DP output: reuse, never redraw
+        counts = np.asarray(state["dp_class_counts"])
+    else:
+        counts, _ = dp_class_weights(y.numpy(), units.numpy(), k, pc.count_noise, stream)
+    steps = cfg.epochs * max(1, round(1 / pc.sample_rate))
+    plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant,
+                  [(pc.count_noise, 1.0, 1)], expected_units=units_estimate(counts))
+    return plan, counts
+
+
+def spend_budget(splits: Splits, plan: DPPlan, resumed: bool = False) -> dict:
+    """Check the run's planned releases (training and validation) against the dataset's budget and
+    record them before any DP output exists: a crashed run has spent them too. A resumed run was
+    recorded when it started. Every run counts, hyperparameter trials included."""
+    reg, key, split = Registry(), key_of(splits), split_of(splits)
+    planned = {"train": plan.history(plan.planned_steps),
+               "validation": validation_history(plan.epsilon, plan.delta, plan.accountant)}
+    reg.check(key, planned, plan.delta, plan.accountant, split=split)
+    if not resumed:
+        releases = [{"on": side, "release": f"planned {side} release", "noise_multiplier": s, "sample_rate": q,
+                     "steps": n} for side, hist in planned.items() for s, q, n in hist]
+        reg.record(key, {"releases": releases}, what="training run (planned releases)", split=split)
+    return {"key": key, "split": split}
 
 
 def _recipe(config: dict) -> dict:
@@ -279,6 +322,7 @@ def _plain(net: nn.Module) -> nn.Module:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:  # a kill never leaves a half-written checkpoint
+    # owner-only like the run log: it holds exact per-epoch validation metrics (private statistics)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_path(path, private=True) as tmp:  # a kill never leaves a half-written checkpoint
         torch.save(state, tmp)
