@@ -19,7 +19,8 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from privmed.config import budget_dir
+from privmed.config import TrainConfig, budget_dir
+from privmed.data.datasets import fingerprint, open_dataset
 from privmed.errors import PrivacyBudgetError
 from privmed.privacy.accounting import epsilon_of
 
@@ -37,8 +38,6 @@ def dataset_key(records_fp: str) -> str:
 
 def key_of(splits) -> str:
     """The key of the data behind a ``training.data.Splits`` (both sides: split-independent)."""
-    from privmed.data.datasets import fingerprint
-
     return dataset_key(fingerprint(splits.train + splits.val))
 
 
@@ -51,9 +50,6 @@ def split_of(splits) -> str:
 def key_for_dataset(dataset: str, data_root: Path | None = None) -> str:
     """The key of a dataset name/folder/.npz, opened as training opens it (same records as
     ``key_of(split_records(cfg))``, without the copy-group search, which does not change them)."""
-    from privmed.config import TrainConfig
-    from privmed.data.datasets import fingerprint, open_dataset
-
     cfg = TrainConfig(dataset=dataset, **({"data_root": data_root} if data_root else {}))
     ds = open_dataset(cfg.dataset, cfg.data_root)
     records = ds.records("train") + (ds.records("val") if "val" in ds.splits else [])
