@@ -201,6 +201,11 @@ def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeyp
     assert resumed["steps"] == plan["steps"]  # the 2 lost steps redone from the checkpoint, none twice
     assert resumed["epsilon"] == plan["epsilon"] and resumed["epochs"] == 3
     assert not work.exists() and sorted(p.name for p in out.parent.iterdir()) == ["bundle", "bundle.run"]
+    from privmed.privacy.budget import Registry, key_of
+    from privmed.training.data import split_records
+
+    # two runs spent the dataset's budget (the full one and the killed one); the resume spent nothing new
+    assert Registry().summary(key_of(split_records(cfg)), delta=1e-5)["runs"] == 2
 
 
 def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root):

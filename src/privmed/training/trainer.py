@@ -303,8 +303,8 @@ def spend_budget(splits: Splits, plan: DPPlan, resumed: bool = False) -> dict:
     reg, key, split = Registry(), key_of(splits), split_of(splits)
     planned = {"train": plan.history(plan.planned_steps),
                "validation": validation_history(plan.epsilon, plan.delta, plan.accountant)}
-    reg.check(key, planned, plan.delta, plan.accountant, split=split)
-    if not resumed:
+    if not resumed:  # a resumed run was admitted, and its releases counted, when it started
+        reg.check(key, planned, plan.delta, plan.accountant, split=split)
         releases = [{"on": side, "release": f"planned {side} release", "noise_multiplier": s, "sample_rate": q,
                      "steps": n} for side, hist in planned.items() for s, q, n in hist]
         reg.record(key, {"releases": releases}, what="training run (planned releases)", split=split)
