@@ -147,3 +147,29 @@ def test_app_shows_the_film_as_the_model_saw_it(data_root):
     shown = display_pixels(photo.jpeg, {"source": "camera", "rectified": r.to_dict()})
     assert shown.shape == r.pixels.shape and np.abs(shown - r.pixels).mean() < 0.01  # rounded corners only
     assert display_pixels(photo.jpeg, {}).shape == (photo.size[1], photo.size[0])  # an upload: as it is
+
+
+def test_cli_predict_source_camera_straightens_a_photo(chest_model, data_root, tmp_path, capsys):
+    """`privmed predict --source camera` takes the API's camera path: a phone photo of a film is found,
+    straightened and answered like the clean film (before, the CLI had no way to ask: issue 32, item 4)."""
+    import json
+
+    from privmed.cli import main
+
+    rng = np.random.default_rng(1)
+    checked = 0
+    for path in chest_films(data_root, per_class=4, seed=11):
+        photo = tmp_path / f"{path.stem}-photo.jpeg"
+        photo.write_bytes(phone_photo(load_image(path).pixels, rng).jpeg)
+        assert main(["predict", str(default_bundle("chest_xray_pneumonia")), str(path), str(photo),
+                     "--source", "camera", "--json"]) == 0
+        clean, shot = json.loads(capsys.readouterr().out)
+        if abs(clean["probabilities"]["pneumonia"] - 0.5) < 0.2:
+            continue  # near the operating point a photo may tip it either way
+        assert not shot["abstain"], shot["abstain_reasons"]
+        assert shot["label"] == clean["label"], path.name
+        checked += 1
+    assert checked >= 3
+    with pytest.raises(SystemExit) as e:  # argparse names the choices
+        main(["predict", str(default_bundle("chest_xray_pneumonia")), str(photo), "--source", "phone"])
+    assert e.value.code == 2 and "camera" in capsys.readouterr().err

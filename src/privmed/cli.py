@@ -116,7 +116,7 @@ def cmd_predict(a):
     results, failed = [], 0
     for f in a.files:
         try:
-            p = model.predict(f, window=a.window, frame=a.frame)
+            p = model.predict(f, window=a.window, frame=a.frame, source=a.source)
             results.append({"file": f, **p.to_dict()})
         except ImageReadError as e:
             failed += 1
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--window", choices=["file", "lung", "mediastinal"],
                     help="CT DICOM window (default: the file's, else the model's task default)")
     pr.add_argument("--frame", type=int, help="frame index (from 0) of a multi-frame DICOM")
+    pr.add_argument("--source", default="file", choices=["file", "camera"],  # inference.predictor.SOURCES
+                    help="camera: a phone photo of a film or monitor, found and straightened first (as the API's "
+                         "?source=camera)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=cmd_predict)
 
