@@ -55,22 +55,72 @@ def cmd_keys(a):
 
 
 def cmd_log(a):
+    from privmed.api import translog
     from privmed.api.store import Store
 
+    if a.log_cmd == "keygen":
+        priv, pub = translog.keygen(a.out)
+        print(f"private key {priv} (PRIVMED_LOG_KEY, on the API host only), public key {pub} "
+              "(PRIVMED_LOG_PUBKEY, for verifiers)")
+        return 0
+    cfg = translog.LogConfig.from_env(sink=getattr(a, "sink", None), key=getattr(a, "key", None),
+                                      pubkey=getattr(a, "pubkey", None))
+    if a.log_cmd == "check-proof":
+        return _check_proof(a, cfg)
     store = Store(a.db_url)
     if a.log_cmd == "verify":
-        r = store.verify()
-        if a.json:
-            print(json.dumps(r, indent=2))
-        elif r["ok"]:
-            print(f"audit log intact: {r['rows']} rows, last hash {r['last_hash']}")
-        else:
-            print(f"AUDIT LOG TAMPERED: {r['problem']} (first bad row: {r['first_bad_seq']}; "
-                  f"{r['rows']} rows verified before it)", file=sys.stderr)
-        return 0 if r["ok"] else 1
-    if a.log_cmd == "show":
+        return _log_verify(a, store, cfg)
+    if a.log_cmd == "checkpoint":
+        print(json.dumps(translog.Checkpointer(store, cfg).write()))
+    elif a.log_cmd == "prove":
+        print(json.dumps(translog.prove(store, _need(cfg.sink, "--sink", "PRIVMED_LOG_SINK"), a.seq), indent=2))
+    elif a.log_cmd == "show":
         for r in store.rows(a.after, a.limit):
             print(json.dumps(r))
+    return 0
+
+
+def _need(value, flag: str, env: str):
+    if not value:
+        raise ValueError(f"give {flag} or set {env}")
+    return value
+
+
+def _log_verify(a, store, cfg) -> int:
+    from privmed.api import translog
+
+    r = store.verify()
+    if cfg.sink and cfg.pubkey:  # the chain alone cannot catch a rewrite; the signed checkpoints can
+        r["sink"] = translog.verify_sink(store, cfg.sink, translog.load_public(cfg.pubkey))
+        r["ok"] = r["ok"] and r["sink"]["ok"]
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0 if r["ok"] else 1
+    if r["problem"]:
+        print(f"AUDIT LOG TAMPERED: {r['problem']} (first bad row: {r['first_bad_seq']}; "
+              f"{r['rows']} rows verified before it)", file=sys.stderr)
+    sink = r.get("sink")
+    if sink and not sink["ok"]:
+        print(f"AUDIT LOG TAMPERED: signed {sink['problem']}", file=sys.stderr)
+    if r["ok"]:
+        print(f"audit log intact: {r['rows']} rows, last hash {r['last_hash']}" + (
+            f"; {sink['checkpoints']} signed checkpoints verify, rows 1..{sink['rows_covered']} covered, "
+            f"{sink['rows_uncovered']} newer rows not yet signed" if sink else
+            " (hash chain only: give --sink and --pubkey to check signed checkpoints)"))
+    return 0 if r["ok"] else 1
+
+
+def _check_proof(a, cfg) -> int:
+    from privmed.api import translog
+
+    pub = translog.load_public(_need(cfg.pubkey, "--pubkey", "PRIVMED_LOG_PUBKEY"))
+    proof = json.loads(Path(a.file).read_text())
+    problem = translog.check_proof(proof, pub) if isinstance(proof, dict) else "not a JSON object"
+    if problem:
+        print(f"PROOF FAILS: {problem}", file=sys.stderr)
+        return 1
+    print(f"proof OK: row {proof['row']['seq']} is in the signed log of {proof['tree_size']} rows "
+          f"(checkpoint of {proof['checkpoint']['time']})")
     return 0
 
 
@@ -125,15 +175,7 @@ def register(sub, privacy_sub) -> None:
         x.add_argument("--json", action="store_true")
         x.set_defaults(fn=cmd_keys)
 
-    lg = sub.add_parser("log", help="the audit log").add_subparsers(dest="log_cmd", required=True)
-    lv = lg.add_parser("verify", help="recompute the hash chain; exit 1 on tampering")
-    ls = lg.add_parser("show", help="print rows as JSON lines")
-    ls.add_argument("--after", type=int, default=0)
-    ls.add_argument("--limit", type=int, default=100)
-    for x in (lv, ls):
-        x.add_argument("--db-url")
-        x.add_argument("--json", action="store_true")
-        x.set_defaults(fn=cmd_log)
+    _register_log(sub)
 
     o = sub.add_parser("onnx", help="export a bundle to BUNDLE/model.onnx and check it against torch")
     o.add_argument("bundle")
@@ -152,3 +194,29 @@ def register(sub, privacy_sub) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_quantize)
 
+
+def _register_log(sub) -> None:
+    lg = sub.add_parser("log", help="the audit log").add_subparsers(dest="log_cmd", required=True)
+    lv = lg.add_parser("verify", help="recompute the hash chain and, with a sink and public key, every signed "
+                                      "checkpoint; exit 1 on tampering")
+    ls = lg.add_parser("show", help="print rows as JSON lines")
+    ls.add_argument("--after", type=int, default=0)
+    ls.add_argument("--limit", type=int, default=100)
+    lc = lg.add_parser("checkpoint", help="sign the log now and append the checkpoint to the sink")
+    lp = lg.add_parser("prove", help="JSON inclusion proof of one row against the latest signed checkpoint")
+    lp.add_argument("--seq", type=int, required=True)
+    for x in (lv, ls, lc, lp):
+        x.add_argument("--db-url")
+        x.add_argument("--json", action="store_true")
+        x.set_defaults(fn=cmd_log)
+    for x in (lv, lc, lp):
+        x.add_argument("--sink", help="append-only JSON-lines file of signed checkpoints (PRIVMED_LOG_SINK)")
+    lc.add_argument("--key", help="Ed25519 private key from `privmed log keygen` (PRIVMED_LOG_KEY)")
+    lv.add_argument("--pubkey", help="its public key (PRIVMED_LOG_PUBKEY)")
+    lk = lg.add_parser("keygen", help="write privmed-log.key (private, 0600) and privmed-log.pub into a folder")
+    lk.add_argument("--out", type=Path, required=True)
+    lx = lg.add_parser("check-proof", help="verify a `log prove` file offline with the public key alone")
+    lx.add_argument("file", type=Path)
+    lx.add_argument("--pubkey", help="Ed25519 public key (PRIVMED_LOG_PUBKEY)")
+    for x in (lk, lx):
+        x.set_defaults(fn=cmd_log)

@@ -30,6 +30,7 @@ from privmed.api.refusals import RefusalLimiter
 from privmed.inference.registry import Registry, UnknownModel
 from privmed.inference.service import InputError, analyse
 from privmed.api.store import ROLES, Principal, Store
+from privmed.api.translog import Checkpointer, LogConfig
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
 from privmed.files import sha256_bytes
@@ -56,12 +57,13 @@ class Settings:
     bundle_pubkey: str | None = None  # Ed25519 public key: serve only bundles signed with it
     refusal_burst: int = 20  # anonymous refusals logged one by one per interval; the rest aggregated
     refusal_interval_s: float = 60.0
+    translog: LogConfig | None = None  # signed checkpoints of the audit log (off when None or unset)
 
     @classmethod
     def from_env(cls, **over) -> "Settings":
         s = cls(db_url=os.environ.get("PRIVMED_DB_URL"),
                 auth=os.environ.get("PRIVMED_API_AUTH", "on").lower() not in ("0", "off", "false", "no"),
-                bundle_pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None)
+                bundle_pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None, translog=LogConfig.from_env())
         if os.environ.get("PRIVMED_MAX_UPLOAD_MB"):
             s.max_file_bytes = int(float(os.environ["PRIVMED_MAX_UPLOAD_MB"]) * 2**20)
             s.max_request_bytes = s.max_file_bytes + 2 * 2**20
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            "auth off (PRIVMED_API_AUTH=off / --no-auth) is only allowed when binding 127.0.0.1, "
                            "::1 or localhost")
     store = Store(settings.db_url)
+    checkpointer = Checkpointer.from_config(store, settings.translog)  # refuses a half-configured sink
     registry = Registry(settings.bundles, settings.scan_default_bundles, settings.bundle_pubkey)
     registry.load_all()
     metrics = Metrics(lambda: registry.loaded)
@@ -113,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(lifespan=lifespan, title="privmed API", version="1", description="Differentially private medical image "
                   "classification. Research use only; not a medical device.")
     app.state.store, app.state.registry, app.state.metrics, app.state.settings = store, registry, metrics, settings
+    app.state.checkpointer = checkpointer
 
     # ---------- auth
     def principal(request: Request) -> Principal:
@@ -168,7 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if held:
                     await run_in_threadpool(_append_held, store, held)
                 if log_it:
-                    await run_in_threadpool(
+                    row = await run_in_threadpool(
                         store.append, key_id=p.key_id if p else None, role=p.role if p else None,
                         method=request.method, path=route_path if route_path != "unmatched" else path[:200],
                         status=status, latency_ms=seconds * 1000, model_id=a.get("model_id"),
@@ -177,6 +181,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception:
                 log.exception("audit log append failed")
                 return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
+            if checkpointer and log_it:
+                try:
+                    await run_in_threadpool(checkpointer.after_append, row["seq"])
+                except Exception:  # not fail-closed yet (issue 33): the row is written, the checkpoint late
+                    log.exception("signed audit checkpoint failed")
         return response
 
     @app.exception_handler(HTTPException)

@@ -45,12 +45,12 @@ def message(bundle: Path) -> bytes:
     return _DOMAIN + sha256_bytes(canon).encode() + b"\n" + json.dumps(files, sort_keys=True).encode()
 
 
-def keygen(out: Path) -> tuple[Path, Path]:
-    """Write ``privmed-bundle.key`` (private, 0600) and ``privmed-bundle.pub`` into ``out``."""
+def keygen(out: Path, name: str = "privmed-bundle") -> tuple[Path, Path]:
+    """Write ``NAME.key`` (private, 0600) and ``NAME.pub`` into ``out`` (NAME privmed-bundle by default)."""
     serialization, ed25519 = _crypto()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    priv, pub = out / "privmed-bundle.key", out / "privmed-bundle.pub"
+    priv, pub = out / f"{name}.key", out / f"{name}.pub"
     if priv.exists():
         raise BundleError(f"{priv} exists; refusing to overwrite a signing key")
     key = ed25519.Ed25519PrivateKey.generate()
