@@ -237,3 +237,29 @@ def test_api_appends_checkpoints_and_is_unchanged_without_them(tmp_path, monkeyp
     sizes = [cp["tree_size"] for cp in t.read_sink(sink)]
     assert sizes == [2, 4]
     assert main(verify_args(url, sink, pub)) == 0
+
+
+def test_api_fails_closed_when_the_checkpoint_sink_fails(tmp_path, monkeypatch):
+    """Failed before: a sink error was logged and the answer served anyway. Now the request that is due
+    a checkpoint gets a 503 saying why, every later one too until the sink takes a checkpoint again."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from privmed.api.server import Settings, create_app
+
+    url, _, key, pub, sink = make_log(tmp_path, 0)
+    app = create_app(Settings(db_url=url, scan_default_bundles=False,
+                              translog=t.LogConfig(sink=sink, key=key, every=2)))
+    ck = app.state.store.create_key("clinician")[1]
+    h = {"Authorization": f"Bearer {ck}"}
+    real = t.write_checkpoint
+    monkeypatch.setattr(t, "write_checkpoint", lambda *a: (_ for _ in ()).throw(OSError("No space left on device")))
+    with TestClient(app) as client:
+        assert client.get("/v1/models", headers=h).status_code == 200  # row 1: no checkpoint due yet
+        r = client.get("/v1/models", headers=h)
+        assert r.status_code == 503 and "checkpoint" in r.json()["detail"]
+        assert client.get("/v1/models", headers=h).status_code == 503  # still due, still failing
+        monkeypatch.setattr(t, "write_checkpoint", real)
+        assert client.get("/v1/models", headers=h).status_code == 200  # the sink is back
+    assert [cp["tree_size"] for cp in t.read_sink(sink)] == [4]
+    assert main(verify_args(url, sink, pub)) == 0

@@ -184,8 +184,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if checkpointer and log_it:
                 try:
                     await run_in_threadpool(checkpointer.after_append, row["seq"])
-                except Exception:  # not fail-closed yet (issue 33): the row is written, the checkpoint late
+                except Exception:  # fail closed: the row is written but the answer is not served unsigned;
+                    # every later request retries the checkpoint until the sink takes it
                     log.exception("signed audit checkpoint failed")
+                    return JSONResponse({"detail": "the audit log's signed checkpoint could not be written "
+                                                   "(checkpoint sink or key unavailable); request refused"}, 503)
         return response
 
     @app.exception_handler(HTTPException)
