@@ -153,9 +153,9 @@ def exchange_counts(grid, timeout: float | None = None) -> np.ndarray | None:
 
 
 def make_workflow(secagg_cfg, n: int, total_units: int, timeout: float | None = None) -> DefaultWorkflow:
-    """``total_units``: a bound on the weights' sum (the coordinator's, never released: twice the units
-    it dealt, room for the DP weights' noise); SecAgg+ scales each update by its weight / max_weight
-    before quantising, so a bound near the total keeps the quantisation step small.
+    """``total_units``: a bound on the weights' sum, never released (the in-process engine: twice the
+    hospitals' DP numbers of units; process mode: twice the units the coordinator dealt); SecAgg+ scales each update
+    by its weight / max_weight before quantising, so a bound near the total keeps the quantisation step small.
     ``timeout``: seconds a stage waits for replies (process mode: a dead hospital must not stall it)."""
     if secagg_cfg.enabled:
         shares = secagg_cfg.num_shares or n

@@ -43,7 +43,9 @@ class Federation:
             check_budget(tc.privacy.epsilon, self.delta, len(idx))
             self.hospitals[h] = Hospital(h, x[idx], y[idx], local, k, cfg, self.delta)
         self.initial = _initial_weights(tc, k)
-        self.n_units = sum(hp.n_units for hp in self.hospitals.values())
+        # SecAgg+'s quantisation scale: twice the hospitals' DP numbers of units (post-processing), so
+        # not even the rounding of the secure sum depends on an exact count
+        self.max_weight = 2 * max(1, sum(hp.fedavg_weight() for hp in self.hospitals.values()))
         self.rounds_log: list[dict] = []
 
     def run(self, on_reply=None) -> list[np.ndarray]:
@@ -67,7 +69,7 @@ class Federation:
         self.strategy = UpdateFedAvg(self.initial, n, on_round, momentum=cfg.server_momentum, server_lr=cfg.server_lr)
         capp = client_app(self.hospitals, cfg.secagg.enabled)
         self.grid = LocalGrid(capp, node_ids, list(self.hospitals), on_reply=on_reply)
-        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, 2 * self.n_units, cfg.weight_scope() == "global")
+        sapp = server_app(self.strategy, cfg.rounds, cfg.secagg, n, self.max_weight, cfg.weight_scope() == "global")
         t0 = time.time()
         sapp(grid=self.grid, context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         bar.close()
