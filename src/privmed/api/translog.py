@@ -24,6 +24,7 @@ from pathlib import Path
 
 from privmed.api.store import GENESIS, Store, chain_hash
 from privmed.errors import PrivmedError
+from privmed.inference import signing
 
 DOMAIN = b"privmed-audit-checkpoint-v1\n"
 KEY_NAME = "privmed-log"  # privmed-log.key (private, 0600) and privmed-log.pub
@@ -145,35 +146,15 @@ def verify_consistency(first: int, second: int, first_root: bytes, second_root: 
 
 # ---------- keys and signed checkpoints
 def keygen(out: Path) -> tuple[Path, Path]:
-    from privmed.inference.signing import keygen as _keygen
-
-    return _keygen(out, KEY_NAME)
+    return signing.keygen(out, KEY_NAME)
 
 
 def load_private(path) -> object:
-    from privmed.inference.signing import _crypto
-
-    serialization, ed25519 = _crypto()
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError) as e:
-        raise PrivmedError(f"cannot read the audit-log signing key {path}: {e}") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise PrivmedError(f"{path} is not an Ed25519 private key")
-    return key
+    return signing.load_private_key(path, "audit-log signing key", PrivmedError)
 
 
 def load_public(path) -> object:
-    from privmed.inference.signing import _crypto
-
-    serialization, ed25519 = _crypto()
-    try:
-        pub = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as e:
-        raise PrivmedError(f"cannot read the audit-log public key {path}: {e}") from None
-    if not isinstance(pub, ed25519.Ed25519PublicKey):
-        raise PrivmedError(f"{path} is not an Ed25519 public key")
-    return pub
+    return signing.load_public_key(path, "audit-log public key", PrivmedError)
 
 
 def _message(cp: dict) -> bytes:

@@ -30,6 +30,30 @@ def _crypto():
     return serialization, ed25519
 
 
+def load_private_key(path: Path, what: str = "bundle signing key", error: type[Exception] = BundleError):
+    """An Ed25519 private key from a PEM file; ``error`` says ``what`` could not be read or is not one."""
+    serialization, ed25519 = _crypto()
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError) as e:
+        raise error(f"cannot read the {what} {path}: {e}") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise error(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path, what: str = "bundle public key", error: type[Exception] = BundleError):
+    """An Ed25519 public key from a PEM file; ``error`` says ``what`` could not be read or is not one."""
+    serialization, ed25519 = _crypto()
+    try:
+        pub = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as e:
+        raise error(f"cannot read the {what} {path}: {e}") from None
+    if not isinstance(pub, ed25519.Ed25519PublicKey):
+        raise error(f"{path} is not an Ed25519 public key")
+    return pub
+
+
 def message(bundle: Path) -> bytes:
     """The exact bytes that are signed."""
     bundle = Path(bundle)
@@ -65,10 +89,7 @@ def keygen(out: Path, name: str = "privmed-bundle") -> tuple[Path, Path]:
 
 
 def sign(bundle: Path, key_path: Path) -> Path:
-    serialization, ed25519 = _crypto()
-    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise BundleError(f"{key_path} is not an Ed25519 private key")
+    key = load_private_key(key_path)
     sig = base64.b64encode(key.sign(message(bundle))) + b"\n"
     (Path(bundle) / SIGNATURE).write_bytes(sig)
     return Path(bundle) / SIGNATURE
@@ -76,16 +97,10 @@ def sign(bundle: Path, key_path: Path) -> Path:
 
 def verify(bundle: Path, pubkey_path: Path) -> None:
     """Raise ``BundleError`` naming the reason unless the bundle carries a valid signature."""
-    serialization, ed25519 = _crypto()
     from cryptography.exceptions import InvalidSignature
 
     bundle = Path(bundle)
-    try:
-        pub = serialization.load_pem_public_key(Path(pubkey_path).read_bytes())
-    except (OSError, ValueError) as e:
-        raise BundleError(f"cannot read the bundle public key {pubkey_path}: {e}") from None
-    if not isinstance(pub, ed25519.Ed25519PublicKey):
-        raise BundleError(f"{pubkey_path} is not an Ed25519 public key")
+    pub = load_public_key(pubkey_path)
     if not (bundle / SIGNATURE).is_file():
         raise BundleError(f"bundle {bundle.name} is not signed (no {SIGNATURE}); sign it with `privmed bundle sign`")
     try:
