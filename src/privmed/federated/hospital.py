@@ -9,7 +9,6 @@ It refuses a round that would take it past its planned budget.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -31,6 +30,7 @@ class Hospital:
         tc, pc = cfg.train, cfg.train.privacy
         self.index, self.x, self.y, self.units = index, x, y, units
         self.n_units = int(units.max()) + 1  # exact: stays in the hospital (refusal check only)
+        check_budget(pc.epsilon, delta, max(self.n_units, len(x)))  # before any DP release
         # public: q from the settings, never from the hospital's exact number of units
         self.local_steps = cfg.local_steps or max(1, round(1 / pc.sample_rate)) * cfg.local_epochs
         self.rounds = cfg.rounds
@@ -53,7 +53,6 @@ class Hospital:
         self._plan_key = repr((pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant, prefix))
         saved = (restore or {}).get("plan") or {}
         sigma = saved.get("noise_multiplier") if saved.get("key") == self._plan_key else None
-        check_budget(pc.epsilon, delta, max(self.n_units, len(x)))
         self.plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant, prefix,
                            noise_multiplier=sigma, expected_units=self.n_units_dp)
         torch.manual_seed(tc.seed)  # initialisation only (the global model overwrites it each round)
@@ -83,9 +82,8 @@ class Hospital:
     def use_class_weight(self, w: np.ndarray) -> None:
         """Global class weights from the server (post-processing of every hospital's DP counts)."""
         w = np.asarray(w, np.float64)
-        if self.counts is None or w.shape != self.counts.shape or not (0 < w).all() or w.max() > 1 + 1e-9:
-            raise ValueError(f"class weights must be {len(self.counts) if self.counts is not None else 0} "
-                             f"values in (0, 1] (got {w.tolist()})")
+        if w.shape != self.counts.shape or not (0 < w).all() or w.max() > 1 + 1e-9:
+            raise ValueError(f"class weights must be {len(self.counts)} values in (0, 1] (got {w.tolist()})")
         self._class_weight = w
         self.engine.unit_weight = self._unit_weight(torch.tensor(w, dtype=torch.float32))
 
@@ -139,10 +137,10 @@ class Hospital:
     def ledger(self, with_epsilon: bool = True) -> dict:
         """Public numbers only: what an accountant needs to recompute this hospital's epsilon."""
         releases = [{"release": "class counts per unit (Gaussian mechanism, sensitivity 1)",
-                     "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1}]
-        releases.append({"release": "local DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)",
-                         "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
-                         "steps": self.engine.steps})
+                     "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1},
+                    {"release": "local DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)",
+                     "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
+                     "steps": self.engine.steps}]
         return {"hospital": self.index + 1, "n_units_dp": round(self.n_units_dp, 1), "rounds": self.rounds_done,
                 "rounds_run": list(self.rounds_run),
                 "local_steps_per_round": self.local_steps, "steps": self.engine.steps,

@@ -40,7 +40,6 @@ class Federation:
         for h in cfg.participants():
             idx = torch.from_numpy(self.parts[h])
             _, local = torch.unique(units[idx], return_inverse=True)
-            check_budget(tc.privacy.epsilon, self.delta, len(idx))
             self.hospitals[h] = Hospital(h, x[idx], y[idx], local, k, cfg, self.delta)
         self.initial = _initial_weights(tc, k)
         # SecAgg+'s quantisation scale: twice the hospitals' DP numbers of units (post-processing), so

@@ -34,19 +34,8 @@ from privmed.privacy.accounting import DEFAULT_DELTA
 from privmed.privacy.budget import Registry, key_of, split_of
 from privmed.privacy.ledger import training_ledger
 from privmed.privacy.randomness import SecretStream
-from privmed.privacy.releases import (
-    dp_class_weights,
-    units_estimate,
-    validation_history,
-    weights_from_counts,
-)
-from privmed.training.data import (
-    Splits,
-    load_pixels,
-    model_inputs,
-    split_records,
-    unit_ids,
-)
+from privmed.privacy.releases import dp_class_weights, units_estimate, validation_history, weights_from_counts
+from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
