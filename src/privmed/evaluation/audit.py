@@ -276,9 +276,6 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     dup = np.array([_hash(r) in set(train_hash) for r in non_recs]) if non_recs else np.zeros(0, bool)
     src = np.where(dup, "duplicate_of_member", src)
     by_patient = (meta.get("privacy") or {}).get("unit_of_privacy") == "patient"
-    if by_patient:  # a test image whose id also names a training patient may be that patient
-        train_ids = {r.patient_id for r in train_recs if r.patient_id}
-        src = np.where([s_ == "test" and r.patient_id in train_ids for s_, r in zip(src, non_recs)], "id_in_train", src)
     mem, non = choose_targets(y_tr.numpy(), y_non.numpy(), src, n_per_side, rng)
     notes = []
     if len(non) < n_per_side and int((src == "validation").sum()) < n_per_side:
