@@ -181,14 +181,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except Exception:
                 log.exception("audit log append failed")
                 return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
-            if checkpointer and log_it:
-                try:
-                    await run_in_threadpool(checkpointer.after_append, row["seq"])
-                except Exception:  # fail closed: the row is written but the answer is not served unsigned;
-                    # every later request retries the checkpoint until the sink takes it
-                    log.exception("signed audit checkpoint failed")
-                    return JSONResponse({"detail": "the audit log's signed checkpoint could not be written "
-                                                   "(checkpoint sink or key unavailable); request refused"}, 503)
+            if checkpointer and log_it and not await _checkpoint(checkpointer, row["seq"]):
+                return JSONResponse({"detail": "the audit log's signed checkpoint could not be written "
+                                               "(checkpoint sink or key unavailable); request refused"}, 503)
         return response
 
     @app.exception_handler(HTTPException)
@@ -401,6 +396,18 @@ def _dicom_fields(form) -> tuple[str | None, int | None]:
     if frame is not None and (not isinstance(frame, str) or not frame.strip().isdigit()):
         raise _err(400, f"frame must be a whole number >= 0 (the first frame is 0), got '{frame}'")
     return (window.lower() if window else None), (int(frame) if frame is not None else None)
+
+
+async def _checkpoint(checkpointer: Checkpointer, seq: int) -> bool:
+    """Sign a checkpoint when one is due after row ``seq``; False when it could not be written. The
+    caller then fails closed: the row is written but the answer is not served unsigned, and every
+    later request retries the checkpoint until the sink takes it."""
+    try:
+        await run_in_threadpool(checkpointer.after_append, seq)
+        return True
+    except Exception:
+        log.exception("signed audit checkpoint failed")
+        return False
 
 
 def _append_held(store: Store, held: dict) -> None:
