@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("cryptography")
+from privmed.api import merkle
 from privmed.api import translog as t
 from privmed.api.store import GENESIS, Store, chain_hash
 from privmed.cli import main
@@ -39,7 +40,7 @@ def brute_root(data: list[bytes]) -> bytes:
 
 def leaves(n: int) -> tuple[list[bytes], list[bytes]]:
     data = [hashlib.sha256(str(i).encode()).digest() for i in range(n)]
-    return data, [t.leaf_hash(d) for d in data]
+    return data, [merkle.leaf_hash(d) for d in data]
 
 
 def flip(b: bytes) -> bytes:
@@ -48,48 +49,48 @@ def flip(b: bytes) -> bytes:
 
 def test_rfc9162_root_matches_reference_and_brute_force():
     """New: there was no Merkle tree; the chain's head was a plain last hash."""
-    hashes = [t.leaf_hash(d) for d in CT_LEAVES]
-    assert [t.root(hashes[:n]).hex() for n in range(1, 9)] == CT_ROOTS
+    hashes = [merkle.leaf_hash(d) for d in CT_LEAVES]
+    assert [merkle.root(hashes[:n]).hex() for n in range(1, 9)] == CT_ROOTS
     data, hashes = leaves(20)
-    fast = t.prefix_roots(hashes, range(1, 21))
+    fast = merkle.prefix_roots(hashes, range(1, 21))
     for n in range(1, 21):
-        assert t.root(hashes[:n]) == brute_root(data[:n]) == fast[n], n
+        assert merkle.root(hashes[:n]) == brute_root(data[:n]) == fast[n], n
 
 
 def test_inclusion_proofs_all_sizes_and_tampered_fail():
     """New: no row could be proved to belong to a signed log."""
     _, hashes = leaves(12)
     for n in range(1, 13):
-        r = t.root(hashes[:n])
+        r = merkle.root(hashes[:n])
         for m in range(n):
-            path = t.inclusion_path(m, hashes[:n])
-            assert t.verify_inclusion(hashes[m], m, n, path, r)
-            assert not t.verify_inclusion(flip(hashes[m]), m, n, path, r)
-            assert not t.verify_inclusion(hashes[m], m, n, path, flip(r))
-            assert not t.verify_inclusion(hashes[m], n, n, path, r)  # index out of range
+            path = merkle.inclusion_path(m, hashes[:n])
+            assert merkle.verify_inclusion(hashes[m], m, n, path, r)
+            assert not merkle.verify_inclusion(flip(hashes[m]), m, n, path, r)
+            assert not merkle.verify_inclusion(hashes[m], m, n, path, flip(r))
+            assert not merkle.verify_inclusion(hashes[m], n, n, path, r)  # index out of range
             for i in range(len(path)):
                 bad = path[:i] + [flip(path[i])] + path[i + 1:]
-                assert not t.verify_inclusion(hashes[m], m, n, bad, r)
+                assert not merkle.verify_inclusion(hashes[m], m, n, bad, r)
             if n > 1:
-                assert not t.verify_inclusion(hashes[m], (m + 1) % n, n, path, r)
+                assert not merkle.verify_inclusion(hashes[m], (m + 1) % n, n, path, r)
 
 
 def test_consistency_proofs_all_pairs_and_tampered_fail():
     """New: no proof that a later checkpoint extends an earlier one."""
     _, hashes = leaves(12)
     for n in range(1, 13):
-        rn = t.root(hashes[:n])
+        rn = merkle.root(hashes[:n])
         for m in range(1, n + 1):
-            rm = t.root(hashes[:m])
-            path = t.consistency_path(m, hashes[:n])
-            assert t.verify_consistency(m, n, rm, rn, path), (m, n)
-            assert not t.verify_consistency(m, n, flip(rm), rn, path)
-            assert not t.verify_consistency(m, n, rm, flip(rn), path)
+            rm = merkle.root(hashes[:m])
+            path = merkle.consistency_path(m, hashes[:n])
+            assert merkle.verify_consistency(m, n, rm, rn, path), (m, n)
+            assert not merkle.verify_consistency(m, n, flip(rm), rn, path)
+            assert not merkle.verify_consistency(m, n, rm, flip(rn), path)
             for i in range(len(path)):
-                assert not t.verify_consistency(m, n, rm, rn, path[:i] + [flip(path[i])] + path[i + 1:]), (m, n, i)
+                assert not merkle.verify_consistency(m, n, rm, rn, path[:i] + [flip(path[i])] + path[i + 1:]), (m, n, i)
             if m < n:  # a different old tree (one leaf changed) is not consistent
                 other = hashes[:m - 1] + [flip(hashes[m - 1])]
-                assert not t.verify_consistency(m, n, t.root(other), rn, path)
+                assert not merkle.verify_consistency(m, n, merkle.root(other), rn, path)
 
 
 def make_log(tmp_path, n: int = 5):
@@ -164,7 +165,7 @@ def test_deleted_tail_and_reordered_pair_detected(tmp_path, attack):
                 "UPDATE audit_log SET seq = 3 WHERE seq = 4", "UPDATE audit_log SET seq = 4 WHERE seq = -1")
         expect = "do not reproduce"
     assert store.verify()["ok"]
-    r = t.verify_sink(store, sink, t.load_public(pub))
+    r = t.verify_sink(store, sink, merkle.load_public(pub))
     assert not r["ok"] and r["bad_checkpoint"] == 1 and expect in r["problem"], r
 
 
@@ -177,7 +178,7 @@ def test_sink_edits_and_second_checkpoint(tmp_path):
     assert ck.after_append(5) is None  # 1 row since the last checkpoint, every 2
     store.append(method="GET", path="/v1/models", status=200, latency_ms=1.0)
     assert ck.after_append(6)["tree_size"] == 6
-    pubk = t.load_public(pub)
+    pubk = merkle.load_public(pub)
     r = t.verify_sink(store, sink, pubk)
     assert r["ok"] and r["checkpoints"] == 2 and r["rows_covered"] == 6, r
     lines = sink.read_text().splitlines()
@@ -263,3 +264,31 @@ def test_api_fails_closed_when_the_checkpoint_sink_fails(tmp_path, monkeypatch):
         assert client.get("/v1/models", headers=h).status_code == 200  # the sink is back
     assert [cp["tree_size"] for cp in t.read_sink(sink)] == [4]
     assert main(verify_args(url, sink, pub)) == 0
+
+
+def test_consistency_proof_between_checkpoints_offline(tmp_path, capsys):
+    """New: an auditor holding yesterday's checkpoint could not check offline that today's log kept it."""
+    url, store, key, pub, sink = make_log(tmp_path, 5)
+    ck = t.Checkpointer(store, t.LogConfig(sink=sink, key=key, every=1))
+    ck.write()
+    for _ in range(3):
+        store.append(method="GET", path="/v1/models", status=200, latency_ms=1.0)
+    ck.write()
+    capsys.readouterr()
+    proof = tmp_path / "consistency.json"
+    assert main(["log", "prove", "--from", "5", "--db-url", url, "--sink", str(sink)]) == 0
+    proof.write_text(capsys.readouterr().out)
+    doc = json.loads(proof.read_text())
+    assert doc["kind"] == "consistency" and doc["second"]["tree_size"] == 8 and doc["consistency_path"]
+    assert main(["log", "check-proof", str(proof), "--pubkey", str(pub)]) == 0
+    assert "extends the one of 5 rows" in capsys.readouterr().out
+    first = doc["consistency_path"][0]
+    flipped = first[:-1] + ("0" if first[-1] != "0" else "1")
+    proof.write_text(json.dumps(dict(doc, consistency_path=[flipped] + doc["consistency_path"][1:])))
+    assert main(["log", "check-proof", str(proof), "--pubkey", str(pub)]) == 1
+    rechain(tmp_path / "audit.db",
+            "UPDATE audit_log SET output = replace(output, 'normal', 'pneumonia') WHERE seq = 2")
+    assert main(["log", "prove", "--from", "5", "--db-url", url, "--sink", str(sink)]) == 0
+    proof.write_text(capsys.readouterr().out)
+    assert main(["log", "check-proof", str(proof), "--pubkey", str(pub)]) == 1  # proof from tampered rows
+    assert "does not extend" in capsys.readouterr().err

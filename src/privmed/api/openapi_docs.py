@@ -10,7 +10,7 @@ from privmed.api.store import ROLES
 
 ERROR_TEXT = {
     400: "bad request: a missing, unknown or invalid field or parameter",
-    401: "missing, invalid or revoked API key",
+    401: "missing, invalid, revoked or expired API key",
     403: "the key's role may not do this (or auth is off and the client is not loopback)",
     404: "no such model, key or endpoint",
     413: "upload over the size, pixel or file-count limit",
@@ -54,4 +54,8 @@ KEY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
     "type": "object",
     "required": ["role"],
     "properties": {"role": {"type": "string", "enum": list(ROLES)},
-                   "label": {"type": ["string", "null"], "maxLength": 200}}}}}}}
+                   "label": {"type": ["string", "null"], "maxLength": 200},
+                   "expires_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 90,
+                                    "description": "days until the key expires"},
+                   "never_expires": {"type": "boolean", "default": False,
+                                     "description": "the key never expires (overrides expires_days)"}}}}}}}

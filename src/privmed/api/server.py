@@ -29,7 +29,7 @@ from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, V1, errors
 from privmed.api.refusals import RefusalLimiter
 from privmed.inference.registry import Registry, UnknownModel
 from privmed.inference.service import InputError, analyse
-from privmed.api.store import ROLES, Principal, Store
+from privmed.api.store import ROLES, AuditWriteError, ExpiredKey, Principal, RevokedKey, Store, UnknownKey
 from privmed.api.translog import Checkpointer, LogConfig
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
@@ -124,7 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Principal(None, "*")
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        p = store.authenticate(key)
+        try:
+            p = store.authenticate(key)
+        except ExpiredKey as e:  # the right secret: logged under its key id, like any use of the key
+            request.state.principal = Principal(e.key_id, e.role)
+            raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
         if p is None:
             request.state.audit["detail"] = "missing API key" if not key else "invalid API key"
             raise HTTPException(401, "missing or invalid API key: send 'Authorization: Bearer <key>' "
@@ -158,33 +162,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response = JSONResponse({"detail": "internal error; the request was logged"}, status_code=500)
             status = 500
         seconds = time.perf_counter() - t0
-        route = request.scope.get("route")
-        route_path = getattr(route, "path", None) or "unmatched"
+        route_path = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        refused = None
+        if request.url.path.startswith("/v1") or status >= 400:
+            refused = await _audit(store, checkpointer, refusals, request, status, seconds, route_path)
+        status = refused.status_code if refused else status  # metrics count what the client got
         metrics.observe_request(request.method, route_path, status, seconds)
         if 400 <= status < 500 and route_path == "/v1/predict":
             metrics.observe_input_error(status)
-        path = request.url.path
-        if path.startswith("/v1") or status >= 400:
-            a = getattr(request.state, "audit", {}) or {}
-            p = getattr(request.state, "principal", None)
-            log_it, held = (True, refusals.due()) if p or status < 400 else refusals.admit(status)
-            try:
-                if held:
-                    await run_in_threadpool(_append_held, store, held)
-                if log_it:
-                    row = await run_in_threadpool(
-                        store.append, key_id=p.key_id if p else None, role=p.role if p else None,
-                        method=request.method, path=route_path if route_path != "unmatched" else path[:200],
-                        status=status, latency_ms=seconds * 1000, model_id=a.get("model_id"),
-                        model_version=a.get("model_version"), epsilon=a.get("epsilon"),
-                        input_sha256=a.get("input_sha256"), output=a.get("output"), detail=a.get("detail"))
-            except Exception:
-                log.exception("audit log append failed")
-                return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
-            if checkpointer and log_it and not await _checkpoint(checkpointer, row["seq"]):
-                return JSONResponse({"detail": "the audit log's signed checkpoint could not be written "
-                                               "(checkpoint sink or key unavailable); request refused"}, 503)
-        return response
+        return refused or response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -367,9 +353,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         label = body.get("label")
         if label is not None and (not isinstance(label, str) or len(label) > 200):
             raise _err(400, "'label' must be text of at most 200 characters")
-        key_id, key = store.create_key(body["role"], label)
+        key_id, key = store.create_key(body["role"], label, _expires_days(body))
         request.state.audit["output"] = {"created_key_id": key_id, "role": body["role"]}
         return {"key_id": key_id, "role": body["role"], "key": key,
+                "expires_at": store.key_info(key_id)["expires_at"],
                 "note": "store this key now: it is not kept and cannot be shown again"}
 
     @app.get("/v1/keys", responses=errors(*V1))
@@ -383,7 +370,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.audit["output"] = {"revoked_key_id": key_id}
         return {"key_id": key_id, "revoked": True}
 
+    @app.post("/v1/keys/{key_id}/rotate", status_code=201, responses=errors(400, 404, 422, *V1))
+    def rotate_key(key_id: str, request: Request,
+                   grace_hours: float = Query(24, ge=0, le=720, description="hours the old key keeps working "
+                                              "(never past its own expiry), so that its clients can switch"),
+                   expires_days: int = Query(90, ge=1, le=3650, description="days until the new key expires"),
+                   never_expires: bool = Query(False, description="the new key never expires (overrides "
+                                               "expires_days; not recommended)"),
+                   p: Principal = Depends(require("keys"))):
+        try:
+            new_id, key = store.rotate_key(key_id, grace_hours, None if never_expires else expires_days)
+        except UnknownKey as e:
+            raise _err(404, str(e)) from None
+        except RevokedKey as e:
+            raise _err(400, str(e)) from None
+        new, old = store.key_info(new_id), store.key_info(key_id)
+        request.state.audit["output"] = {"rotated_key_id": key_id, "created_key_id": new_id, "role": new["role"]}
+        return {"key_id": new_id, "role": new["role"], "key": key, "expires_at": new["expires_at"],
+                "replaces": key_id, "old_key_expires_at": old["expires_at"],
+                "note": "store this key now: it is not kept and cannot be shown again; the old key stops "
+                        f"working at {old['expires_at']}"}
+
     return app
+
+
+def _expires_days(body: dict) -> int | None:
+    """POST /v1/keys: 'expires_days' (1..3650, default 90), or 'never_expires': true (overrides it)."""
+    never, days = body.get("never_expires", False), body.get("expires_days", 90)
+    if not isinstance(never, bool):
+        raise _err(400, "'never_expires' must be true or false")
+    if never:
+        return None
+    whole = isinstance(days, int) or (isinstance(days, float) and days.is_integer())  # JSON: 30.0 is 30
+    if isinstance(days, bool) or not whole or not 1 <= days <= 3650:
+        raise _err(400, "'expires_days' must be a whole number of days from 1 to 3650 (or send "
+                        "\"never_expires\": true for a key that never expires)")
+    return int(days)
 
 
 def _dicom_fields(form) -> tuple[str | None, int | None]:
@@ -396,6 +418,35 @@ def _dicom_fields(form) -> tuple[str | None, int | None]:
     if frame is not None and (not isinstance(frame, str) or not frame.strip().isdigit()):
         raise _err(400, f"frame must be a whole number >= 0 (the first frame is 0), got '{frame}'")
     return (window.lower() if window else None), (int(frame) if frame is not None else None)
+
+
+async def _audit(store: Store, checkpointer: Checkpointer | None, refusals: RefusalLimiter, request: Request,
+                 status: int, seconds: float, route_path: str) -> JSONResponse | None:
+    """Write the request's audit row (and a signed checkpoint when one is due). None when written; else
+    the 503 that replaces the answer, saying why: nothing is served without its row."""
+    a = getattr(request.state, "audit", {}) or {}
+    p = getattr(request.state, "principal", None)
+    log_it, held = (True, refusals.due()) if p or status < 400 else refusals.admit(status)
+    try:
+        if held:
+            await run_in_threadpool(_append_held, store, held)
+        if log_it:
+            row = await run_in_threadpool(
+                store.append, key_id=p.key_id if p else None, role=p.role if p else None, method=request.method,
+                path=route_path if route_path != "unmatched" else request.url.path[:200], status=status,
+                latency_ms=seconds * 1000, model_id=a.get("model_id"), model_version=a.get("model_version"),
+                epsilon=a.get("epsilon"), input_sha256=a.get("input_sha256"), output=a.get("output"),
+                detail=a.get("detail"))
+    except AuditWriteError as e:
+        log.error("%s", e)
+        return JSONResponse({"detail": f"{e}; request refused"}, 503)
+    except Exception:
+        log.exception("audit log append failed")
+        return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
+    if checkpointer and log_it and not await _checkpoint(checkpointer, row["seq"]):
+        return JSONResponse({"detail": "the audit log's signed checkpoint could not be written (checkpoint sink, "
+                                       "witness, timestamp authority or key unavailable); request refused"}, 503)
+    return None
 
 
 async def _checkpoint(checkpointer: Checkpointer, seq: int) -> bool:

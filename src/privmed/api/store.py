@@ -1,7 +1,10 @@
 """API keys and the hash-chained audit log, in any SQLAlchemy database (SQLite by default).
 
 Keys: ``pmk_<key id>_<secret>``. Only the key id, the role, a random salt and
-HMAC-SHA256(salt, secret) are stored; the key itself is shown once, at creation.
+HMAC-SHA256(salt, secret) are stored; the key itself is shown once, at creation. Keys expire (90 days
+unless ``expires_days=None`` is asked for) and rotate: ``rotate_key`` makes a new key with the same role
+and label and lets the old one work for a grace period. ``Store(url, readonly=True)`` is the auditor's
+view: it reads and verifies but cannot write.
 
 Audit log: append-only rows. Each row stores ``prev_hash`` (the previous row's hash, 64 zeros for
 the first) and ``row_hash = sha256(prev_hash + canonical JSON of the row)``; a one-row head table
@@ -23,13 +26,18 @@ import hmac
 import json
 import os
 import secrets
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, event, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Float, Integer, String, Text, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
+
+from privmed.errors import PrivmedError
 
 ROLES = ("clinician", "auditor", "admin")
 GENESIS = "0" * 64
@@ -60,6 +68,8 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[str] = mapped_column(String(40))
     revoked_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # ISO UTC; NULL = never expires (explicitly asked for, or a key made before keys expired)
+    expires_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class AuditRow(Base):
@@ -113,37 +123,90 @@ class Principal:
     role: str
 
 
+class ExpiredKey(PrivmedError):
+    """A correct key past its expiry (only its holder learns that it expired, and when)."""
+
+    def __init__(self, key_id: str, role: str, expires_at: str):
+        self.key_id, self.role, self.expires_at = key_id, role, expires_at
+        super().__init__(f"expired API key (expired {expires_at}): ask an admin to rotate it")
+
+
+class UnknownKey(PrivmedError, LookupError):
+    pass
+
+
+class RevokedKey(PrivmedError):
+    pass
+
+
+class ReadOnlyStore(PrivmedError):
+    pass
+
+
 def _hash_secret(salt: str, secret: str) -> str:
     return hmac.new(bytes.fromhex(salt), secret.encode(), hashlib.sha256).hexdigest()
 
 
+def _in_hours(hours: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)).isoformat(timespec="milliseconds")
+
+
+def _expired(expires_at: str | None) -> bool:
+    return expires_at is not None and dt.datetime.fromisoformat(expires_at) <= dt.datetime.now(dt.UTC)
+
+
+def _check_days(expires_days: float | None) -> None:
+    if expires_days is not None and not 0 < expires_days <= 3650:
+        raise ValueError(f"a key's lifetime must be 1 to 3650 days, got {expires_days}; for a key that never "
+                         "expires ask for it explicitly (--never-expires, never_expires)")
+
+
+def _add_key(s: Session, role: str, label: str | None, expires_days: float | None) -> tuple[str, str]:
+    key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
+    s.add(ApiKey(key_id=key_id, role=role, label=label, salt=salt, key_hash=_hash_secret(salt, secret),
+                 created_at=_now(), expires_at=None if expires_days is None else _in_hours(24 * expires_days)))
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+def _key_dict(k: ApiKey) -> dict:
+    return {"key_id": k.key_id, "role": k.role, "label": k.label, "created_at": k.created_at,
+            "expires_at": k.expires_at, "expired": _expired(k.expires_at), "revoked_at": k.revoked_at}
+
+
 class Store:
-    def __init__(self, url: str | None = None):
-        self.url = url or default_db_url()
-        kwargs = {}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
-        else:
-            kwargs["pool_pre_ping"] = True  # a restarted database server is not an error for the next request
-        self.engine = create_engine(self.url, **kwargs)
+    def __init__(self, url: str | None = None, readonly: bool = False):
+        """``readonly`` (auditors): nothing is created or migrated, and appends and key changes raise
+        ``ReadOnlyStore``. SQLite opens the file read-only (``mode=ro``, or ``immutable=1`` where no writer
+        can be active; see ``_sqlite_ro_connect``). PostgreSQL: every transaction is READ ONLY, but the real
+        guard is the database role: the auditor connects as a role granted SELECT only, e.g.
+        ``GRANT SELECT ON audit_log, audit_head TO privmed_auditor`` (no INSERT, UPDATE, DELETE)."""
+        self.url, self.readonly = url or default_db_url(), readonly
+        self.engine = _make_engine(self.url, readonly)
         self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            _sqlite_setup(self.engine)
-        Base.metadata.create_all(self.engine)
+        if not readonly:
+            Base.metadata.create_all(self.engine)
+            _migrate(self.engine)
         self._lock = threading.Lock()  # one writer per process; the database serialises the processes
 
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyStore("this store is opened read-only (auditor): it cannot append to the audit log or "
+                                "change keys; do that with a writable store (the API server's database role)")
+
     # ---- keys
-    def create_key(self, role: str, label: str | None = None) -> tuple[str, str]:
-        """(key id, full key). The full key is not stored and cannot be shown again."""
+    def create_key(self, role: str, label: str | None = None, expires_days: float | None = 90) -> tuple[str, str]:
+        """(key id, full key). The full key is not stored and cannot be shown again. ``expires_days=None``:
+        the key never expires (must be asked for; rotating keys is the safer habit)."""
         if role not in ROLES:
             raise ValueError(f"unknown role '{role}'; choose one of {', '.join(ROLES)}")
-        key_id, secret, salt = secrets.token_hex(6), secrets.token_urlsafe(32), secrets.token_hex(16)
+        _check_days(expires_days)
+        self._writable()
         with Session(self.engine) as s, s.begin():
-            s.add(ApiKey(key_id=key_id, role=role, label=label, salt=salt, key_hash=_hash_secret(salt, secret),
-                         created_at=_now()))
-        return key_id, f"{KEY_PREFIX}_{key_id}_{secret}"
+            return _add_key(s, role, label, expires_days)
 
     def authenticate(self, key: str | None) -> Principal | None:
+        """The key's principal; None for a missing, malformed, unknown, wrong or revoked key. A correct
+        key past its ``expires_at`` raises ``ExpiredKey``."""
         if not key:
             return None
         parts = key.strip().split("_", 2)
@@ -155,14 +218,22 @@ class Store:
                 return None
             if not hmac.compare_digest(row.key_hash, _hash_secret(row.salt, parts[2])):
                 return None
+            if _expired(row.expires_at):
+                raise ExpiredKey(row.key_id, row.role, row.expires_at)
             return Principal(row.key_id, row.role)
 
     def list_keys(self) -> list[dict]:
         with Session(self.engine) as s:
-            return [{"key_id": k.key_id, "role": k.role, "label": k.label, "created_at": k.created_at,
-                     "revoked_at": k.revoked_at} for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+            return [_key_dict(k) for k in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+
+    def key_info(self, key_id: str) -> dict | None:
+        """What ``list_keys`` says about one key (never the key or its hash); None if there is none."""
+        with Session(self.engine) as s:
+            k = s.get(ApiKey, key_id)
+            return _key_dict(k) if k is not None else None
 
     def revoke_key(self, key_id: str) -> bool:
+        self._writable()
         with Session(self.engine) as s, s.begin():
             row = s.get(ApiKey, key_id)
             if row is None:
@@ -170,9 +241,30 @@ class Store:
             row.revoked_at = row.revoked_at or _now()
             return True
 
+    def rotate_key(self, key_id: str, grace_hours: float = 24, expires_days: float | None = 90) -> tuple[str, str]:
+        """(new key id, new full key) with the old key's role and label. The old key keeps working for
+        ``grace_hours`` more (less if it expires sooner) so that its clients can switch; an expired key
+        can be rotated too. Raises ``UnknownKey`` or ``RevokedKey``."""
+        if not 0 <= grace_hours <= 24 * 365:
+            raise ValueError(f"grace_hours must be between 0 and 8760, got {grace_hours}")
+        _check_days(expires_days)
+        self._writable()
+        with Session(self.engine) as s, s.begin():
+            old = s.get(ApiKey, key_id)
+            if old is None:
+                raise UnknownKey(f"no key with id '{key_id}'; see `privmed keys list`")
+            if old.revoked_at is not None:
+                raise RevokedKey(f"key '{key_id}' was revoked at {old.revoked_at} and cannot be rotated; create a "
+                                 f"new one (`privmed keys create --role {old.role}`)")
+            end = _in_hours(grace_hours)
+            if old.expires_at is None or dt.datetime.fromisoformat(old.expires_at) > dt.datetime.fromisoformat(end):
+                old.expires_at = end
+            return _add_key(s, old.role, old.label, expires_days)
+
     # ---- audit log
     def append(self, **fields) -> dict:
         """Append one row to the chain (retries if another process appended concurrently)."""
+        self._writable()
         row = {k: fields.get(k) for k in HASHED_FIELDS if k != "seq"}
         row["ts"] = row.get("ts") or _now()
         for k in ("input_sha256", "output"):
@@ -188,10 +280,12 @@ class Store:
                 try:
                     return self._append_once(row)
                 except (IntegrityError, OperationalError) as e:
-                    # serialised dialects never collide; a lock timeout or another dialect's race retries
-                    if attempt == tries - 1:
-                        raise RuntimeError("could not append to the audit log: "
-                                           f"{type(e).__name__} from concurrent writers") from None
+                    # serialised dialects never collide; a lock timeout or another dialect's race retries,
+                    # a full disk or a lost connection does not get better by retrying at once
+                    cause = _write_failure(e)
+                    if cause or attempt == tries - 1:
+                        cause = cause or f"a lock timeout or {type(e).__name__} from concurrent writers"
+                        raise AuditWriteError(f"the audit log could not be written: {cause}") from None
         raise AssertionError("unreachable")
 
     def _append_once(self, row: dict) -> dict:
@@ -241,6 +335,101 @@ class Store:
         if head is None and n:
             return _bad(n, None, "the chain head record is missing (deleted)")
         return {"ok": True, "rows": n, "last_hash": prev, "first_bad_seq": None, "problem": None}
+
+
+def _make_engine(url: str, readonly: bool):
+    if url.startswith("sqlite"):
+        if readonly:
+            return _sqlite_readonly_engine(url)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        _sqlite_setup(engine)
+        return engine
+    engine = create_engine(url, pool_pre_ping=True)  # a restarted database server is not an error for the next request
+    if readonly:
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn, _):
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.close()
+            dbapi_conn.commit()  # a session SET is undone by a rollback
+    return engine
+
+
+def _migrate(engine) -> None:
+    """Add columns that databases made by older versions lack: ``api_keys.expires_at`` (their keys get
+    NULL, i.e. no expiry: rotate them to give them one). Of two processes starting at once, the second
+    one's duplicate-column error is ignored."""
+    def has() -> bool:
+        return "expires_at" in {c["name"] for c in inspect(engine).get_columns("api_keys")}
+
+    if has():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE api_keys ADD COLUMN expires_at VARCHAR(40)"))
+    except DBAPIError:
+        if not has():
+            raise
+
+
+def _sqlite_readonly_engine(url: str):
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise PrivmedError(f"a read-only store needs a SQLite file (sqlite:///PATH), got '{url}'")
+    if not Path(path).is_file():
+        raise PrivmedError(f"no audit database at {path}: check --db-url (a read-only store never creates one)")
+    engine = create_engine("sqlite://", creator=lambda: _sqlite_ro_connect(path), poolclass=NullPool)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # one snapshot per transaction, as in _sqlite_setup
+        conn.exec_driver_sql("BEGIN")
+    return engine
+
+
+def _sqlite_ro_connect(path: str) -> sqlite3.Connection:
+    """``mode=ro``: reads a WAL database through its shared-memory index (-shm), which it creates when
+    missing. Where it cannot (a 0444 file in a 0555 folder), no writer can be active either, so the file is
+    opened ``immutable=1`` instead, unless a write-ahead log holds rows not yet merged into it."""
+    uri = Path(path).resolve().as_uri()
+    try:
+        return _probe(sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False,
+                                      timeout=60))
+    except sqlite3.OperationalError as e:
+        if Path(path + "-shm").exists():  # a writer may be active: immutable would read torn pages
+            raise PrivmedError(f"cannot open {path} read-only: {e}") from None
+    wal = Path(path + "-wal")
+    if wal.exists() and wal.stat().st_size:
+        raise PrivmedError(f"cannot open {path} read-only: {wal.name} holds rows not yet merged into it and its "
+                           "folder is not writable; ask its owner to run any privmed command on it once (that "
+                           "merges the log), or give the auditor write access to the folder")
+    return _probe(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                                  check_same_thread=False))
+
+
+def _probe(con: sqlite3.Connection) -> sqlite3.Connection:
+    try:
+        con.execute("PRAGMA query_only=ON")
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL index, if any
+    except sqlite3.Error:
+        con.close()
+        raise
+    return con
+
+
+class AuditWriteError(PrivmedError):
+    """An audit row could not be written; the message says why (and never holds row content)."""
+
+
+def _write_failure(e: Exception) -> str | None:
+    """A plain reason for failures that are not write contention, from the driver's message."""
+    orig = str(getattr(e, "orig", e)).strip()  # the driver's own words: SQLAlchemy's text adds the row's values
+    said = orig.splitlines()[0][:200] if orig else ""
+    msg = said.lower()
+    if "full" in msg or "no space" in msg:
+        return f"the audit database is full ({said}); free space and retry"
+    if getattr(e, "connection_invalidated", False) or "connection" in msg and ("closed" in msg or "lost" in msg):
+        return f"the connection to the audit database was lost ({said}); check the database server"
+    return None
 
 
 def _sqlite_setup(engine) -> None:
