@@ -19,6 +19,7 @@ SAFE_KEYS = {
     "format", "modality", "photometric_interpretation", "rows", "cols", "width", "height", "bits_stored",
     "transfer_syntax_uid", "transfer_syntax", "body_part", "voi", "inverted",
     "converted_to_gray_from", "window", "rescale", "frames", "frame",
+    "header",  # age in years, view, body part: for the intended-use check, never in an output
 }
 
 

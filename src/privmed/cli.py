@@ -113,6 +113,12 @@ def cmd_predict(a):
     from privmed.inference import load_model
 
     model = load_model(a.bundle)
+    if model.site and not a.json:
+        print(model.info["site_calibration"]["statement"])
+    if not a.json:  # --json carries it in each result's "model"
+        from privmed.inference.intended_use import describe
+
+        print(f"{model.info['id']}: intended use: {describe(model.intended)}")
     results, failed = [], 0
     for f in a.files:
         try:
@@ -135,6 +141,25 @@ def cmd_predict(a):
                 if w.get("center") is not None else ""
             print(f"{r['file']}: {r['label']} ({probs}){win}{flag}")
     return 1 if failed == len(a.files) else 0
+
+
+def cmd_calibrate(a):
+    from privmed.calibrate import calibrate_site, site_records
+    from privmed.inference.bundle import read_metadata
+    from privmed.inference.predictor import resolve_bundle
+    from privmed.inference.site import summary
+
+    bundle = resolve_bundle(a.bundle)
+    records = site_records(a.site, read_metadata(bundle)["classes"])
+    path = calibrate_site(bundle, records, name=a.name, epsilon=a.epsilon, delta=a.delta, unit=a.unit, out=a.out,
+                          progress=not a.json)
+    doc = json.loads(path.read_text())
+    if a.json:
+        _print({"site_calibration": str(path), **summary(doc)}, True)
+        return 0
+    print(f"wrote {path} (every face loading {bundle} now uses it; remove the folder to stop)")
+    print(summary(doc)["statement"])
+    return 0
 
 
 def cmd_models(a):
@@ -249,6 +274,22 @@ def add_train_arguments(t: argparse.ArgumentParser, with_no_dp: bool = True) -> 
     t.add_argument("--json", action="store_true")
 
 
+def _calibrate_parser(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit a bundle to a site with DP on the site's labelled sample "
+                                         "(temperature, decision threshold, OOD reference, class prior)")
+    c.add_argument("bundle")
+    c.add_argument("--site", type=Path, required=True,
+                   help="labelled sample: SITE/<class>/<image>, the bundle's classes")
+    c.add_argument("--name", required=True, help="the site's name, shown by every face that uses the calibration")
+    c.add_argument("--epsilon", type=float, default=2.0, help="the site sample's privacy budget (default 2)")
+    c.add_argument("--delta", type=float, default=1e-5)
+    c.add_argument("--unit", default="auto", choices=["auto", "patient", "image"],
+                   help="unit of privacy (auto: the patient where file names or DICOM carry one)")
+    c.add_argument("--out", type=Path, help="write here instead of BUNDLE.site/")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privmed", description="Privacy-aware medical image analysis")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -316,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "?source=camera)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=cmd_predict)
+
+    _calibrate_parser(sub)
 
     m = sub.add_parser("models", help="list known bundles")
     m.add_argument("--dir")

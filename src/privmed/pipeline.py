@@ -16,7 +16,7 @@ import torch
 from privmed.config import TrainConfig, bundles_dir
 from privmed.evaluation.metrics import classification_report
 from privmed.inference import calibration as cal
-from privmed.inference import ood
+from privmed.inference import intended_use, ood
 from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
 from privmed.models.batched import batched_forward
 from privmed.privacy.budget import Registry
@@ -78,8 +78,9 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, stream)
     block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units)
     how = (f"Gaussian mechanism on validation (noise multiplier {sigma:.4g})" if dp else "exact, on validation")
+    prior = det["noisy_counts"] / det["noisy_counts"].sum()  # post-processing of release (1)'s class counts
     calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
-                   "fitted_on": how}
+                   "fitted_on": how, "class_prior": [round(float(v), 4) for v in prior]}
     decision = None
     if k == 2:
         t, _ = cal.threshold_from_histogram(hist)  # raw noisy counts: sums over bins stay unbiased
@@ -122,6 +123,7 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
         "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
                     (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),
         "task": TASKS.get(cfg.dataset, cfg.dataset), "dataset": cfg.dataset, "classes": splits.classes,
+        "intended_use": intended_use.for_bundle({"task": TASKS.get(cfg.dataset, cfg.dataset)}),
         "model": {"name": cfg.model, "kwargs": dict(cfg.model_args)},
         "input": {"channels": 1, "height": cfg.preprocess.size, "width": cfg.preprocess.size, "range": [0, 1],
                   "color": "grayscale"},

@@ -323,7 +323,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         card = model_card(meta, entry["name"])
         if fmt == "fhir":
             return JSONResponse(fhir(results, card), media_type="application/fhir+json")
-        return {"model": {k: card[k] for k in ("id", "name", "task", "version", "classes", "privacy")},
+        return {"model": {k: card[k] for k in ("id", "name", "task", "version", "classes", "privacy", "intended_use")},
                 "backend": getattr(model, "backend", "torch"), "results": results}
 
     # ---------- audit
@@ -469,6 +469,7 @@ def _append_held(store: Store, held: dict) -> None:
 
 
 def _summary(e: dict) -> dict:
+    from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 
     m = e["metadata"]
@@ -477,7 +478,7 @@ def _summary(e: dict) -> dict:
             "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
             "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
             "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
-            "privacy_statement": statement(m),
+            "privacy_statement": statement(m), "intended_use": for_bundle(m),
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
             # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
             "available": not e.get("broken")}

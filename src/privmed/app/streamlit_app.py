@@ -15,6 +15,7 @@ import streamlit as st
 from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
 from privmed.app.cli import check_address
 from privmed.errors import PrivmedError
+from privmed.inference.intended_use import describe
 from privmed.inference.report import ABSTAIN_MESSAGE, fhir
 
 st.set_page_config(page_title="privmed: private medical image classification", layout="wide")
@@ -82,7 +83,8 @@ def show_card(card: dict) -> None:
         st.caption(f"Out-of-distribution check: {ood.get('method')} on a {ood.get('embedding_dims')}-d embedding, "
                    f"threshold {ood.get('threshold'):.2f} (aims to refuse {100 * ood.get('target_refusal', 0):.1f} % "
                    f"of in-distribution images); fitted on {ood.get('fitted_on', 'validation')}")
-    st.caption(card.get("intended_use", ""))
+    st.markdown(f"**Intended use**: {describe(card.get('intended_use'))}")
+    st.caption(card.get("use", ""))
 
 
 def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -> None:
@@ -121,7 +123,7 @@ def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -
             origin = {"file": "the file", "default": "the model's default"}.get(w["source"], "the request")
             st.caption(f"CT window: {w['name']} (centre {w['center']:g} HU, width {w['width']:g} HU; from {origin})")
         report = {k: v for k, v in res.items() if k != "heatmap"}
-        report["model"] = {k: card.get(k) for k in ("id", "task", "version", "privacy")}
+        report["model"] = {k: card.get(k) for k in ("id", "task", "version", "privacy", "intended_use")}
         c1, c2 = st.columns(2)
         base = name.rsplit(".", 1)[0]
         c1.download_button("Download JSON report", json.dumps(report, indent=2), f"{base}.privmed.json",
@@ -151,6 +153,7 @@ def main() -> None:
         labels = {f"{task_label(c.get('task'))}: {c['id']}": c for c in cards}
         choice = st.selectbox("Task", list(labels), key="task")
         card = labels[choice]
+        st.caption(f"Intended use: {describe(card.get('intended_use'))}")  # a DICOM outside it is refused
         show_cam = st.toggle("Show Grad-CAM overlay", value=False, key="gradcam")
         st.caption(f"backend: {be.name}")
     tab_up, tab_cam, tab_live, tab_card = st.tabs(["Upload images", "Camera", "Live camera", "Model card"])

@@ -13,6 +13,7 @@ files (enhanced CT, series, cine) are refused unless ``frame=K`` picks one frame
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -146,8 +147,52 @@ def _safe_meta(ds) -> dict:
         "transfer_syntax_uid": str(ts) if ts else None,
         "transfer_syntax": ts.name if ts else None,
         "body_part": str(ds.get("BodyPartExamined") or "") or None,
+        "header": header_facts(ds),
     }
     return meta
+
+
+def header_facts(ds) -> dict:
+    """What intended use is checked against (``inference.intended_use``): age in years, view, body
+    part. Computed here so raw dates and PatientAge strings never leave the reader; malformed or
+    absent values give None."""
+    facts = {}
+    for key, read in (("age_years", lambda: _age_years(ds)), ("view", lambda: _code(ds, "ViewPosition")),
+                      ("body_part", lambda: _code(ds, "BodyPartExamined"))):
+        try:
+            facts[key] = read()
+        except Exception:  # a malformed tag must not refuse the image: it is only not known
+            facts[key] = None
+    return facts
+
+
+def _code(ds, tag: str) -> str | None:
+    return str(ds.get(tag) or "").strip().upper() or None
+
+
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _age_years(ds) -> float | None:
+    """PatientAge ('045Y', '006M', '010D', '002W'), else PatientBirthDate to the study's date."""
+    m = re.fullmatch(r"(\d{1,3})([DWMY])", str(ds.get("PatientAge") or "").strip().upper())
+    if m and m.group(0) != "000Y":  # '000Y' is often a blank filled in, not an infant's age
+        return round(int(m.group(1)) * _AGE_UNITS[m.group(2)], 2)
+    birth = _date(ds.get("PatientBirthDate"))
+    when = next((d for d in map(_date, (ds.get(t) for t in ("StudyDate", "SeriesDate", "AcquisitionDate"))) if d),
+                None)
+    if birth is None or when is None or when < birth:
+        return None
+    return round((when - birth).days / 365.25, 2)
+
+
+def _date(value):
+    import datetime as dt
+
+    try:
+        return dt.datetime.strptime(str(value or "").strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def _decode(ds, meta: dict) -> np.ndarray:

@@ -15,6 +15,8 @@ from privmed.config import PreprocessConfig, bundles_dir
 from privmed.data.read import Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
+from privmed.inference import intended_use
+from privmed.inference import site as site_calibration
 from privmed.inference.bundle import load_bundle
 
 
@@ -41,7 +43,7 @@ class Model:
     never serves the unsigned int8 graph from ``BUNDLE.local/`` (the registry passes it when bundles
     must be signed)."""
 
-    def __init__(self, path: Path, local_graphs: bool = True):
+    def __init__(self, path: Path, local_graphs: bool = True, site: Path | bool = True):
         self.path = Path(path)
         self.net, self.metadata = load_bundle(self.path)
         self.classes: list[str] = self.metadata["classes"]
@@ -50,6 +52,10 @@ class Model:
         self.min_confidence = float(self.metadata.get("abstain", {}).get("min_confidence", 0.0))
         self.ood = self.metadata.get("ood")
         self.decision = self.metadata.get("decision")  # two classes: DP-chosen operating point
+        self.intended = intended_use.for_bundle(self.metadata)  # population and acquisition it was trained on
+        self.site = None  # a site calibration beside the bundle (BUNDLE.site/), applied over the above
+        if site is not False:
+            self.use_site(site_calibration.load(self.path, self.metadata, None if site is True else site))
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
             from privmed.inference.onnx_export import session, usable
@@ -65,6 +71,14 @@ class Model:
         if self.session is None:
             self.backend = "torch"
 
+    def use_site(self, site: dict | None) -> None:
+        """Serve with a site's DP calibration (``inference.site``) instead of the bundle's own."""
+        if site is None:
+            return
+        self.site = site
+        self.temperature = float(site["calibration"].get("temperature", 1.0))
+        self.decision, self.ood = site["decision"], site["ood"]
+
     @property
     def info(self) -> dict:
         from privmed.privacy.ledger import statement
@@ -72,8 +86,10 @@ class Model:
         p = self.metadata.get("privacy") or {"mechanism": "none (non-private)"}
         return {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
                 "dataset": self.metadata.get("dataset"), "weights_sha256": self.metadata.get("weights_sha256"),
+                "intended_use": self.intended,
                 "privacy": {**{k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")},
-                            "statement": statement(self.metadata)}}
+                            "statement": statement(self.metadata)},
+                "site_calibration": site_calibration.summary(self.site) if self.site else None}
 
     def label_index(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class per row of probabilities: the operating point for two classes, else argmax."""
@@ -160,6 +176,8 @@ class Model:
         """Everything after the network: abstain reasons, label, optional Grad-CAM."""
         probs = batch_probs[0]
         reasons = [f"image quality: {r['message']}" for r in verdict["reasons"]]
+        if self.site is None:  # a site calibration governs where the site has calibrated
+            reasons += intended_use.check(meta, self.intended)
         ood_score = None
         if batch_ood is not None:
             ood_score = float(batch_ood[0])

@@ -58,6 +58,7 @@ def safe_image_meta(meta: dict) -> dict:
 
 def model_card(metadata: dict, name: str | None = None) -> dict:
     """What a clinician or auditor needs to judge a bundle; the full privacy ledger included."""
+    from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 
     p = metadata.get("privacy") or {}
@@ -80,8 +81,9 @@ def model_card(metadata: dict, name: str | None = None) -> dict:
                 if k not in ("means", "components", "variances")} or None,
         "test_metrics": {k: v for k, v in test.items() if isinstance(v, (int, float, str))},
         "versions": metadata.get("versions"),
-        "intended_use": "research decision support only; not a medical device. Trained on public research "
-                        "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",
+        "intended_use": for_bundle(metadata),  # population and acquisition; a DICOM outside it is refused
+        "use": "research decision support only; not a medical device. Trained on public research "
+               "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",
     }
 
 
@@ -104,6 +106,8 @@ def _now() -> str:
 
 def diagnostic_report(result: dict, card: dict, issued: str | None = None) -> dict:
     """FHIR R4 DiagnosticReport for one ``result_dict``; Observations and Device contained."""
+    from privmed.inference.intended_use import describe
+
     issued = issued or _now()
     security = [dict(AIAST)]
     device = {
@@ -111,7 +115,7 @@ def diagnostic_report(result: dict, card: dict, issued: str | None = None) -> di
         "deviceName": [{"name": str(card.get("id")), "type": "model-name"}],
         "version": [{"type": {"text": "weights sha256"}, "value": str(card.get("version"))}],
         "type": {"text": "AI image classifier (differentially private)"},
-        "note": [{"text": _privacy_note(card)}],
+        "note": [{"text": _privacy_note(card)}, {"text": "intended use: " + describe(card.get("intended_use"))}],
     }
     observations, refs = [], []
     for i, (cls, p) in enumerate((result.get("probabilities") or {}).items()):

@@ -1,0 +1,129 @@
+"""Site calibration with differential privacy: a site's small labelled sample re-fits what a bundle
+fitted on its own validation data (temperature, decision threshold, out-of-distribution reference)
+and releases the site's class prior, all through the same two Gaussian releases as training's
+validation side (``pipeline.validation_releases``), with the site's own epsilon, delta and unit.
+
+The calibration is written beside the bundle (``<bundle>.site/site.json``, ``inference.site``), never
+into it: the bundle's guarantee is unchanged, and the site's guarantee covers the site's sample. What
+depends on the site's images exactly (per-class counts, the in-sample refusal rate) goes to a private
+file beside it (0600), never into ``site.json``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from privmed.data.datasets import IMAGE_SUFFIXES, Record, dicom_patient_key, fingerprint, patient_id_from_name
+from privmed.data.read import load_image
+from privmed.errors import DatasetError, PrivmedError
+from privmed.inference import ood
+from privmed.inference.predictor import Model
+from privmed.inference.site import SITE_FILE, site_dir
+from privmed.pipeline import validation_releases
+from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
+from privmed.privacy.budget import Registry, dataset_key
+from privmed.training.data import unit_ids
+
+ACCOUNTANT = "prv"
+
+
+def site_records(folder: Path, classes: list[str]) -> list[Record]:
+    """``folder/<class>/<image>`` for the bundle's classes (all of them, each with images)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"site folder {folder} does not exist; lay it out as {folder}/<class>/<image> with "
+                           f"the bundle's classes ({', '.join(classes)})")
+    extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        raise DatasetError(f"{folder} has class folders the bundle does not know ({', '.join(extra)}); its classes "
+                           f"are {', '.join(classes)}")
+    out = []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (folder / cls).is_dir() else []
+        if not files:
+            raise DatasetError(f"{folder / cls} is missing or holds no images: the site sample needs labelled "
+                               "images of every class")
+        out += [Record(p, label, _patient(p)) for p in files]
+    return out
+
+
+def _patient(path: Path) -> str | None:
+    return dicom_patient_key(path) if path.suffix.lower() in (".dcm", ".dicom") else patient_id_from_name(path.name)
+
+
+def site_outputs(model: Model, records: list[Record], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(raw logits, embeddings) of the site's images, read and preprocessed as uploads are."""
+    from tqdm import tqdm
+
+    logits, emb = [], []
+    for i in tqdm(range(0, len(records), 32), desc="site images", disable=not progress, leave=False):
+        pixels = [load_image(r.path, **model.dicom_options()).pixels for r in records[i:i + 32]]
+        lo, em = model.logits_and_embedding(model.batch(pixels))
+        logits.append(np.asarray(lo))
+        emb.append(np.asarray(em))
+    return np.concatenate(logits), np.concatenate(emb)
+
+
+def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: float = 2.0,
+                   delta: float = DEFAULT_DELTA, unit: str = "auto", out: Path | None = None,
+                   registry: Registry | None = None, progress: bool = False) -> Path:
+    """Fit and write ``<bundle>.site/site.json`` (or ``out/site.json``); returns its path."""
+    model = Model(bundle, site=False)
+    units, unit_name = unit_ids(records, unit)
+    privacy = {"epsilon_target": epsilon, "delta": delta, "accountant": ACCOUNTANT}
+    key = dataset_key(fingerprint(records))
+    registry = registry or Registry()
+    planned = _planned(epsilon, delta)
+    registry.check(key, {"validation": planned}, delta, ACCOUNTANT, split="site calibration")
+    logits, emb = site_outputs(model, records, progress)
+    y = np.array([r.label for r in records])
+    calibration, decision, block, releases, notes = validation_releases(
+        logits, emb, y, units.numpy(), len(model.classes), privacy)
+    if block is None:
+        raise PrivmedError(f"{notes['note']}: add labelled images (at least about {ood.MIN_UNITS} {unit_name}s) "
+                           "and run again; nothing was written")
+    ledger = _ledger(releases, epsilon, delta, unit_name, notes["n_units_validation_dp"])
+    # the registry's "validation" side; its own split label makes it compose sequentially with any other use
+    as_validation = {"releases": [{**r, "on": "validation"} for r in ledger["releases"]]}
+    registry.record(key, as_validation, what=f"site calibration '{name}' of {model.metadata.get('model_id')}",
+                    split="site calibration", bundle=str(bundle))
+    folder = Path(out) if out else site_dir(bundle)
+    doc = {"site": name, "created": dt.date.today().isoformat(), "bundle": model.metadata.get("model_id"),
+           "weights_sha256": model.metadata.get("weights_sha256"), "calibration": calibration,
+           "decision": decision, "ood": block, "privacy": ledger}
+    return _write(folder, doc, {"n_images": len(records), "n_units": int(units.max()) + 1,
+                                "images_per_class": np.bincount(y, minlength=len(model.classes)).tolist(),
+                                **{k: v for k, v in notes.items() if k != "note"}})
+
+
+def _planned(epsilon: float, delta: float) -> list[tuple[float, float, int]]:
+    from privmed.privacy.releases import validation_history
+
+    return validation_history(epsilon, delta, ACCOUNTANT)
+
+
+def _ledger(releases: list[dict], epsilon: float, delta: float, unit: str, n_units_dp: float) -> dict:
+    hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]
+    releases = [{**r, "on": "site sample", "release": r["release"].replace("validation", "site sample")}
+                for r in releases]
+    return {"mechanism": "Gaussian mechanism, two releases on per-unit rows (pipeline.validation_releases)",
+            "epsilon": round(epsilon_of(hist, delta, ACCOUNTANT), 4), "epsilon_target": epsilon, "delta": delta,
+            "neighbouring_relation": "add/remove one unit (no exact count is published)",
+            "unit_of_privacy": unit, "accountant": ACCOUNTANT, "releases": releases,
+            "n_units_site_dp": round(float(n_units_dp), 1),
+            "covers": "the site's labelled sample only; the bundle's own guarantee is unchanged"}
+
+
+def _write(folder: Path, doc: dict, private: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / SITE_FILE
+    path.write_text(json.dumps(doc, indent=2))
+    fd = os.open(folder / "private_run_log.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"never_released": "exact statistics of the site's images", **private}, f, indent=2)
+    return path
