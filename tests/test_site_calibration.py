@@ -57,6 +57,8 @@ def test_calibrate_cli_writes_dp_site_calibration_every_face_uses(bundle, chest_
     p = doc["privacy"]
     assert p["neighbouring_relation"].startswith("add/remove") and p["delta"] == 1e-5
     assert all(r["noise_multiplier"] > 0 for r in p["releases"]) and len(p["releases"]) == 2
+    assert all("site sample" in x for x in (doc["ood"]["fitted_on"], doc["calibration"]["fitted_on"],
+                                            doc["decision"]["chosen_by"]))
     text = json.dumps(doc)
     assert "n_images" not in text and "images_per_class" not in text  # exact counts stay private
     private = site_dir(bundle) / "private_run_log.json"

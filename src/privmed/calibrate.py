@@ -88,6 +88,9 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
         raise PrivmedError(f"{notes['note']}: add labelled images (at least about {ood.MIN_UNITS} {unit_name}s) "
                            "and run again; nothing was written")
     ledger = _ledger(releases, epsilon, delta, unit_name, notes["n_units_validation_dp"])
+    for part, field in ((calibration, "fitted_on"), (block, "fitted_on"), (decision, "chosen_by")):
+        if part:  # the shared release code names its data "validation"
+            part[field] = part[field].replace("validation", "the site sample", 1)
     # the registry's "validation" side; its own split label makes it compose sequentially with any other use
     as_validation = {"releases": [{**r, "on": "validation"} for r in ledger["releases"]]}
     registry.record(key, as_validation, what=f"site calibration '{name}' of {model.metadata.get('model_id')}",
