@@ -295,7 +295,8 @@ def register(sub, privacy_sub) -> None:
                                         "(used only within 0.5 accuracy points of fp32)")
     q.add_argument("bundle")
     q.add_argument("--calib", required=True, help="DATASET[:SPLIT] of images the bundle was NOT trained on "
-                                                   "(e.g. covid19_xray for the chest bundle)")
+                                                   "(e.g. chest_xray_pneumonia:test, the public test split, "
+                                                   "for the chest bundle; not covid19_xray: it holds Kermany copies)")
     q.add_argument("--eval", help="DATASET[:SPLIT] for the accuracy check (default: the bundle's dataset, test)")
     q.add_argument("--calib-n", type=int, default=200)
     q.add_argument("--private-calibration", action="store_true",

@@ -4,8 +4,10 @@
 ranges end up in the int8 graph: they are statistics of the calibration images, computed without
 differential privacy. So:
 
-- calibrate on images the bundle was NOT trained on: a public dataset of the same modality (e.g.
-  ``covid19_xray`` images for the ``chest_xray_pneumonia`` bundle). The bundle's own dataset's
+- calibrate on images the bundle was NOT trained on: a public set of the same modality, for example
+  the bundle dataset's public test split. Not ``covid19_xray`` for the ``chest_xray_pneumonia``
+  bundle: its normal and viral-pneumonia films are Kermany copies (found 2026-12-05, most of them
+  contrast-enhanced re-saves that no byte or pHash check catches). The bundle's own dataset's
   train/val splits are refused unless ``private_ok=True`` (``--private-calibration``);
 - the int8 graph and its record go to ``BUNDLE.local/`` beside the bundle, never into it, so copying,
   signing or releasing a bundle never carries them. The record says which images calibrated it.
