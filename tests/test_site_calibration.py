@@ -110,3 +110,30 @@ def test_too_few_units_writes_nothing_and_other_weights_are_refused(bundle, ches
     with pytest.raises(PrivmedError, match="class folders the bundle does not know"):
         (tmp_path / "small" / "covid").mkdir()
         site_records(tmp_path / "small", ["normal", "pneumonia"])
+
+
+def test_api_and_app_views_show_the_site_calibration(bundle, chest_test, tmp_path):
+    """The API's /v1/models, /v1/models/{id}, each prediction's model and the app's model card say a
+    site calibration is in use (they read the bundle's metadata and missed it before)."""
+    from fastapi.testclient import TestClient
+
+    from privmed.api.server import Settings, create_app
+    from privmed.app.backend import LocalBackend
+    from privmed.calibrate import calibrate_site, site_records
+
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[bundle], scan_default_bundles=False))
+    key = app.state.store.create_key("clinician")[1]
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert client.get("/v1/models").json()["models"][0]["site_calibration"] is None
+        site = make_site(tmp_path / "site", chest_test, 90)
+        calibrate_site(bundle, site_records(site, ["normal", "pneumonia"]), name="ward 9",
+                       registry=Registry(tmp_path / "budget"))
+        listed = client.get("/v1/models").json()["models"][0]
+        assert listed["site_calibration"]["site"] == "ward 9"  # picked up while serving
+        one = client.get(f"/v1/models/{listed['id']}").json()
+        assert one["site_calibration"]["epsilon"] == listed["site_calibration"]["epsilon"]
+        img = chest_test[0].path
+        r = client.post("/v1/predict", files={"file": (img.name, img.read_bytes(), "image/jpeg")})
+        assert r.status_code == 200 and r.json()["model"]["site_calibration"]["site"] == "ward 9"
+    cards = LocalBackend(bundles=[bundle]).models()
+    assert [c["site_calibration"]["site"] for c in cards if c["name"] == bundle.name] == ["ward 9"]

@@ -214,7 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ---------- models
     @app.get("/v1/models", responses=errors(*V1))
     def list_models(request: Request, p: Principal = Depends(require("models"))):
-        return {"models": [_summary(e) for e in registry.entries()]}
+        return {"models": [_summary(e, registry.site(e)) for e in registry.entries()]}
 
     @app.get("/v1/models/{model_ref}", responses=errors(404, 422, *V1))
     def get_model(model_ref: str, request: Request, p: Principal = Depends(require("models"))):
@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except UnknownModel as ex:
             raise _err(404, str(ex)) from None
         request.state.audit.update(model_id=e["id"], model_version=e["metadata"].get("weights_sha256"))
-        return model_card(e["metadata"], e["name"])
+        return model_card(e["metadata"], e["name"], registry.site(e))
 
     # ---------- predict
     @app.post("/v1/predict", responses=errors(400, 404, 413, 415, 422, *V1), openapi_extra=PREDICT_BODY)
@@ -320,10 +320,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.observe_prediction(entry["id"], res["label"], res["abstain"])
         audit["output"] = [{"label": r["label"], "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()},
                             "abstain": r["abstain"], "ood_score": r.get("ood_score")} for r in results]
-        card = model_card(meta, entry["name"])
+        card = model_card(meta, entry["name"], model.site)
         if fmt == "fhir":
             return JSONResponse(fhir(results, card), media_type="application/fhir+json")
-        return {"model": {k: card[k] for k in ("id", "name", "task", "version", "classes", "privacy", "intended_use")},
+        return {"model": {k: card[k] for k in ("id", "name", "task", "version", "classes", "privacy", "intended_use",
+                                               "site_calibration")},
                 "backend": getattr(model, "backend", "torch"), "results": results}
 
     # ---------- audit
@@ -468,7 +469,8 @@ def _append_held(store: Store, held: dict) -> None:
                             "counted rather than logged one by one")
 
 
-def _summary(e: dict) -> dict:
+def _summary(e: dict, site: dict | None = None) -> dict:
+    from privmed.inference import site as site_calibration
     from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 
@@ -479,6 +481,7 @@ def _summary(e: dict) -> dict:
             "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
             "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
             "privacy_statement": statement(m), "intended_use": for_bundle(m),
+            "site_calibration": site_calibration.summary(site) if site else None,
             "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
             # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
             "available": not e.get("broken")}

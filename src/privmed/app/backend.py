@@ -39,7 +39,7 @@ class LocalBackend:
     def models(self) -> list[dict]:
         from privmed.inference.report import model_card
 
-        return [model_card(e["metadata"], e["name"]) for e in self.registry.entries()]
+        return [model_card(e["metadata"], e["name"], self.registry.site(e)) for e in self.registry.entries()]
 
     def analyse(self, model_id: str, data: bytes, filename: str, explain: bool, source: str = "file") -> dict:
         from privmed.inference.registry import UnknownModel

@@ -84,6 +84,8 @@ def show_card(card: dict) -> None:
                    f"threshold {ood.get('threshold'):.2f} (aims to refuse {100 * ood.get('target_refusal', 0):.1f} % "
                    f"of in-distribution images); fitted on {ood.get('fitted_on', 'validation')}")
     st.markdown(f"**Intended use**: {describe(card.get('intended_use'))}")
+    if card.get("site_calibration"):  # it replaces the bundle's threshold, temperature and OOD reference
+        st.info(card["site_calibration"]["statement"])
     st.caption(card.get("use", ""))
 
 

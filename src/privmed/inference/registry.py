@@ -7,6 +7,7 @@ from pathlib import Path
 
 from privmed.config import bundles_dir
 from privmed.errors import BundleError
+from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
 
 
@@ -15,8 +16,12 @@ class UnknownModel(LookupError):
 
 
 def _stamp(path: Path) -> tuple:
-    """(name, mtime, size) of every file in a bundle: any change on disk triggers re-verification."""
-    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+    """(name, mtime, size) of every file in a bundle and of its site calibration beside it: any change
+    on disk triggers re-verification (a site calibrated while the server runs is used from then on)."""
+    files = [p for p in path.iterdir() if p.is_file()]
+    site = site_calibration.site_dir(path) / site_calibration.SITE_FILE
+    files += [site] if site.is_file() else []
+    return tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
 
 
 class Registry:
@@ -132,6 +137,14 @@ class Registry:
                 raise BundleError(f"bundle '{path.name}' failed to load ({type(e).__name__}: {e})") from None
             self._loaded[path] = (stamp, m)
             return m
+
+    def site(self, entry: dict) -> dict | None:
+        """The entry's site calibration (``inference.site``) for the views; None where there is none or
+        it does not fit the weights (then the model itself refuses to load and says why)."""
+        try:
+            return site_calibration.load(Path(entry["path"]), entry["metadata"])
+        except BundleError:
+            return None
 
     @property
     def loaded(self) -> int:

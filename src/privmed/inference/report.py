@@ -56,8 +56,10 @@ def safe_image_meta(meta: dict) -> dict:
     return {k: meta[k] for k in keep if k in (meta or {})}
 
 
-def model_card(metadata: dict, name: str | None = None) -> dict:
-    """What a clinician or auditor needs to judge a bundle; the full privacy ledger included."""
+def model_card(metadata: dict, name: str | None = None, site: dict | None = None) -> dict:
+    """What a clinician or auditor needs to judge a bundle; the full privacy ledger included, and the
+    site calibration in use (``site``: ``inference.site.load``'s document) with its own guarantee."""
+    from privmed.inference import site as site_calibration
     from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 
@@ -82,6 +84,7 @@ def model_card(metadata: dict, name: str | None = None) -> dict:
         "test_metrics": {k: v for k, v in test.items() if isinstance(v, (int, float, str))},
         "versions": metadata.get("versions"),
         "intended_use": for_bundle(metadata),  # population and acquisition; a DICOM outside it is refused
+        "site_calibration": site_calibration.summary(site) if site else None,
         "use": "research decision support only; not a medical device. Trained on public research "
                "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",
     }
