@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.data.datasets import IMAGE_SUFFIXES, Record, dicom_patient_key, fingerprint, patient_id_from_name
+from privmed.data.datasets import Record, file_patient_id, fingerprint, image_files
 from privmed.data.read import load_image
 from privmed.errors import DatasetError, PrivmedError
 from privmed.inference import ood
@@ -26,6 +26,7 @@ from privmed.inference.site import SITE_FILE, site_dir
 from privmed.pipeline import validation_releases
 from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
 from privmed.privacy.budget import Registry, dataset_key
+from privmed.privacy.releases import validation_history
 from privmed.training.data import unit_ids
 
 ACCOUNTANT = "prv"
@@ -43,17 +44,12 @@ def site_records(folder: Path, classes: list[str]) -> list[Record]:
                            f"are {', '.join(classes)}")
     out = []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) \
-            if (folder / cls).is_dir() else []
+        files = image_files(folder / cls)
         if not files:
             raise DatasetError(f"{folder / cls} is missing or holds no images: the site sample needs labelled "
                                "images of every class")
-        out += [Record(p, label, _patient(p)) for p in files]
+        out += [Record(p, label, file_patient_id(p)) for p in files]
     return out
-
-
-def _patient(path: Path) -> str | None:
-    return dicom_patient_key(path) if path.suffix.lower() in (".dcm", ".dicom") else patient_id_from_name(path.name)
 
 
 def site_outputs(model: Model, records: list[Record], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -78,19 +74,16 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
     privacy = {"epsilon_target": epsilon, "delta": delta, "accountant": ACCOUNTANT}
     key = dataset_key(fingerprint(records))
     registry = registry or Registry()
-    planned = _planned(epsilon, delta)
+    planned = validation_history(epsilon, delta, ACCOUNTANT)
     registry.check(key, {"validation": planned}, delta, ACCOUNTANT, split="site calibration")
     logits, emb = site_outputs(model, records, progress)
     y = np.array([r.label for r in records])
     calibration, decision, block, releases, notes = validation_releases(
-        logits, emb, y, units.numpy(), len(model.classes), privacy)
+        logits, emb, y, units.numpy(), len(model.classes), privacy, data="the site sample")
     if block is None:
         raise PrivmedError(f"{notes['note']}: add labelled images (at least about {ood.MIN_UNITS} {unit_name}s) "
                            "and run again; nothing was written")
     ledger = _ledger(releases, epsilon, delta, unit_name, notes["n_units_validation_dp"])
-    for part, field in ((calibration, "fitted_on"), (block, "fitted_on"), (decision, "chosen_by")):
-        if part:  # the shared release code names its data "validation"
-            part[field] = part[field].replace("validation", "the site sample", 1)
     # the registry's "validation" side; its own split label makes it compose sequentially with any other use
     as_validation = {"releases": [{**r, "on": "validation"} for r in ledger["releases"]]}
     registry.record(key, as_validation, what=f"site calibration '{name}' of {model.metadata.get('model_id')}",
@@ -104,16 +97,9 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
                                 **{k: v for k, v in notes.items() if k != "note"}})
 
 
-def _planned(epsilon: float, delta: float) -> list[tuple[float, float, int]]:
-    from privmed.privacy.releases import validation_history
-
-    return validation_history(epsilon, delta, ACCOUNTANT)
-
-
 def _ledger(releases: list[dict], epsilon: float, delta: float, unit: str, n_units_dp: float) -> dict:
     hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]
-    releases = [{**r, "on": "site sample", "release": r["release"].replace("validation", "site sample")}
-                for r in releases]
+    releases = [{**r, "on": "site sample"} for r in releases]
     return {"mechanism": "Gaussian mechanism, two releases on per-unit rows (pipeline.validation_releases)",
             "epsilon": round(epsilon_of(hist, delta, ACCOUNTANT), 4), "epsilon_target": epsilon, "delta": delta,
             "neighbouring_relation": "add/remove one unit (no exact count is published)",

@@ -113,11 +113,11 @@ def cmd_predict(a):
     from privmed.inference import load_model
 
     model = load_model(a.bundle)
-    if model.site and not a.json:
-        print(model.info["site_calibration"]["statement"])
-    if not a.json:  # --json carries it in each result's "model"
+    if not a.json:  # --json carries both in each result's "model"
         from privmed.inference.intended_use import describe
 
+        if model.site:
+            print(model.info["site_calibration"]["statement"])
         print(f"{model.info['id']}: intended use: {describe(model.intended)}")
     results, failed = [], 0
     for f in a.files:

@@ -40,8 +40,11 @@ def _per_unit_mean(rows: np.ndarray, units: np.ndarray) -> np.ndarray:
 
 
 def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, units: np.ndarray, k: int,
-                        privacy: dict | None) -> tuple[dict, dict | None, dict | None, list[dict], dict]:
-    """(calibration, decision, ood block, ledger releases, run-log notes) from validation data.
+                        privacy: dict | None, data: str = "validation",
+                        ) -> tuple[dict, dict | None, dict | None, list[dict], dict]:
+    """(calibration, decision, ood block, ledger releases, run-log notes) from validation data (``data``
+    names it in the texts: a site calibration passes "the site sample"; each release's side stays
+    "validation" for the budget registry).
 
     Under DP two Gaussian releases, each on per-unit rows: (1) OOD statistics + margin histogram,
     (2) histogram of OOD scores. Whether there are enough units for (2) and for using (1) is decided
@@ -65,19 +68,19 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     (stats, stats_std), (hist, hist_std) = out
     det = ood.detector_from_release(stats, k, ood.DIMS, stats_std, emb.shape[1])
     n_units = float(det["noisy_counts"].sum()) if dp else int(units.max()) + 1
-    release1 = {"release": "validation: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
+    release1 = {"release": f"{data}: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
                 "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": sens1}
     if dp and n_units < ood.MIN_UNITS:
-        note = (f"validation has about {n_units:.0f} units (DP estimate), too few for DP statistics: temperature "
+        note = (f"{data} has about {n_units:.0f} units (DP estimate), too few for DP statistics: temperature "
                 "1, argmax decision, no out-of-distribution detector (the quality gate still runs)")
         return ({"method": "none", "temperature": 1.0, "note": note}, None, None, [release1],
                 {"note": note, "n_units_validation_dp": n_units})
     temperature = cal.temperature_from_histogram(cal.denoise(hist, hist_std))  # raw: unbounded as T -> 0
-    provisional = ood.block(det, float("inf"), sigma, n_units)
+    provisional = ood.block(det, float("inf"), sigma, n_units, data)
     s = ood.scores(emb, provisional)
     rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, stream)
-    block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units)
-    how = (f"Gaussian mechanism on validation (noise multiplier {sigma:.4g})" if dp else "exact, on validation")
+    block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units, data)
+    how = (f"Gaussian mechanism on {data} (noise multiplier {sigma:.4g})" if dp else f"exact, on {data}")
     prior = det["noisy_counts"] / det["noisy_counts"].sum()  # post-processing of release (1)'s class counts
     calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
                    "fitted_on": how, "class_prior": [round(float(v), 4) for v in prior]}
@@ -88,7 +91,7 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
                     "threshold_margin": t, "chosen_by": f"largest balanced accuracy, {how}"}
     releases = [] if not dp else [
         release1,
-        {"release": "validation: OOD score histogram (Gaussian mechanism)", "on": "validation",
+        {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",
          "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
     notes = {"exact_in_sample_ood_refusal": float(np.mean(s > block["threshold"])), "n_units_validation_dp": n_units}
     return calibration, decision, block, releases, notes

@@ -177,18 +177,27 @@ def _log_verify(a, store, cfg) -> int:
 
 def _verify_signed(r: dict, store, cfg) -> None:
     """Add the signed checks to ``r``: the chain alone cannot catch a rewrite; checkpoints can, and the
-    witness's copy can even when the sink was rewritten with the log's key."""
+    witness's copy can even when the sink was rewritten with the log's key. One pass over the rows."""
     from privmed.api import merkle, translog
 
-    wpub = merkle.load_public(cfg.witness_pubkey, "witness public key") if cfg.witness_pubkey else None
-    if cfg.sink and cfg.pubkey:
+    wpub = _witness_pub(cfg)
+    if cfg.witness_url and not (cfg.pubkey and wpub):
+        raise ValueError("checking against a witness needs --pubkey and --witness-pubkey")
+    if not (cfg.pubkey and (cfg.sink or cfg.witness_url)):
+        return
+    pub, leaves = merkle.load_public(cfg.pubkey), translog.chain_leaves(store)[0]
+    if cfg.sink:
         tsa = (cfg.tsa_cert, cfg.tsa_roots) if cfg.tsa_cert else None
-        r["sink"] = translog.verify_sink(store, cfg.sink, merkle.load_public(cfg.pubkey), wpub, tsa)
+        r["sink"] = translog.verify_sink(store, cfg.sink, pub, wpub, tsa, leaves)
     if cfg.witness_url:
-        if not (cfg.pubkey and wpub):
-            raise ValueError("checking against a witness needs --pubkey and --witness-pubkey")
-        r["witness"] = translog.verify_witness(store, cfg.witness_url, merkle.load_public(cfg.pubkey), wpub)
+        r["witness"] = translog.verify_witness(store, cfg.witness_url, pub, wpub, leaves)
     r["ok"] = r["ok"] and all(r[p]["ok"] for p in ("sink", "witness") if p in r)
+
+
+def _witness_pub(cfg):
+    from privmed.api import merkle
+
+    return merkle.load_public(cfg.witness_pubkey, "witness public key") if cfg.witness_pubkey else None
 
 
 def _intact(r: dict) -> str:
@@ -208,7 +217,7 @@ def _check_proof(a, cfg) -> int:
     from privmed.api import merkle, translog
 
     pub = merkle.load_public(_need(cfg.pubkey, "--pubkey", "PRIVMED_LOG_PUBKEY"))
-    wpub = merkle.load_public(cfg.witness_pubkey, "witness public key") if cfg.witness_pubkey else None
+    wpub = _witness_pub(cfg)
     proof = json.loads(Path(a.file).read_text())
     problem = translog.check_proof(proof, pub, wpub) if isinstance(proof, dict) else "not a JSON object"
     if problem:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from privmed.api.store import ROLES
+from privmed.api.store import MAX_KEY_DAYS, ROLES
 
 ERROR_TEXT = {
     400: "bad request: a missing, unknown or invalid field or parameter",
@@ -55,7 +55,7 @@ KEY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
     "required": ["role"],
     "properties": {"role": {"type": "string", "enum": list(ROLES)},
                    "label": {"type": ["string", "null"], "maxLength": 200},
-                   "expires_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 90,
+                   "expires_days": {"type": "integer", "minimum": 1, "maximum": MAX_KEY_DAYS, "default": 90,
                                     "description": "days until the key expires"},
                    "never_expires": {"type": "boolean", "default": False,
                                      "description": "the key never expires (overrides expires_days)"}}}}}}}

@@ -29,7 +29,9 @@ from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, V1, errors
 from privmed.api.refusals import RefusalLimiter
 from privmed.inference.registry import Registry, UnknownModel
 from privmed.inference.service import InputError, analyse
-from privmed.api.store import ROLES, AuditWriteError, ExpiredKey, Principal, RevokedKey, Store, UnknownKey
+from privmed.api.store import (
+    MAX_KEY_DAYS, ROLES, AuditWriteError, ExpiredKey, Principal, RevokedKey, Store, UnknownKey,
+)
 from privmed.api.translog import Checkpointer, LogConfig
 from privmed.data.read import MAX_BYTES
 from privmed.errors import BundleError, PrivmedError
@@ -375,7 +377,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def rotate_key(key_id: str, request: Request,
                    grace_hours: float = Query(24, ge=0, le=720, description="hours the old key keeps working "
                                               "(never past its own expiry), so that its clients can switch"),
-                   expires_days: int = Query(90, ge=1, le=3650, description="days until the new key expires"),
+                   expires_days: int = Query(90, ge=1, le=MAX_KEY_DAYS, description="days until the new key expires"),
                    never_expires: bool = Query(False, description="the new key never expires (overrides "
                                                "expires_days; not recommended)"),
                    p: Principal = Depends(require("keys"))):
@@ -396,15 +398,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _expires_days(body: dict) -> int | None:
-    """POST /v1/keys: 'expires_days' (1..3650, default 90), or 'never_expires': true (overrides it)."""
+    """POST /v1/keys: 'expires_days' (1..MAX_KEY_DAYS, default 90), or 'never_expires': true (overrides it)."""
     never, days = body.get("never_expires", False), body.get("expires_days", 90)
     if not isinstance(never, bool):
         raise _err(400, "'never_expires' must be true or false")
     if never:
         return None
     whole = isinstance(days, int) or (isinstance(days, float) and days.is_integer())  # JSON: 30.0 is 30
-    if isinstance(days, bool) or not whole or not 1 <= days <= 3650:
-        raise _err(400, "'expires_days' must be a whole number of days from 1 to 3650 (or send "
+    if isinstance(days, bool) or not whole or not 1 <= days <= MAX_KEY_DAYS:
+        raise _err(400, f"'expires_days' must be a whole number of days from 1 to {MAX_KEY_DAYS} (or send "
                         "\"never_expires\": true for a key that never expires)")
     return int(days)
 

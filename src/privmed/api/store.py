@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool
 from privmed.errors import PrivmedError
 
 ROLES = ("clinician", "auditor", "admin")
+MAX_KEY_DAYS = 3650  # the longest lifetime a key may be given (the API, the CLI and the store check it)
 GENESIS = "0" * 64
 KEY_PREFIX = "pmk"
 # pg_advisory_xact_lock key of the audit chain: a fixed 63-bit number (sha256 of the name)
@@ -156,8 +157,8 @@ def _expired(expires_at: str | None) -> bool:
 
 
 def _check_days(expires_days: float | None) -> None:
-    if expires_days is not None and not 0 < expires_days <= 3650:
-        raise ValueError(f"a key's lifetime must be 1 to 3650 days, got {expires_days}; for a key that never "
+    if expires_days is not None and not 0 < expires_days <= MAX_KEY_DAYS:
+        raise ValueError(f"a key's lifetime must be 1 to {MAX_KEY_DAYS} days, got {expires_days}; for a key that never "
                          "expires ask for it explicitly (--never-expires, never_expires)")
 
 

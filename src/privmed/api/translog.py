@@ -49,14 +49,11 @@ class Tree:
         self.last_hash, self._cache = GENESIS, {}
 
     def extend(self, store: Store) -> None:
-        while page := store.rows(len(self.leaves), PAGE):
-            for r in page:
-                h = chain_hash(self.last_hash, r)
-                if r["seq"] != len(self.leaves) + 1 or r["prev_hash"] != self.last_hash or r["row_hash"] != h:
-                    raise PrivmedError("refusing to sign a tampered audit log: the hash chain breaks at row "
-                                       f"{r['seq']}")
-                self.leaves.append(leaf_hash(bytes.fromhex(h)))
-                self.last_hash = h
+        for r, h, linked in _walk(store, len(self.leaves), self.last_hash):
+            if not linked:
+                raise PrivmedError(f"refusing to sign a tampered audit log: the hash chain breaks at row {r['seq']}")
+            self.leaves.append(leaf_hash(bytes.fromhex(h)))
+            self.last_hash = h
 
     def root(self, size: int) -> bytes:
         return merkle.root(self.leaves, 0, size, self._cache)
@@ -65,18 +62,27 @@ class Tree:
         return merkle.consistency_path(old, self.leaves, 0, size, cache=self._cache) if 0 < old < size else []
 
 
-def chain_leaves(store: Store) -> tuple[list[bytes], list[dict], str | None]:
-    """(leaf hashes, rows, first chain problem or None); leaves recomputed from each row's content."""
-    prev, leaves, rows, problem, after = GENESIS, [], [], None, 0
+def _walk(store: Store, count: int = 0, prev: str = GENESIS):
+    """(row, its chain hash recomputed from its content, whether it links to the row before) for the rows
+    after the first ``count``, whose last hash is ``prev``, a page at a time."""
+    after = count
     while page := store.rows(after, PAGE):
         for r in page:
             h = chain_hash(prev, r)
-            if problem is None and (r["seq"] != len(rows) + 1 or r["prev_hash"] != prev or r["row_hash"] != h):
-                problem = f"the hash chain breaks at row {r['seq']}"
-            leaves.append(leaf_hash(bytes.fromhex(h)))
-            rows.append(r)
+            count += 1
+            yield r, h, r["seq"] == count and r["prev_hash"] == prev and r["row_hash"] == h
             prev = h
         after = page[-1]["seq"]
+
+
+def chain_leaves(store: Store) -> tuple[list[bytes], list[dict], str | None]:
+    """(leaf hashes, rows, first chain problem or None); leaves recomputed from each row's content."""
+    leaves, rows, problem = [], [], None
+    for r, h, linked in _walk(store):
+        if problem is None and not linked:
+            problem = f"the hash chain breaks at row {r['seq']}"
+        leaves.append(leaf_hash(bytes.fromhex(h)))
+        rows.append(r)
     return leaves, rows, problem
 
 
@@ -235,12 +241,13 @@ def _extras_problem(cp: dict, witness_pub, tsa: tuple | None) -> str | None:
     return None
 
 
-def verify_sink(store: Store, sink, pub, witness_pub=None, tsa: tuple | None = None) -> dict:
+def verify_sink(store: Store, sink, pub, witness_pub=None, tsa: tuple | None = None,
+                leaves: list[bytes] | None = None) -> dict:
     """Check every checkpoint in ``sink`` (numbered from 1, in file order) against the rows, and, when
     given, its witness cosignature and its timestamp by the authority ``tsa`` = (cert, roots). Roots that
     all reproduce from one list of rows are prefixes of it, hence consistent: no proof needed here."""
     cps = read_sink(sink)
-    leaves, _, _ = chain_leaves(store)
+    leaves = chain_leaves(store)[0] if leaves is None else leaves
     roots = merkle.prefix_roots(leaves, [cp["tree_size"] for cp in cps if cp and isinstance(cp.get("tree_size"), int)])
     prev = 0
     for i, cp in enumerate(cps, 1):
@@ -261,14 +268,14 @@ def verify_sink(store: Store, sink, pub, witness_pub=None, tsa: tuple | None = N
             "rows_covered": prev, "rows_uncovered": len(leaves) - prev}
 
 
-def verify_witness(store: Store, url: str, pub, witness_pub) -> dict:
+def verify_witness(store: Store, url: str, pub, witness_pub, leaves: list[bytes] | None = None) -> dict:
     """Check the rows against the witness's own latest checkpoint, which the log cannot rewrite."""
     cp = witness.fetch_latest(url)
     if cp is None:
         return {"ok": False, "problem": f"the witness at {url} has co-signed nothing yet"}
     if not merkle.signature_ok(pub, cp) or not merkle.cosigned_by(witness_pub, cp):
         return {"ok": False, "problem": "the witness's checkpoint does not verify with these public keys"}
-    leaves, _, _ = chain_leaves(store)
+    leaves = chain_leaves(store)[0] if leaves is None else leaves
     size = cp["tree_size"]
     if size > len(leaves):
         return {"ok": False, "problem": f"the witness co-signed {size} rows but the database holds {len(leaves)}: "

@@ -54,6 +54,20 @@ def patient_id_from_name(name: str) -> str | None:
     return None
 
 
+def file_patient_id(path: Path) -> str | None:
+    """The patient a file names: the DICOM PatientID (as a key), else the file-name pattern."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return dicom_patient_key(path)
+    return patient_id_from_name(path.name)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted; none when it is missing."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class Record:
     path: Path
@@ -102,9 +116,7 @@ class FolderDataset:
             raise DatasetError(f"{self.name} has no '{split}' split (found: {', '.join(self.splits)})")
         out = []
         for label, cls in enumerate(self.classes):
-            files = sorted(
-                p for p in (folder / cls).glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            ) if (folder / cls).is_dir() else []
+            files = image_files(folder / cls)
             if not files:
                 raise DatasetError(
                     f"class folder {folder / cls} is missing or holds no images; every class of train "
@@ -141,9 +153,7 @@ class FolderDataset:
             pid = ids.get(str(path.relative_to(self.root))) or ids.get(path.name)
             if pid:
                 return pid
-        if path.suffix.lower() in (".dcm", ".dicom"):
-            return dicom_patient_key(path)
-        return patient_id_from_name(path.name)
+        return file_patient_id(path)
 
     def load(self, record: Record):
         from privmed.data.read import load_image

@@ -139,14 +139,14 @@ def threshold_from_histogram(hist: np.ndarray, target: float = TARGET_REFUSAL, n
     return min(_quantile_from_top(h, target), MAX_OVER_MEDIAN * _quantile_from_top(h, 0.5))
 
 
-def block(det: dict, threshold: float, sigma: float, n_units: float) -> dict:
-    """The bundle's detector block; ``n_units``: under DP the noisy count of validation units."""
+def block(det: dict, threshold: float, sigma: float, n_units: float, data: str = "validation") -> dict:
+    """The bundle's detector block; ``n_units``: under DP the noisy count of the units of ``data``."""
     return {
         "method": METHOD, "embedding_dims": int(det["embedding_dims"]), "dims": DIMS,
         "projection_seed": PROJECTION_SEED, "target_refusal": TARGET_REFUSAL, "threshold": threshold,
         "means": np.round(det["means"], 7).tolist(), "components": np.round(det["components"], 7).tolist(),
         "variances": [float(v) for v in det["variances"]],
-        "fitted_on": f"validation (about {n_units:.0f} units), Gaussian mechanism noise multiplier {sigma:.4g} on each of "
+        "fitted_on": f"{data} (about {n_units:.0f} units), Gaussian mechanism noise multiplier {sigma:.4g} on each of "
                      "two releases (statistics, score histogram)",
         "score": "Mahalanobis distance to the nearest class mean in a public random projection; refuse above threshold",
     }
