@@ -244,7 +244,7 @@ def main() -> None:
         return s
 
     detectors = {
-        "bundle DP Mahalanobis (32-d projection)": lambda lo, em, h: ood_scores(em, model.ood),
+        f"bundle DP {model.ood['method']}": lambda lo, em, h: ood_scores(em, model.ood),
         "neg. max softmax (T)": lambda lo, em, h: -softmax(lo / T, 1).max(1),
         "neg. max logit": lambda lo, em, h: -lo.max(1),
         "energy -T logsumexp(z/T)": lambda lo, em, h: -T * logsumexp(lo / T, 1),

@@ -29,6 +29,12 @@ def row(name: str) -> str:
             f"{eps} | {t['training_seconds']} |")
 
 
+def _ood_noise(p: dict) -> str:
+    """Bundles since 2026-12-05 release their OOD class means on the training units."""
+    r = [r for r in p["releases"] if r["release"].startswith("OOD detector class means")]
+    return f"OOD class-mean noise {r[0]['noise_multiplier']} (train side), " if r else ""
+
+
 def ledger(name: str) -> str:
     p = _load(name, "train")["privacy"]
     budget = p.get("dataset_budget") or {}
@@ -37,7 +43,7 @@ def ledger(name: str) -> str:
             f"{p.get('neighbouring_relation', 'add/remove')}, noise multiplier {p['noise_multiplier']:.4f}, "
             f"max_grad_norm {p['max_grad_norm']}, sample rate {p['sample_rate']:.4f}, steps {p['steps']}, "
             f"epochs {p['epochs']}, accountant {p['accountant']}, unit {p['unit_of_privacy']}, class-count noise "
-            f"{p['releases'][0]['noise_multiplier']}, DP units train / validation {p.get('n_units_train_dp')} / "
+            f"{p['releases'][0]['noise_multiplier']}, {_ood_noise(p)}DP units train / validation {p.get('n_units_train_dp')} / "
             f"{p.get('n_units_validation_dp')}, validation releases "
             f"{sum(r['on'] == 'validation' for r in p['releases'])}, dataset total "
             f"{budget.get('epsilon_all_runs')} over {budget.get('runs')} run(s) in this machine's registry, "

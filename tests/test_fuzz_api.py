@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from privmed.api.server import Settings, create_app  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PRIVMED_FUZZ_EXAMPLES", "20"))
+# a site calibration's body is one zip archive: binary, sent as generated
+schemathesis.serializer.alias("application/zip", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +41,11 @@ def fuzz_operation(op, keys: dict, examples: int) -> None:
     from hypothesis import given
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-    # A schema cannot say "a readable radiograph": schema-valid bytes (schemathesis sends a 1x1 PNG or
-    # random bytes) are rightly refused with 415/422, so /v1/predict is spared only that one check.
-    excluded = [positive_data_acceptance] if op.path == "/v1/predict" else []
+    # A schema cannot say "a readable radiograph" or "a labelled site sample": schema-valid bytes (schemathesis
+    # sends a 1x1 PNG or random bytes) are rightly refused with 400/415/422, so these two routes are spared
+    # only that one check.
+    content_checked = ("/v1/predict", "/v1/models/{model_ref}/site-calibration")
+    excluded = [positive_data_acceptance] if op.path in content_checked else []
 
     @given(case=op.as_strategy())
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)

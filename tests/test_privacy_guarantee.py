@@ -315,8 +315,10 @@ def test_ood_detector_is_no_membership_oracle(monkeypatch):
     2026-12-03) the attack AUC ran 0.425-0.614: median 0.519, 95th percentile 0.565, 14 % of
     releases above 0.55 (0.5 % above 0.6); the exact fit 0.795. One release cannot hold 0.55, the
     median of 25 does: P(median of 25 > 0.55) is 8e-6 from those 14 % (1e-4 if they were 18 %,
-    the upper end of their 95 % interval). The noise multiplier is computed once (``validation_history``
-    is a pure function of epsilon, delta and the accountant; it takes about 1 s a call)."""
+    the upper end of their 95 % interval). The class-mean detector of 2026-12-05 (means only, no
+    covariance): 25 releases 0.465-0.555, median 0.513; its exact fit 0.649. The noise multiplier is
+    computed once (``validation_history`` is a pure function of epsilon, delta and the accountant; it
+    takes about 1 s a call)."""
     import functools
 
     import privmed.pipeline
@@ -351,7 +353,7 @@ def test_ood_detector_is_no_membership_oracle(monkeypatch):
         aucs.append(attack_auc(private))
     assert np.median(aucs) <= 0.55
     # non-DP exact fit, kept for non-private twins: its leak is what DP removes
-    assert attack_auc(exact) >= 0.7 and attack_auc(exact) > max(aucs)
+    assert attack_auc(exact) >= 0.6 and attack_auc(exact) > max(aucs)
 
 
 def test_dp_calibration_recovers_temperature_and_operating_point():
@@ -538,3 +540,29 @@ def test_training_spends_the_datasets_one_budget_and_refuses_past_its_limit(data
     with pytest.raises(PrivacyBudgetError, match="limit"):
         train_bundle(cfg, tmp_path / "two", progress=False)
     assert not (tmp_path / "two").exists() and Registry().summary(key)["runs"] == 1
+
+
+def test_ood_class_means_move_by_at_most_their_bound_and_are_in_the_ledger(small_bundle):
+    """The OOD detector's class means are a Gaussian release on the training units: removing any one
+    unit (here patients of 1 to 30 images) moves the per-unit sum by at most sqrt(2), the sensitivity
+    the noise is scaled to; the bundle's ledger lists the release at the planned noise multiplier,
+    and its epsilon (recomputed independently) covers it."""
+    from privmed.config import PrivacyConfig
+    from privmed.inference import ood
+    from privmed.pipeline import _per_unit_mean
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 31, 40)
+    units = np.repeat(np.arange(40), sizes)
+    emb = rng.standard_normal((len(units), 3264)) * rng.uniform(0.1, 50, (len(units), 1))  # any scale
+    rows = _per_unit_mean(ood.mean_rows(emb, rng.integers(0, 2, len(units)), 2), units)
+    total = rows.sum(0)
+    moves = [np.linalg.norm(total - np.delete(rows, u, 0).sum(0)) for u in range(40)]
+    assert max(moves) <= ood.MEAN_SENSITIVITY * (1 + 1e-9) and max(moves) > 0.99 * ood.MEAN_SENSITIVITY
+    meta = json.loads((small_bundle / "metadata.json").read_text())
+    (rel,) = [r for r in meta["privacy"]["releases"] if r["release"].startswith("OOD detector class means")]
+    assert rel["on"] == "train" and rel["noise_multiplier"] == PrivacyConfig().ood_noise
+    p = meta["privacy"]
+    train = [r for r in p["releases"] if r["on"] == "train"]
+    assert _opacus_epsilon(train, p["delta"], p["accountant"]) == pytest.approx(p["epsilon_train"], rel=0.01)
+    assert meta["ood"] is None or meta["ood"]["method"] == ood.MEAN_METHOD

@@ -137,3 +137,57 @@ def test_api_and_app_views_show_the_site_calibration(bundle, chest_test, tmp_pat
         assert r.status_code == 200 and r.json()["model"]["site_calibration"]["site"] == "ward 9"
     cards = LocalBackend(bundles=[bundle]).models()
     assert [c["site_calibration"]["site"] for c in cards if c["name"] == bundle.name] == ["ward 9"]
+
+
+def _zip(folder, top: str = "") -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(folder.glob("*/*")):
+            z.write(f, f"{top}{f.parent.name}/{f.name}")
+        z.writestr("__MACOSX/normal/._x.jpeg", b"resource fork")  # skipped, as macOS zips carry them
+    return buf.getvalue()
+
+
+def test_admin_calibrates_a_site_through_the_api_and_the_images_are_not_kept(bundle, chest_test, tmp_path,
+                                                                             monkeypatch):
+    """Issue 32, item 3 through the API: an admin uploads the site's labelled sample as a zip; only an admin
+    may; a broken archive, a wrong layout or a wrong content type get a clear 4xx and write nothing; the
+    unpacked images are deleted when the calibration ends, and every face then uses it."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from privmed.api.server import Settings, create_app
+
+    monkeypatch.setenv("PRIVMED_BUDGET_DIR", str(tmp_path / "budget"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[bundle], scan_default_bundles=False))
+    admin, clinician = (app.state.store.create_key(r)[1] for r in ("admin", "clinician"))
+    body = _zip(make_site(tmp_path / "site", chest_test, 70), top="sample/")
+    url = "/v1/models/chest/site-calibration"
+    zipped = {"Content-Type": "application/zip"}
+    with TestClient(app) as client:
+        as_admin = {"Authorization": f"Bearer {admin}", **zipped}
+        assert client.post(url, params={"name": "ward 4"}, content=body,
+                           headers={"Authorization": f"Bearer {clinician}", **zipped}).status_code == 403
+        r = client.post(url, params={"name": "ward 4"}, content=b"not a zip", headers=as_admin)
+        assert r.status_code == 400 and "not a zip" in r.json()["detail"]
+        r = client.post(url, params={"name": "ward 4"}, content=body, headers={**as_admin, "Content-Type": "image/png"})
+        assert r.status_code == 415
+        r = client.post(url, params={"name": "ward 4"}, content=_zip(tmp_path / "site", top="a/b/"), headers=as_admin)
+        assert r.status_code == 400 and "<class>/<image>" in r.json()["detail"]
+        r = client.post(url, params={"name": "../x"}, content=body, headers=as_admin)
+        assert r.status_code == 400 and "'name'" in r.json()["detail"]
+        assert not site_dir(bundle).exists()
+        r = client.post(url, params={"name": "ward 4", "epsilon": 1.5}, content=body, headers=as_admin)
+        assert r.status_code == 201, r.text
+        out = r.json()
+        assert out["site"] == "ward 4" and 1.4 < out["epsilon"] <= 1.5 and out["unit_of_privacy"] == "patient"
+        listed = client.get("/v1/models", headers={"Authorization": f"Bearer {clinician}"}).json()["models"][0]
+        assert listed["site_calibration"]["site"] == "ward 4"
+    assert list((tmp_path / "tmp").iterdir()) == []  # the unpacked sample is gone
+    assert (site_dir(bundle) / "site.json").is_file()

@@ -80,6 +80,9 @@ class PrivacyConfig(BaseModel):
     # noise multiplier of the DP class counts (always released under DP: the DP estimate of the number
     # of units that scales the noisy gradient sum; and the class weights when class_weights is on)
     count_noise: float = Field(10.0, gt=0)
+    # noise multiplier of the out-of-distribution detector's class means, released on the training units
+    # after training (planned with the class counts before any private data is touched)
+    ood_noise: float = Field(10.0, gt=0)
     grad_sample_mode: Literal["hooks", "ew"] = "hooks"
     # most images per forward/backward pass (GPU memory); a sampled batch is split into whole units,
     # so each unit is still clipped once and the sum is the same. None: the whole sampled batch at once

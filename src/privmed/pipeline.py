@@ -40,48 +40,51 @@ def _per_unit_mean(rows: np.ndarray, units: np.ndarray) -> np.ndarray:
 
 
 def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, units: np.ndarray, k: int,
-                        privacy: dict | None, data: str = "validation",
+                        privacy: dict | None, data: str = "validation", means: dict | None = None,
                         ) -> tuple[dict, dict | None, dict | None, list[dict], dict]:
     """(calibration, decision, ood block, ledger releases, run-log notes) from validation data (``data``
     names it in the texts: a site calibration passes "the site sample"; each release's side stays
     "validation" for the budget registry).
 
-    Under DP two Gaussian releases, each on per-unit rows: (1) OOD statistics + margin histogram,
-    (2) histogram of OOD scores. Whether there are enough units for (2) and for using (1) is decided
-    on (1)'s own noisy unit count, never on the exact one. Without DP the same statistics, exact."""
+    Under DP two Gaussian releases, each on per-unit rows: (1) class counts + margin histogram, and the
+    OOD class means unless ``means`` (``ood.means_from_release`` of the training side's release) are
+    given, (2) histogram of OOD scores. Whether there are enough units for (2) and for using (1) is
+    decided on (1)'s own noisy unit count, never on the exact one. Without DP the same, exact."""
     dp = privacy is not None
     sigma = validation_history(privacy["epsilon_target"], privacy["delta"], privacy["accountant"])[0][0] if dp else 0.0
     stream = SecretStream()
-    proj = ood.projection(emb.shape[1])
-    z = ood.embed(emb, proj)
-    # one release, rows of norm 1: OOD statistics and the margin histogram (temperature, operating
-    # point), each scaled to its share W of the unit norm (sum of W^2 <= 1); the histogram gets the
-    # larger share, the detector is shrunk to its noise level anyway
-    parts = [(ood.stat_rows(z, y, k), ood.STAT_SENSITIVITY, W_STAT), (cal.margin_rows(logits, y, k), 1.0, W_HIST)]
+    # one release, rows of norm 1, each part scaled to its share W of the unit norm (sum of W^2 <= 1):
+    # the margin histogram (temperature, operating point) gets the larger share
+    counts = np.eye(k)[y]
+    parts = ([(ood.mean_rows(emb, y, k), ood.MEAN_SENSITIVITY, W_STAT)] if means is None else
+             [(counts, 1.0, W_STAT)]) + [(cal.margin_rows(logits, y, k), 1.0, W_HIST)]
     rows = np.concatenate([r * (w / sens) for r, sens, w in parts], 1)
-    sens1 = 1.0
-    rel1 = gaussian_sum(_per_unit_mean(rows, units), sens1, sigma, stream)
+    rel1 = gaussian_sum(_per_unit_mean(rows, units), 1.0, sigma, stream)
     out, start = [], 0
     for r, sens, w in parts:  # undo each part's scaling: (release, noise std on that scale)
         out.append((rel1[start:start + r.shape[1]] * sens / w, sigma * sens / w))
         start += r.shape[1]
-    (stats, stats_std), (hist, hist_std) = out
-    det = ood.detector_from_release(stats, k, ood.DIMS, stats_std, emb.shape[1])
-    n_units = float(det["noisy_counts"].sum()) if dp else int(units.max()) + 1
-    release1 = {"release": f"{data}: OOD statistics + margin histogram (Gaussian mechanism)", "on": "validation",
-                "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": sens1}
+    (first, _), (hist, hist_std) = out
+    noisy_counts = np.maximum(first[-k:], 1.0)
+    n_units = float(noisy_counts.sum()) if dp else int(units.max()) + 1
+    release1 = {"release": f"{data}: class counts + margin histogram" + ("" if means else " + OOD class means") +
+                " (Gaussian mechanism)", "on": "validation", "noise_multiplier": sigma, "sample_rate": 1.0,
+                "steps": 1, "sensitivity": 1.0}
     if dp and n_units < ood.MIN_UNITS:
         note = (f"{data} has about {n_units:.0f} units (DP estimate), too few for DP statistics: temperature "
                 "1, argmax decision, no out-of-distribution detector (the quality gate still runs)")
         return ({"method": "none", "temperature": 1.0, "note": note}, None, None, [release1],
                 {"note": note, "n_units_validation_dp": n_units})
     temperature = cal.temperature_from_histogram(cal.denoise(hist, hist_std))  # raw: unbounded as T -> 0
-    provisional = ood.block(det, float("inf"), sigma, n_units, data)
-    s = ood.scores(emb, provisional)
-    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s), units), 1.0, sigma, stream)
-    block = ood.block(det, ood.threshold_from_histogram(rel2, noise_std=sigma), sigma, n_units, data)
     how = (f"Gaussian mechanism on {data} (noise multiplier {sigma:.4g})" if dp else f"exact, on {data}")
-    prior = det["noisy_counts"] / det["noisy_counts"].sum()  # post-processing of release (1)'s class counts
+    det = means or ood.means_from_release(first, k, emb.shape[1])
+    fitted_on = means["fitted_on"] if means else f"class means: {how}"
+    s = ood.mean_scores(emb, {"columns": det["columns"], "means": det["means"]})
+    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s, ood.MEAN_EDGES), units), 1.0, sigma, stream)
+    threshold = ood.threshold_from_histogram(rel2, noise_std=sigma, edges=ood.MEAN_EDGES)
+    block = ood.mean_block(det, threshold, f"{fitted_on}; threshold: score histogram of {data} (about "
+                                           f"{n_units:.0f} units), {how}")
+    prior = noisy_counts / noisy_counts.sum()  # post-processing of release (1)'s class counts
     calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
                    "fitted_on": how, "class_prior": [round(float(v), 4) for v in prior]}
     decision = None
@@ -93,8 +96,30 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
         release1,
         {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",
          "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
-    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > block["threshold"])), "n_units_validation_dp": n_units}
+    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > threshold)), "n_units_validation_dp": n_units}
     return calibration, decision, block, releases, notes
+
+
+def train_means(model, result, cfg: TrainConfig) -> dict:
+    """The OOD detector's class means: one Gaussian release on the training units, after training (the
+    release may depend on the DP model: composition is adaptive), planned in the training side's budget
+    with the class counts (``trainer.dp_plan``). Exact without DP."""
+    train = result.splits.train
+    _, emb = (t.numpy() for t in batched_forward(model.trainable_forward_with_embedding, result.train_inputs))
+    units, _ = unit_ids(train, result.unit)
+    return ood_means_release(emb, np.array([r.label for r in train]), units.numpy(), len(result.splits.classes),
+                             cfg.privacy.ood_noise if result.privacy else 0.0)
+
+
+def ood_means_release(emb: np.ndarray, y: np.ndarray, units: np.ndarray, k: int, sigma: float,
+                      stream: SecretStream | None = None) -> dict:
+    """Class means of the embeddings' mid-level part from one Gaussian release on per-unit rows
+    (sensitivity sqrt(2)); ``sigma`` 0: exact."""
+    rows = _per_unit_mean(ood.mean_rows(emb, y, k), units)
+    det = ood.means_from_release(gaussian_sum(rows, ood.MEAN_SENSITIVITY, sigma, stream), k, emb.shape[1])
+    det["fitted_on"] = (f"class means: Gaussian mechanism on the training units (noise multiplier {sigma:g})"
+                        if sigma else "class means: exact, on the training images")
+    return det
 
 
 def dataset_total(budget: dict, privacy: dict) -> dict:
@@ -117,7 +142,7 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     logits, emb = (t.numpy() for t in batched_forward(model.trainable_forward_with_embedding, result.val_inputs))
     units, _ = unit_ids(splits.val, result.unit)
     calibration, decision, ood_block, releases, notes = validation_releases(
-        logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy)
+        logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy, means=train_means(model, result, cfg))
     privacy = result.privacy or {"mechanism": "none (non-private)", "epsilon": None}
     if result.privacy:
         privacy = add_validation_releases(result.privacy, releases, notes.get("n_units_validation_dp"))

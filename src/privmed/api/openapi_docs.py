@@ -1,6 +1,6 @@
 """What the OpenAPI schema says about each route beyond FastAPI's defaults: every error status a
-route can answer (all with ``{"detail": "..."}``), the multipart body of ``/v1/predict`` and the JSON
-body of ``POST /v1/keys`` (both parsed by hand for clear 4xx messages, so FastAPI cannot see them),
+route can answer (all with ``{"detail": "..."}``), the multipart body of ``/v1/predict``, the zip body of a
+site calibration and the JSON body of ``POST /v1/keys`` (parsed by hand for clear 4xx messages, so FastAPI cannot see them),
 and the text/plain Prometheus endpoints. The schemathesis fuzz test holds the server to this."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ ERROR_TEXT = {
     401: "missing, invalid, revoked or expired API key",
     403: "the key's role may not do this (or auth is off and the client is not loopback)",
     404: "no such model, key or endpoint",
+    409: "a site calibration is already running, or it would pass the site sample's privacy budget",
     413: "upload over the size, pixel or file-count limit",
-    415: "not an image, or not multipart/form-data",
+    415: "not an image, or not multipart/form-data (a site calibration: not application/zip)",
     422: "invalid request parameters, or an image that cannot be decoded or does not fit the model",
     503: "the model's bundle no longer verifies, or the audit log could not be written",
 }
@@ -50,6 +51,9 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
                    "description": "black out burned-in text before predicting; the result counts the regions"},
     }}}}}}
 
+SITE_BODY = {"requestBody": {"required": True, "description": "a zip of <class>/<image> for the bundle's classes: "
+                              "the site's labelled sample", "content": {"application/zip": {"schema": {
+                                  "type": "string", "format": "binary"}}}}}
 KEY_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object",
     "required": ["role"],

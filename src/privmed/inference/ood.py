@@ -1,9 +1,20 @@
-"""Out-of-distribution detector fitted with differential privacy on validation embeddings.
+"""Out-of-distribution detectors released with differential privacy.
 
-An embedding (the input of the first Linear layer) is scaled to unit length, projected on a fixed
-random orthonormal basis of ``DIMS`` directions (public: drawn from a constant seed, independent of
-any image) and scaled to unit length again. Each validation unit contributes one row
-[onehot(class) x z, z z^T, onehot(class)] of norm sqrt(3) to a Gaussian release
+Bundles trained since 2026-12-05 (``MEAN_METHOD``): the distance of an embedding's mid-level part
+(unit length) to the nearest DP class mean. The means come from one Gaussian release on the
+*training* units (rows [onehot(class) x z, onehot(class)], norm sqrt(2); about nine times as many
+units as validation, so the means are nine times less noisy), composed into the training side's
+epsilon like the DP class counts; the threshold from a histogram of the validation units' scores
+(held out from the means), in bins 10 % wide. For ``effnet_lite0_multi`` the mid-level part is the
+four MBConv taps (704 of 3,264 dims): the ImageNet head taps mostly carry object semantics, and
+with them the detector missed adult films a radiologist tells apart at a glance
+(``benchmarks/ood_shift.py``). A site calibration fits the same detector on its sample.
+
+Older bundles (``METHOD``, read as they are): an embedding (the input of the first Linear layer) is
+scaled to unit length, projected on a fixed random orthonormal basis of ``DIMS`` directions (public:
+drawn from a constant seed, independent of any image) and scaled to unit length again. Each
+validation unit contributes one row [onehot(class) x z, z z^T, onehot(class)] of norm sqrt(3) to a
+Gaussian release
 (``privacy/releases.py``); class means and a tied covariance (shrunk towards the noise level, which
 is public) come from the noisy sums. The score is the Mahalanobis distance to the nearest class
 mean. sklearn's ``LedoitWolf`` is not used: it needs the raw validation embeddings, while this
@@ -21,6 +32,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from privmed.models.registry import LiteMulti
 
 METHOD = "dp-mahalanobis-tied-random-projection"
 DIMS = 32
@@ -86,28 +99,28 @@ def scores(emb: np.ndarray, block: dict) -> np.ndarray:
     return np.sqrt(d2.min(1))
 
 
-def score_rows(s: np.ndarray) -> np.ndarray:
+def score_rows(s: np.ndarray, edges: np.ndarray = SCORE_EDGES) -> np.ndarray:
     """One-hot histogram rows (norm 1) of the scores."""
-    idx = np.clip(np.searchsorted(SCORE_EDGES, s, side="right") - 1, 0, len(SCORE_EDGES) - 2)
-    return np.eye(len(SCORE_EDGES) - 1)[idx]
+    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+    return np.eye(len(edges) - 1)[idx]
 
 
 MAX_OVER_MEDIAN = 2.0
 
 
-def _quantile_from_top(h: np.ndarray, share: float) -> float:
+def _quantile_from_top(h: np.ndarray, share: float, edges: np.ndarray = SCORE_EDGES) -> float:
     """Score above which ``share`` of the histogram's mass lies, interpolated geometrically inside
     its bin (bins are 35 % wide: the upper edge alone left the refusal rate anywhere from 0 to the target)."""
     total, above = max(h.sum(), 1.0), 0.0
     for b in range(len(h) - 1, -1, -1):
         if above + h[b] > share * total:
-            lo, hi = SCORE_EDGES[b], SCORE_EDGES[b + 1]
+            lo, hi = edges[b], edges[b + 1]
             if not np.isfinite(hi):
                 return float(lo)
             f = (share * total - above) / h[b]  # share of this bin that lies above the score
             return float(hi - f * (hi - lo)) if lo == 0 else float(hi * (lo / hi) ** f)
         above += h[b]
-    return float(SCORE_EDGES[1])
+    return float(edges[1])
 
 
 def _bulk(h: np.ndarray) -> np.ndarray:
@@ -123,7 +136,8 @@ def _bulk(h: np.ndarray) -> np.ndarray:
     return out
 
 
-def threshold_from_histogram(hist: np.ndarray, target: float = TARGET_REFUSAL, noise_std: float = 0.0) -> float:
+def threshold_from_histogram(hist: np.ndarray, target: float = TARGET_REFUSAL, noise_std: float = 0.0,
+                             edges: np.ndarray = SCORE_EDGES) -> float:
     """Refusal threshold: the score above which a (noisy) fraction ``target`` of validation lies,
     capped at ``MAX_OVER_MEDIAN`` times the noisy median. Post-processing of the noisy histogram only.
 
@@ -136,7 +150,7 @@ def threshold_from_histogram(hist: np.ndarray, target: float = TARGET_REFUSAL, n
     shipped thresholds 274 and 82 for scores around 1.3. In-distribution 97.5 % quantiles lie 1.26-1.59
     times the median (test splits of the three default bundles), so the cap costs a true detector little."""
     h = _bulk(np.where(np.asarray(hist, np.float64) > 2 * noise_std, hist, 0.0))
-    return min(_quantile_from_top(h, target), MAX_OVER_MEDIAN * _quantile_from_top(h, 0.5))
+    return min(_quantile_from_top(h, target, edges), MAX_OVER_MEDIAN * _quantile_from_top(h, 0.5, edges))
 
 
 def block(det: dict, threshold: float, sigma: float, n_units: float, data: str = "validation") -> dict:
@@ -152,13 +166,58 @@ def block(det: dict, threshold: float, sigma: float, n_units: float, data: str =
     }
 
 
+MEAN_METHOD = "dp-class-mean-distance"
+MEAN_SENSITIVITY = float(np.sqrt(2.0))
+MEAN_EDGES = np.r_[0.0, np.exp(np.arange(np.log(0.05), np.log(4.0), np.log(1.1))), np.inf]
+
+
+def feature_columns(d: int) -> tuple[int, int]:
+    """The embedding columns the mean detector reads: the four mid-level taps of effnet_lite0_multi
+    (its embedding ends with two 1,280-d head taps), else all of it. A public fact of the model."""
+    return (0, LiteMulti.MID_DIMS) if d == LiteMulti.DIMS else (0, d)
+
+
+def unit_part(emb: np.ndarray, cols) -> np.ndarray:
+    e = np.atleast_2d(np.asarray(emb, np.float64))[:, cols[0]:cols[1]]
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def mean_rows(emb: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-image rows of norm sqrt(2): the unit-length part in its class's slot, and the class count."""
+    z = unit_part(emb, feature_columns(emb.shape[1]))
+    onehot = np.eye(num_classes)[y]
+    return np.concatenate([(onehot[:, :, None] * z[:, None, :]).reshape(len(z), -1), onehot], 1)
+
+
+def means_from_release(release: np.ndarray, num_classes: int, d: int) -> dict:
+    """Class means from the noisy sums and counts (post-processing only)."""
+    counts = np.maximum(release[-num_classes:], 1.0)
+    k = (len(release) - num_classes) // num_classes
+    means = release[:num_classes * k].reshape(num_classes, k) / counts[:, None]
+    return {"means": means, "noisy_counts": counts, "embedding_dims": d, "columns": list(feature_columns(d))}
+
+
+def mean_block(det: dict, threshold: float, fitted_on: str) -> dict:
+    return {"method": MEAN_METHOD, "embedding_dims": int(det["embedding_dims"]), "columns": det["columns"],
+            "target_refusal": TARGET_REFUSAL, "threshold": threshold,
+            "means": np.round(det["means"], 7).tolist(), "fitted_on": fitted_on,
+            "score": "Euclidean distance of the unit-length embedding part to the nearest class mean; refuse above "
+                     "threshold"}
+
+
+def mean_scores(emb: np.ndarray, block: dict) -> np.ndarray:
+    z = unit_part(emb, block["columns"])
+    means = np.asarray(block["means"], np.float64)
+    return np.sqrt(((z[:, None, :] - means[None]) ** 2).sum(-1).min(1))
+
+
 def ood_score(emb_vector, ood_block: dict) -> float:
     """Distance of one embedding (d,) from the validation distribution; compare to ``threshold``."""
     v = np.asarray(emb_vector, np.float64).reshape(1, -1)
     if v.shape[1] != int(ood_block["embedding_dims"]):
         raise ValueError(f"embedding has {v.shape[1]} dims, the OOD block expects {ood_block['embedding_dims']}")
-    return float(scores(v, ood_block)[0])
+    return float(ood_scores(v, ood_block)[0])
 
 
 def ood_scores(emb: np.ndarray, ood_block: dict) -> np.ndarray:
-    return scores(emb, ood_block)
+    return (mean_scores if ood_block.get("method") == MEAN_METHOD else scores)(emb, ood_block)

@@ -76,7 +76,8 @@ class LiteMulti(nn.Module):
     at C = 1 barely distorts it."""
 
     TAPS = (5, 10, 14, 15)  # 0-based block indices
-    DIMS = 80 + 112 + 192 + 320 + 2 * effl.FEATURES
+    MID_DIMS = 80 + 112 + 192 + 320  # the MBConv taps come first
+    DIMS = MID_DIMS + 2 * effl.FEATURES
 
     def __init__(self):
         super().__init__()

@@ -21,7 +21,8 @@ ASSUMPTIONS = ("public: the list of classes, the model, every mechanism setting 
                "(add/remove neighbours assume these counts stay private)")
 
 
-def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_weights=None, count_noise=None) -> dict:
+def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_weights=None, count_noise=None,
+                    ood_noise=None) -> dict:
     """The training side's releases and every number needed to recompute its epsilon; no exact
     function of the private data (counts appear only as their DP release)."""
     from opacus import __version__ as opacus_version
@@ -31,6 +32,9 @@ def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_wei
     if count_noise is not None:
         releases.append({"release": "class counts per unit (Gaussian mechanism, sensitivity 1)", "on": "train",
                          "noise_multiplier": count_noise, "sample_rate": 1.0, "steps": 1})
+    if ood_noise is not None:
+        releases.append({"release": "OOD detector class means (Gaussian mechanism, rows of norm sqrt(2) scaled to 1)",
+                         "on": "train", "noise_multiplier": ood_noise, "sample_rate": 1.0, "steps": 1})
     releases.append({"release": "DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)", "on": "train",
                      "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": engine.steps})
     out = {

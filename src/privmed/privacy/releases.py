@@ -11,7 +11,7 @@ import numpy as np
 from privmed.privacy.accounting import History, sigma_for
 from privmed.privacy.randomness import SecretStream
 
-# Gaussian releases on the validation units: (1) OOD statistics + margin histogram, (2) OOD score
+# Gaussian releases on the validation units: (1) class counts + margin histogram, (2) OOD score
 # histogram (pipeline.validation_releases); their noise is planned before training, with the budget
 RELEASES_ON_VALIDATION = 2
 

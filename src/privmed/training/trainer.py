@@ -49,6 +49,7 @@ class TrainResult:
     privacy: dict | None = None
     best_epoch: int = 0
     val_inputs: torch.Tensor | None = None  # what the trainable part sees for val (for calibration)
+    train_inputs: torch.Tensor | None = None  # and for train (the OOD detector's class means)
     seconds: float = 0.0
     unit: str = "image"
     budget: dict | None = None  # the dataset's registry key and split identity (under DP)
@@ -261,8 +262,8 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     if done.engine:
         result.privacy = training_ledger(done.engine, unit, epochs=len(result.history), class_counts=counts,
                                          class_weights=weight.tolist() if cfg.class_weights else None,
-                                         count_noise=cfg.privacy.count_noise)
-    result.val_inputs, result.seconds = x_va, time.time() - t0
+                                         count_noise=cfg.privacy.count_noise, ood_noise=cfg.privacy.ood_noise)
+    result.val_inputs, result.train_inputs, result.seconds = x_va, x_tr, time.time() - t0
     return result
 
 
@@ -281,7 +282,7 @@ def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, n_im
         counts, _ = dp_class_weights(y.numpy(), units.numpy(), k, pc.count_noise, stream)
     steps = cfg.epochs * max(1, round(1 / pc.sample_rate))
     plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant,
-                  [(pc.count_noise, 1.0, 1)], expected_units=units_estimate(counts))
+                  [(pc.count_noise, 1.0, 1), (pc.ood_noise, 1.0, 1)], expected_units=units_estimate(counts))
     return plan, counts
 
 
