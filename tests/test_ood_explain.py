@@ -45,7 +45,12 @@ def test_dp_ood_synthetic_refusal_rates():
         inside.append(np.mean(ood_scores(fresh, block) > block["threshold"]))
         outside.append(np.mean(ood_scores(elsewhere, block) > block["threshold"]))
     json.dumps(block)  # stored in metadata.json
-    assert block["method"] == ood.MEAN_METHOD and len(releases) == 2
+    assert block["method"] == ood.MEAN_METHOD and len(releases) == 2 and "camera_threshold" not in block
+    # camera photos of the same images (here: noisier copies) get their own threshold from the
+    # same release, above the one for files
+    photos = np.abs(val + 0.5 * rng.standard_normal(val.shape))
+    _, _, cam, releases, _ = validation_releases(logits, val, y, np.arange(n), 2, privacy, camera_emb=photos)
+    assert len(releases) == 2 and cam["camera_threshold"] > cam["threshold"]
     assert max(inside) <= 0.08 and np.median(outside) >= 0.9
     v = draw(centre, 1)
     assert ood_score(v[0], block) == pytest.approx(float(ood_scores(v, block)[0]))

@@ -566,3 +566,17 @@ def test_ood_class_means_move_by_at_most_their_bound_and_are_in_the_ledger(small
     train = [r for r in p["releases"] if r["on"] == "train"]
     assert _opacus_epsilon(train, p["delta"], p["accountant"]) == pytest.approx(p["epsilon_train"], rel=0.01)
     assert meta["ood"] is None or meta["ood"]["method"] == ood.MEAN_METHOD
+
+
+def test_a_simulated_camera_photo_depends_on_its_own_image_alone(data_root):
+    """The camera threshold's histogram takes one simulated phone photo per validation image: its
+    randomness comes from the image's own bytes, so removing another unit leaves it unchanged (a shared
+    generator would shift every later photo, and one unit would move the others' rows)."""
+    from privmed.data.datasets import open_dataset
+    from privmed.pipeline import camera_photos
+    from conftest import require_dataset
+
+    require_dataset(data_root, "chest_xray_pneumonia")
+    r1, r2 = open_dataset("chest_xray_pneumonia", data_root).records("test")[:2]
+    both, alone = list(camera_photos([r1, r2])), list(camera_photos([r2]))
+    assert np.array_equal(both[1], alone[0]) and not np.array_equal(both[0], both[1])

@@ -11,6 +11,7 @@ file beside it (0600), never into ``site.json``.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 from pathlib import Path
@@ -23,7 +24,7 @@ from privmed.errors import DatasetError, PrivmedError
 from privmed.inference import ood
 from privmed.inference.predictor import Model
 from privmed.inference.site import SITE_FILE, site_dir
-from privmed.pipeline import validation_releases
+from privmed.pipeline import camera_photos, validation_releases
 from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
 from privmed.privacy.budget import Registry, dataset_key
 from privmed.privacy.releases import validation_history
@@ -52,14 +53,12 @@ def site_records(folder: Path, classes: list[str]) -> list[Record]:
     return out
 
 
-def site_outputs(model: Model, records: list[Record], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(raw logits, embeddings) of the site's images, read and preprocessed as uploads are."""
-    from tqdm import tqdm
-
-    logits, emb = [], []
-    for i in tqdm(range(0, len(records), 32), desc="site images", disable=not progress, leave=False):
-        pixels = [load_image(r.path, **model.dicom_options()).pixels for r in records[i:i + 32]]
-        lo, em = model.logits_and_embedding(model.batch(pixels))
+def site_outputs(model: Model, pixels) -> tuple[np.ndarray, np.ndarray]:
+    """(raw logits, embeddings) of decoded images (an iterable: read as needed), preprocessed as uploads
+    are, 32 at a time."""
+    logits, emb, it = [], [], iter(pixels)
+    while chunk := list(itertools.islice(it, 32)):
+        lo, em = model.logits_and_embedding(model.batch(chunk))
         logits.append(np.asarray(lo))
         emb.append(np.asarray(em))
     return np.concatenate(logits), np.concatenate(emb)
@@ -76,10 +75,15 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
     registry = registry or Registry()
     planned = validation_history(epsilon, delta, ACCOUNTANT)
     registry.check(key, {"validation": planned}, delta, ACCOUNTANT, split="site calibration")
-    logits, emb = site_outputs(model, records, progress)
+    read = lambda r: load_image(r.path, **model.dicom_options())  # noqa: E731
+    from tqdm import tqdm
+
+    logits, emb = site_outputs(model, (read(r).pixels for r in tqdm(records, desc="site images", disable=not progress,
+                                                                     leave=False)))
+    _, camera_emb = site_outputs(model, camera_photos(records, read, progress))
     y = np.array([r.label for r in records])
     calibration, decision, block, releases, notes = validation_releases(
-        logits, emb, y, units.numpy(), len(model.classes), privacy, data="the site sample")
+        logits, emb, y, units.numpy(), len(model.classes), privacy, data="the site sample", camera_emb=camera_emb)
     if block is None:
         raise PrivmedError(f"{notes['note']}: add labelled images (at least about {ood.MIN_UNITS} {unit_name}s) "
                            "and run again; nothing was written")

@@ -7,6 +7,7 @@ per-epoch losses and validation accuracy, dataset fingerprints, exact validation
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,15 @@ import numpy as np
 import torch
 
 from privmed.config import TrainConfig, bundles_dir
+from privmed.data.datasets import load_record
+from privmed.data.read import load_image
+from privmed.data.transforms import Preprocess
+from privmed.evaluation.camera_sim import phone_photo
 from privmed.evaluation.metrics import classification_report
 from privmed.inference import calibration as cal
 from privmed.inference import intended_use, ood
 from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
+from privmed.inference.predictor import camera_input
 from privmed.models.batched import batched_forward
 from privmed.privacy.budget import Registry
 from privmed.privacy.ledger import add_validation_releases
@@ -41,6 +47,7 @@ def _per_unit_mean(rows: np.ndarray, units: np.ndarray) -> np.ndarray:
 
 def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, units: np.ndarray, k: int,
                         privacy: dict | None, data: str = "validation", means: dict | None = None,
+                        camera_emb: np.ndarray | None = None,
                         ) -> tuple[dict, dict | None, dict | None, list[dict], dict]:
     """(calibration, decision, ood block, ledger releases, run-log notes) from validation data (``data``
     names it in the texts: a site calibration passes "the site sample"; each release's side stays
@@ -48,7 +55,9 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
 
     Under DP two Gaussian releases, each on per-unit rows: (1) class counts + margin histogram, and the
     OOD class means unless ``means`` (``ood.means_from_release`` of the training side's release) are
-    given, (2) histogram of OOD scores. Whether there are enough units for (2) and for using (1) is
+    given, (2) histogram of OOD scores, and with ``camera_emb`` (the embeddings of simulated phone photos of
+    the same images, ``camera_photos``) a second histogram of theirs for the camera path's threshold, each
+    at half the squared norm. Whether there are enough units for (2) and for using (1) is
     decided on (1)'s own noisy unit count, never on the exact one. Without DP the same, exact."""
     dp = privacy is not None
     sigma = validation_history(privacy["epsilon_target"], privacy["delta"], privacy["accountant"])[0][0] if dp else 0.0
@@ -79,11 +88,14 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     how = (f"Gaussian mechanism on {data} (noise multiplier {sigma:.4g})" if dp else f"exact, on {data}")
     det = means or ood.means_from_release(first, k, emb.shape[1])
     fitted_on = means["fitted_on"] if means else f"class means: {how}"
-    s = ood.mean_scores(emb, {"columns": det["columns"], "means": det["means"]})
-    rel2 = gaussian_sum(_per_unit_mean(ood.score_rows(s, ood.MEAN_EDGES), units), 1.0, sigma, stream)
-    threshold = ood.threshold_from_histogram(rel2, noise_std=sigma, edges=ood.MEAN_EDGES)
-    block = ood.mean_block(det, threshold, f"{fitted_on}; threshold: score histogram of {data} (about "
-                                           f"{n_units:.0f} units), {how}")
+    s, camera = ood.mean_scores(emb, det), None if camera_emb is None else ood.mean_scores(camera_emb, det)
+    thresholds = _score_thresholds([s] if camera is None else [s, camera], units, sigma, stream)
+    block = ood.mean_block(det, thresholds[0], f"{fitted_on}; threshold: score histogram of {data} (about "
+                                               f"{n_units:.0f} units), {how}")
+    if camera is not None:
+        block["camera_threshold"] = thresholds[1]
+        block["camera_fitted_on"] = (f"simulated phone photos of the same {data} images (evaluation.camera_sim), "
+                                     "rectified as the camera path does; the same release")
     prior = noisy_counts / noisy_counts.sum()  # post-processing of release (1)'s class counts
     calibration = {"method": "temperature scaling on a histogram of true-class margins", "temperature": temperature,
                    "fitted_on": how, "class_prior": [round(float(v), 4) for v in prior]}
@@ -96,8 +108,31 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
         release1,
         {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",
          "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
-    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > threshold)), "n_units_validation_dp": n_units}
+    notes = {"exact_in_sample_ood_refusal": float(np.mean(s > thresholds[0])), "n_units_validation_dp": n_units}
     return calibration, decision, block, releases, notes
+
+
+def _score_thresholds(scores: list[np.ndarray], units: np.ndarray, sigma: float, stream) -> list[float]:
+    """One Gaussian release of the score histograms side by side (each part scaled to norm 1/sqrt(len)),
+    and the refusal threshold read off each (post-processing)."""
+    w = 1 / np.sqrt(len(scores))
+    rows = np.concatenate([ood.score_rows(s, ood.MEAN_EDGES) * w for s in scores], 1)
+    rel = gaussian_sum(_per_unit_mean(rows, units), 1.0, sigma, stream) / w
+    return [ood.threshold_from_histogram(h, noise_std=sigma / w, edges=ood.MEAN_EDGES)
+            for h in np.split(rel, len(scores))]
+
+
+def camera_photos(records, read=load_record, progress: bool = False):
+    """Each record's image as the camera path sees a phone photo of it: a simulated capture
+    (``evaluation.camera_sim``), then the rectification uploads with ``source="camera"`` get. Each photo's
+    randomness comes from its own file's bytes, so a unit's photos depend on that unit alone (a shared
+    generator would make them depend on who came before). Yields one at a time (full-size images)."""
+    from tqdm import tqdm
+
+    for r in tqdm(records, desc="simulated phone photos", disable=not progress, leave=False):
+        seed = int.from_bytes(hashlib.sha256(Path(r.path).read_bytes()).digest()[:8], "big")
+        photo = phone_photo(read(r).pixels, np.random.default_rng(seed))
+        yield camera_input(load_image(photo.jpeg), "camera").pixels
 
 
 def train_means(model, result, cfg: TrainConfig) -> dict:
@@ -141,8 +176,12 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     y_val = np.array([r.label for r in splits.val])
     logits, emb = (t.numpy() for t in batched_forward(model.trainable_forward_with_embedding, result.val_inputs))
     units, _ = unit_ids(splits.val, result.unit)
+    pre = Preprocess(cfg.preprocess)
+    photos = torch.from_numpy(np.stack([pre(p) for p in camera_photos(splits.val, progress=progress)])).float()[:, None]
+    _, camera_emb = batched_forward(model.forward_with_embedding, photos, progress=progress, desc="camera photos")
     calibration, decision, ood_block, releases, notes = validation_releases(
-        logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy, means=train_means(model, result, cfg))
+        logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy, means=train_means(model, result, cfg),
+        camera_emb=camera_emb.numpy())
     privacy = result.privacy or {"mechanism": "none (non-private)", "epsilon": None}
     if result.privacy:
         privacy = add_validation_releases(result.privacy, releases, notes.get("n_units_validation_dp"))

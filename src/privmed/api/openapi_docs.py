@@ -1,7 +1,7 @@
 """What the OpenAPI schema says about each route beyond FastAPI's defaults: every error status a
-route can answer (all with ``{"detail": "..."}``), the multipart body of ``/v1/predict``, the zip body of a
-site calibration and the JSON body of ``POST /v1/keys`` (parsed by hand for clear 4xx messages, so FastAPI cannot see them),
-and the text/plain Prometheus endpoints. The schemathesis fuzz test holds the server to this."""
+route can answer (all with ``{"detail": "..."}``), the multipart body of ``/v1/predict``, the zip
+body of a site calibration and the JSON body of ``POST /v1/keys`` (parsed by hand for clear 4xx
+messages, so FastAPI cannot see them), and the text/plain Prometheus endpoints. The schemathesis fuzz test holds the server to this."""
 from __future__ import annotations
 
 from pydantic import BaseModel

@@ -2,22 +2,19 @@
 
 Auth is on by default: ``Authorization: Bearer <key>`` (or ``X-API-Key``). Roles: clinician
 (predict, models), auditor (audit log, models, per-label metrics), admin (keys, models, site
-calibration, per-label metrics). Auth off is only allowed when the server binds loopback, and then only loopback clients are
-answered. Every request under ``/v1`` is written to the hash-chained audit log; anonymous refusals
+calibration, per-label metrics). Auth off is only allowed when the server binds loopback, and then only
+loopback clients are answered. Every request under ``/v1`` is written to the hash-chained audit log; anonymous refusals
 are rate-limited into aggregated rows (``refusals.py``). Bundles are loaded and verified at start.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -28,9 +25,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privmed.api.metrics import CONTENT_TYPE_LATEST, Metrics
-from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, SITE_BODY, V1, errors
+from privmed.api.openapi_docs import KEY_BODY, PREDICT_BODY, V1, errors
 from privmed.api.refusals import RefusalLimiter
-from privmed.api.site_upload import ArchiveError, calibrate_upload
+from privmed.api.site_upload import router as site_router
 from privmed.inference.registry import Registry, UnknownModel
 from privmed.inference.service import InputError, analyse
 from privmed.api.store import (
@@ -38,7 +35,7 @@ from privmed.api.store import (
 )
 from privmed.api.translog import Checkpointer, LogConfig
 from privmed.data.read import MAX_BYTES
-from privmed.errors import BundleError, PrivacyBudgetError, PrivmedError
+from privmed.errors import BundleError, PrivmedError
 from privmed.files import sha256_bytes
 from privmed.inference.report import fhir, model_card
 
@@ -232,44 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.audit.update(model_id=e["id"], model_version=e["metadata"].get("weights_sha256"))
         return model_card(e["metadata"], e["name"], registry.site(e))
 
-    site_lock = asyncio.Lock()
-
-    @app.post("/v1/models/{model_ref}/site-calibration", status_code=201,
-              responses=errors(400, 404, 409, 413, 415, 422, *V1), openapi_extra=SITE_BODY)
-    async def site_calibration(model_ref: str, request: Request,
-                               name: str = Query(..., max_length=64, description="the site's name, e.g. 'St Mary'"),
-                               epsilon: float = Query(2.0, gt=0, le=10, description="the site sample's epsilon "
-                                                      "(delta 1e-5, add/remove one patient where names carry one)"),
-                               p: Principal = Depends(require("calibrate"))):
-        """`privmed calibrate` for an admin: the site's labelled sample (a zip) re-fits temperature, threshold
-        and out-of-distribution reference with DP; every face then uses it. The images are deleted after."""
-        try:
-            entry = registry.find(model_ref)
-        except UnknownModel as ex:
-            raise _err(404, str(ex)) from None
-        request.state.audit.update(model_id=entry["id"], model_version=entry["metadata"].get("weights_sha256"))
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
-            raise _err(415, f"send the site sample as one zip archive (Content-Type: application/zip), not "
-                            f"'{ctype or 'no content type'}'")
-        if site_lock.locked():
-            raise _err(409, "a site calibration is running on this server; try again when it has finished")
-        async with site_lock:
-            archive = await _spool(request, settings.max_site_bytes)
-            try:
-                out = await run_in_threadpool(calibrate_upload, Path(entry["path"]), entry["metadata"]["classes"],
-                                              archive, name=name, epsilon=epsilon,
-                                              max_bytes=4 * settings.max_site_bytes)
-            except ArchiveError as e:
-                raise _err(413 if e.too_large else 400, str(e)) from None
-            except PrivacyBudgetError as e:
-                raise _err(409, str(e)) from None
-            except PrivmedError as e:
-                raise _err(422, str(e)) from None
-            finally:
-                archive.close()
-        request.state.audit["output"] = {"site": out["site"], "epsilon": out["epsilon"]}
-        return {"model": entry["id"], **out}
+    app.include_router(site_router(registry, settings.max_site_bytes, require("calibrate")))
 
     # ---------- predict
     @app.post("/v1/predict", responses=errors(400, 404, 413, 415, 422, *V1), openapi_extra=PREDICT_BODY)
@@ -439,19 +399,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         f"working at {old['expires_at']}"}
 
     return app
-
-
-async def _spool(request: Request, limit: int):
-    """The body in a temporary file (memory up to 8 MiB), refused past ``limit`` bytes."""
-    f, seen = tempfile.SpooledTemporaryFile(max_size=8 * 2**20), 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            f.close()
-            raise _err(413, f"the archive is over the {limit / 2**20:.0f} MiB limit")
-        f.write(chunk)
-    f.seek(0)
-    return f
 
 
 def _expires_days(body: dict) -> int | None:

@@ -1,4 +1,5 @@
-"""Site calibration through the API (admin only): the same ``privmed calibrate`` on a zip archive.
+"""Site calibration through the API (admin only): the same ``privmed calibrate`` on a zip archive, as
+a router the server includes.
 
 The archive holds ``<class>/<image>`` for the bundle's classes (one top folder around them is
 allowed, macOS ``__MACOSX`` and dot files are skipped). It is unpacked into a private temporary
@@ -8,6 +9,7 @@ the patient, which is the unit of privacy); they never reach the response, the l
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -16,8 +18,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from privmed.api.openapi_docs import SITE_BODY, V1, errors
 from privmed.calibrate import calibrate_site, site_records
-from privmed.errors import PrivmedError
+from privmed.errors import PrivacyBudgetError, PrivmedError
+from privmed.inference.registry import UnknownModel
 from privmed.inference.site import summary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
@@ -92,3 +99,59 @@ def calibrate_upload(bundle: Path, classes: list[str], archive: IO[bytes], *, na
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary(json.loads(path.read_text()))
+
+
+def router(registry, max_bytes: int, admin) -> APIRouter:
+    """``POST /v1/models/{model_ref}/site-calibration``; ``admin``: the dependency that admits admin keys only."""
+    r, lock = APIRouter(), asyncio.Lock()
+
+    @r.post("/v1/models/{model_ref}/site-calibration", status_code=201,
+            responses=errors(400, 404, 409, 413, 415, 422, *V1), openapi_extra=SITE_BODY)
+    async def site_calibration(model_ref: str, request: Request,
+                               name: str = Query(..., max_length=64, description="the site's name, e.g. 'St Mary'"),
+                               epsilon: float = Query(2.0, gt=0, le=10, description="the site sample's epsilon "
+                                                      "(delta 1e-5, add/remove one patient where names carry one)"),
+                               p=Depends(admin)):
+        """`privmed calibrate` for an admin: the site's labelled sample (a zip) re-fits temperature, threshold
+        and out-of-distribution reference with DP; every face then uses it. The images are deleted after."""
+        try:
+            entry = registry.find(model_ref)
+        except UnknownModel as ex:
+            raise HTTPException(404, str(ex)) from None
+        request.state.audit.update(model_id=entry["id"], model_version=entry["metadata"].get("weights_sha256"))
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
+            raise HTTPException(415, "send the site sample as one zip archive (Content-Type: application/zip), "
+                                     f"not '{ctype or 'no content type'}'")
+        if lock.locked():
+            raise HTTPException(409, "a site calibration is running on this server; try again when it has finished")
+        async with lock:
+            archive = await _spool(request, max_bytes)
+            try:
+                out = await run_in_threadpool(calibrate_upload, Path(entry["path"]), entry["metadata"]["classes"],
+                                              archive, name=name, epsilon=epsilon, max_bytes=4 * max_bytes)
+            except ArchiveError as e:
+                raise HTTPException(413 if e.too_large else 400, str(e)) from None
+            except PrivacyBudgetError as e:
+                raise HTTPException(409, str(e)) from None
+            except PrivmedError as e:
+                raise HTTPException(422, str(e)) from None
+            finally:
+                archive.close()
+        request.state.audit["output"] = {"site": out["site"], "epsilon": out["epsilon"]}
+        return {"model": entry["id"], **out}
+
+    return r
+
+
+async def _spool(request: Request, limit: int):
+    """The body in a temporary file (memory up to 8 MiB), refused past ``limit`` bytes."""
+    f, seen = tempfile.SpooledTemporaryFile(max_size=8 * 2**20), 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            f.close()
+            raise HTTPException(413, f"the archive is over the {limit / 2**20:.0f} MiB limit")
+        f.write(chunk)
+    f.seek(0)
+    return f

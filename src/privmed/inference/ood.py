@@ -8,7 +8,11 @@ epsilon like the DP class counts; the threshold from a histogram of the validati
 (held out from the means), in bins 10 % wide. For ``effnet_lite0_multi`` the mid-level part is the
 four MBConv taps (704 of 3,264 dims): the ImageNet head taps mostly carry object semantics, and
 with them the detector missed adult films a radiologist tells apart at a glance
-(``benchmarks/ood_shift.py``). A site calibration fits the same detector on its sample.
+(``benchmarks/ood_shift.py``). That detector also sees what a phone camera does to a film (blur,
+moire, JPEG: it refused two thirds of simulated phone photos of test films at the file threshold), so the
+same validation release carries a second histogram, of the scores of simulated phone photos of the
+validation images (``pipeline.camera_photos``), and uploads with ``source="camera"`` are held to its
+threshold (``camera_threshold``). A site calibration fits the same detector on its sample.
 
 Older bundles (``METHOD``, read as they are): an embedding (the input of the first Linear layer) is
 scaled to unit length, projected on a fixed random orthonormal basis of ``DIMS`` directions (public:

@@ -181,7 +181,8 @@ class Model:
         ood_score = None
         if batch_ood is not None:
             ood_score = float(batch_ood[0])
-            if ood_score > self.ood["threshold"]:
+            camera = meta.get("source") == "camera" and "camera_threshold" in self.ood
+            if ood_score > self.ood["camera_threshold" if camera else "threshold"]:
                 reasons.append("image does not look like the images this model was trained on "
                                "(out of distribution)")
         if probs.max() < self.min_confidence:
