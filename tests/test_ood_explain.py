@@ -196,8 +196,11 @@ def test_gradcam_flows_through_frozen_effnet(effnet_bundle, data_root):
     m = load_model(effnet_bundle)
     img = load_image(sorted((data_root / m.metadata["dataset"] / "test").glob("*/*"))[0])
     x = m.tensor(img)
-    heat = gradcam(m.net, x, 0)
-    assert heat.shape == (224, 224) and heat.std() > 0
+    # a class with no positive evidence at the last conv gets a blank map (Grad-CAM's ReLU): on this film
+    # the 2026-12-05 17:39 chest bundle's "normal" does (its evidence sits in the mid-level taps), so the
+    # flow through the frozen backbone is checked on the class that has some
+    heats = [gradcam(m.net, x, c) for c in range(len(m.classes))]
+    assert all(h.shape == (224, 224) for h in heats) and max(h.std() for h in heats) > 0
     assert "frozen" in target_layer(m.net)  # the last conv lives in the frozen backbone
     assert all(not p.requires_grad for p in m.net.frozen.parameters())
 

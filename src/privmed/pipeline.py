@@ -7,7 +7,6 @@ per-epoch losses and validation accuracy, dataset fingerprints, exact validation
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from privmed.config import TrainConfig, bundles_dir
 from privmed.data.datasets import load_record
 from privmed.data.read import load_image
 from privmed.data.transforms import Preprocess
-from privmed.evaluation.camera_sim import phone_photo
+from privmed.evaluation.camera_sim import photo_of
 from privmed.evaluation.metrics import classification_report
 from privmed.inference import calibration as cal
 from privmed.inference import intended_use, ood
@@ -130,8 +129,7 @@ def camera_photos(records, read=load_record, progress: bool = False):
     from tqdm import tqdm
 
     for r in tqdm(records, desc="simulated phone photos", disable=not progress, leave=False):
-        seed = int.from_bytes(hashlib.sha256(Path(r.path).read_bytes()).digest()[:8], "big")
-        photo = phone_photo(read(r).pixels, np.random.default_rng(seed))
+        photo = photo_of(read(r).pixels, Path(r.path).read_bytes())
         yield camera_input(load_image(photo.jpeg), "camera").pixels
 
 

@@ -9,6 +9,7 @@ can check that rectification finds them.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -26,6 +27,14 @@ class SimPhoto:
     corners: np.ndarray  # 4x2 (x, y) film corners in the photo: top-left, top-right, bottom-right, bottom-left
     kind: str
     size: tuple[int, int]  # (width, height)
+
+
+def photo_of(film: np.ndarray, key: bytes) -> SimPhoto:
+    """One phone photo of ``film`` whose random capture is fixed by ``key`` (e.g. the image file's bytes):
+    the same image always gives the same photo, whatever else is simulated (a shared generator would make
+    each photo depend on the ones drawn before it). Not a secret: a simulation, not DP noise."""
+    seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+    return phone_photo(film, np.random.default_rng(seed))
 
 
 def phone_photo(film: np.ndarray, rng: np.random.Generator, *, kind: str | None = None,
