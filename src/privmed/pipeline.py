@@ -63,9 +63,8 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     stream = SecretStream()
     # one release, rows of norm 1, each part scaled to its share W of the unit norm (sum of W^2 <= 1):
     # the margin histogram (temperature, operating point) gets the larger share
-    counts = np.eye(k)[y]
     parts = ([(ood.mean_rows(emb, y, k), ood.MEAN_SENSITIVITY, W_STAT)] if means is None else
-             [(counts, 1.0, W_STAT)]) + [(cal.margin_rows(logits, y, k), 1.0, W_HIST)]
+             [(np.eye(k)[y], 1.0, W_STAT)]) + [(cal.margin_rows(logits, y, k), 1.0, W_HIST)]
     rows = np.concatenate([r * (w / sens) for r, sens, w in parts], 1)
     rel1 = gaussian_sum(_per_unit_mean(rows, units), 1.0, sigma, stream)
     out, start = [], 0

@@ -56,7 +56,7 @@ def _members(z: zipfile.ZipFile, classes: list[str]) -> list[tuple[zipfile.ZipIn
     for info, p in keep:
         if len(p) == 3 and len(tops) == 1:
             p = p[1:]  # one folder around the class folders
-        if len(p) != 2 or p[0] not in classes or ".." in p or p[0].startswith("/"):
+        if len(p) != 2 or p[0] not in classes or ".." in p:
             raise ArchiveError(f"the archive must hold <class>/<image> with the bundle's classes "
                                f"({', '.join(classes)}); found an entry outside that layout")
         out.append((info, p[0], p[1]))

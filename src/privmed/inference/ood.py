@@ -17,14 +17,13 @@ threshold (``camera_threshold``). A site calibration fits the same detector on i
 Older bundles (``METHOD``, read as they are): an embedding (the input of the first Linear layer) is
 scaled to unit length, projected on a fixed random orthonormal basis of ``DIMS`` directions (public:
 drawn from a constant seed, independent of any image) and scaled to unit length again. Each
-validation unit contributes one row [onehot(class) x z, z z^T, onehot(class)] of norm sqrt(3) to a
-Gaussian release
-(``privacy/releases.py``); class means and a tied covariance (shrunk towards the noise level, which
-is public) come from the noisy sums. The score is the Mahalanobis distance to the nearest class
-mean. sklearn's ``LedoitWolf`` is not used: it needs the raw validation embeddings, while this
-detector sees only the DP sums, so flooring the eigenvalues at the noise level is the shrinkage.
-The refusal threshold comes from a second Gaussian release: a histogram of the validation
-scores, read from the top down so that the noise of few bins enters the quantile.
+validation unit contributed one row [onehot(class) x z, z z^T, onehot(class)] of norm sqrt(3) to a
+Gaussian release; class means and a tied covariance (eigenvalues floored at the noise level) came
+from the noisy sums, and the score is the Mahalanobis distance to the nearest class mean. Only their
+scoring (``scores``) is kept here; the fitting code went with the change of method (git history,
+before 2026-12-05 evening). Both methods read their threshold from a second Gaussian release: a
+histogram of the validation scores, read from the top down so that the noise of few bins enters the
+quantile.
 
 What the bundle keeps (means, directions, variances, threshold) is post-processing of those two
 releases: it cannot act as a membership oracle for validation images beyond the stated epsilon.
@@ -57,40 +56,13 @@ def projection(d: int, k: int = DIMS, seed: int = PROJECTION_SEED) -> np.ndarray
     return q
 
 
+def _unit(e: np.ndarray) -> np.ndarray:
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
 def embed(emb: np.ndarray, proj: np.ndarray) -> np.ndarray:
     """Unit-length projection of unit-length embeddings: every row has norm exactly 1."""
-    e = np.atleast_2d(np.asarray(emb, np.float64))
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    z = e @ proj
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-
-def stat_rows(z: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-image rows of norm sqrt(3): class-wise sum, second moment, class count."""
-    n, k = z.shape
-    onehot = np.eye(num_classes)[y]
-    first = (onehot[:, :, None] * z[:, None, :]).reshape(n, -1)
-    second = (z[:, :, None] * z[:, None, :]).reshape(n, -1)
-    return np.concatenate([first, second, onehot], 1)
-
-
-STAT_SENSITIVITY = float(np.sqrt(3.0))
-
-
-def detector_from_release(release: np.ndarray, num_classes: int, k: int, noise_std: float, d: int) -> dict:
-    """Class means and tied covariance from the noisy sums (post-processing only)."""
-    first = release[:num_classes * k].reshape(num_classes, k)
-    second = release[num_classes * k:num_classes * k + k * k].reshape(k, k)
-    counts = np.maximum(release[-num_classes:], 1.0)
-    n = float(counts.sum())
-    means = first / counts[:, None]
-    second = (second + second.T) / 2
-    cov = (second - sum(counts[c] * np.outer(means[c], means[c]) for c in range(num_classes))) / n
-    evals, evecs = np.linalg.eigh(cov)
-    # the noise's spectral norm is about 2 sqrt(k) * std / n: shrink every direction to at least that
-    floor = max(2 * np.sqrt(k) * noise_std / n, 1e-4)
-    return {"means": means, "components": evecs.T, "variances": np.maximum(evals, floor), "floor": floor,
-            "noisy_counts": counts, "embedding_dims": d}
+    return _unit(_unit(np.atleast_2d(np.asarray(emb, np.float64))) @ proj)
 
 
 def scores(emb: np.ndarray, block: dict) -> np.ndarray:
@@ -157,19 +129,6 @@ def threshold_from_histogram(hist: np.ndarray, target: float = TARGET_REFUSAL, n
     return min(_quantile_from_top(h, target, edges), MAX_OVER_MEDIAN * _quantile_from_top(h, 0.5, edges))
 
 
-def block(det: dict, threshold: float, sigma: float, n_units: float, data: str = "validation") -> dict:
-    """The bundle's detector block; ``n_units``: under DP the noisy count of the units of ``data``."""
-    return {
-        "method": METHOD, "embedding_dims": int(det["embedding_dims"]), "dims": DIMS,
-        "projection_seed": PROJECTION_SEED, "target_refusal": TARGET_REFUSAL, "threshold": threshold,
-        "means": np.round(det["means"], 7).tolist(), "components": np.round(det["components"], 7).tolist(),
-        "variances": [float(v) for v in det["variances"]],
-        "fitted_on": f"{data} (about {n_units:.0f} units), Gaussian mechanism noise multiplier {sigma:.4g} on each of "
-                     "two releases (statistics, score histogram)",
-        "score": "Mahalanobis distance to the nearest class mean in a public random projection; refuse above threshold",
-    }
-
-
 MEAN_METHOD = "dp-class-mean-distance"
 MEAN_SENSITIVITY = float(np.sqrt(2.0))
 MEAN_EDGES = np.r_[0.0, np.exp(np.arange(np.log(0.05), np.log(4.0), np.log(1.1))), np.inf]
@@ -182,8 +141,7 @@ def feature_columns(d: int) -> tuple[int, int]:
 
 
 def unit_part(emb: np.ndarray, cols) -> np.ndarray:
-    e = np.atleast_2d(np.asarray(emb, np.float64))[:, cols[0]:cols[1]]
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return _unit(np.atleast_2d(np.asarray(emb, np.float64))[:, cols[0]:cols[1]])
 
 
 def mean_rows(emb: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
