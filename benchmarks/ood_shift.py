@@ -33,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from scipy.special import logsumexp, softmax
-from scipy.stats import rankdata
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
@@ -50,7 +48,7 @@ ID_REFUSAL = 0.05
 K_NN = 10
 TRAIN_EVERY, CT_EVERY, MRI_EVERY = 3, 8, 20
 PHASH_COPY = ins.NEAR_MAX_DISTANCE  # the audit's near-copy rule (16 bits)
-CORR_COPY = 0.98  # rank correlation of 32x32 thumbnails: catches contrast-enhanced copies pHash misses
+CORR_COPY = ins.THUMB_MIN_CORR  # rank correlation of 32x32 thumbnails: contrast-enhanced copies pHash misses
 TAP_DIMS = [80, 112, 192, 320, 1280, 1280]
 TAP_NAMES = ["block 6", "block 11", "block 15", "block 16", "head mean", "head max"]
 assert sum(TAP_DIMS) == LiteMulti.DIMS
@@ -63,11 +61,7 @@ def half(group: str) -> int:
 # ------------------------------------------------------------------ copies of Kermany in covid19_xray
 
 def _thumb(path: Path) -> np.ndarray:
-    im = PILImage.open(path)
-    if im.format == "JPEG":
-        im.draft("L", (64, 64))
-    a = rankdata(np.asarray(im.convert("L").resize((32, 32), PILImage.BILINEAR), np.float64).ravel())
-    return (a - a.mean()) / a.std() / 32.0  # unit norm: dot products are Pearson correlations of ranks
+    return ins.thumbnail(ins._small_gray(path.read_bytes())[0])  # the copy rule of privmed.data.public
 
 
 def kermany_copies(kds, cds) -> tuple[dict, dict]:

@@ -117,6 +117,9 @@ class TrainConfig(BaseModel):
     model: str = "effnet_lite0_head"
     # builder arguments of the model, recorded in the bundle (effnet_lite0_tail: start=0 trains every block)
     model_args: dict[str, int | float | str] = Field(default_factory=dict)
+    # a declared public corpus (privmed.data.public.CORPORA) for the head's public projection
+    # (model_args.public_k > 0): used in the clear, so never one of the private dataset's own splits
+    public_data: str | None = None
     # where the trainable part trains: cpu, cuda, cuda:N or auto (cuda when present). Not part of the
     # recipe: noise and sampling still come from the secret CPU generator (privacy/engine.py)
     device: str = "cpu"

@@ -99,9 +99,9 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
                    "fitted_on": how, "class_prior": [round(float(v), 4) for v in prior]}
     decision = None
     if k == 2:
-        t, _ = cal.threshold_from_histogram(hist)  # raw noisy counts: sums over bins stay unbiased
+        t, _ = cal.threshold_from_histogram(hist, hist_std)  # raw noisy counts: sums over bins stay unbiased
         decision = {"positive_class_index": 1, "threshold_probability": float(1 / (1 + np.exp(-t / temperature))),
-                    "threshold_margin": t, "chosen_by": f"largest balanced accuracy, {how}"}
+                    "threshold_margin": t, "chosen_by": f"centre of the thresholds within noise of the largest balanced accuracy, {how}"}
     releases = [] if not dp else [
         release1,
         {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",
@@ -183,6 +183,8 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     if result.privacy:
         privacy = add_validation_releases(result.privacy, releases, notes.get("n_units_validation_dp"))
         privacy["dataset_budget"] = dataset_total(result.budget, privacy)
+    if result.public:  # the head's public projection: public images in the clear, no epsilon spent
+        privacy = {**privacy, "public_data": result.public}
     meta = {
         "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
                     (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),

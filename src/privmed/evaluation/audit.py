@@ -43,6 +43,7 @@ from privmed.evaluation import dp_bounds as B
 from privmed.files import sha256_file
 from privmed.inference.bundle import load_bundle
 from privmed.models import get_model
+from privmed.models.registry import with_public_basis
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
 
 log = logging.getLogger("privmed.audit")
@@ -214,12 +215,15 @@ def canary_audit(build, x_tr, y_tr, x_pool, y_pool, num_classes: int, recipe: A.
     return out
 
 
-def _builder(meta: dict):
-    """A fresh trainable part of the bundle's model (reference and canary models start from it)."""
-    return lambda: get_model(meta["model"]["name"], len(meta["classes"]), **meta["model"].get("kwargs", {})).trainable
+def _builder(meta: dict, model):
+    """A fresh trainable part of the bundle's model (reference and canary models start from it), with
+    the bundle's public projection (a public fact, not trained)."""
+    return lambda: with_public_basis(
+        get_model(meta["model"]["name"], len(meta["classes"]), **meta["model"].get("kwargs", {})).trainable,
+        model.trainable)
 
 
-def _reference_logits(meta, recipe, x, y, units, x_targets, k_reference: int, seed: int, augment: bool,
+def _reference_logits(meta, model, recipe, x, y, units, x_targets, k_reference: int, seed: int, augment: bool,
                       progress: bool) -> tuple[list, float]:
     """Logits of the targets under K reference models trained with the bundle's recipe on ``x``
     (training images that are not targets): every reference is OUT for every target."""
@@ -228,7 +232,7 @@ def _reference_logits(meta, recipe, x, y, units, x_targets, k_reference: int, se
         t1 = time.time()
         ref_seed = seed * 1000 + k + 1
         torch.manual_seed(ref_seed)
-        ref = A.train_reference(_builder(meta), x, y, len(meta["classes"]), recipe, ref_seed, augment=augment,
+        ref = A.train_reference(_builder(meta, model), x, y, len(meta["classes"]), recipe, ref_seed, augment=augment,
                                 units=units)
         logits.append(A.logits_of(ref, x_targets))
         seconds += time.time() - t1
@@ -296,8 +300,8 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     recipe = A.Recipe.from_metadata(meta)
     pixel_model = isinstance(model.frozen, torch.nn.Identity)
     pool_units = _units([train_recs[i] for i in pool]) if by_patient else None
-    ref_logits, ref_seconds = _reference_logits(meta, recipe, x_tr[pool], y_tr[pool], pool_units, x_t, k_reference,
-                                                seed, pixel_model, progress)
+    ref_logits, ref_seconds = _reference_logits(meta, model, recipe, x_tr[pool], y_tr[pool], pool_units, x_t,
+                                                k_reference, seed, pixel_model, progress)
 
     priv = meta.get("privacy") or {}
     eps, delta = priv.get("epsilon"), priv.get("delta")
@@ -364,7 +368,7 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
         block["canary_audit"] = {"skipped": "one-run canary audit is implemented for head models only"}
     elif canaries:
         pool_non = np.setdiff1d(np.arange(len(x_non)), non)  # canaries are not audit targets
-        ca = canary_audit(_builder(meta), x_tr, y_tr, x_non[pool_non], y_non[pool_non], len(meta["classes"]),
+        ca = canary_audit(_builder(meta, model), x_tr, y_tr, x_non[pool_non], y_non[pool_non], len(meta["classes"]),
                           recipe, canaries, seed=seed, eps=eps if can_fail else None, delta=delta or 0.0,
                           alpha=alpha_each)
         block["canary_audit"] = ca

@@ -121,6 +121,9 @@ def _check_model(tc):
         raise ValueError(f"unknown model '{tc.model}'; choose one of {', '.join(MODELS)}")
     if not spec.dp_ok:
         raise ValueError(f"model '{tc.model}' uses BatchNorm and cannot train with DP")
+    if tc.model_args.get("public_k") or tc.public_data:
+        raise ValueError("federated training has no public projection yet (each hospital would need the same "
+                         "public basis); remove model_args.public_k and public_data")
     if tc.device != "cpu":  # hospitals train on their own CPUs here; a silent fallback would mislead
         raise ValueError(f"federated training runs on the CPU; remove --set device={tc.device}")
 

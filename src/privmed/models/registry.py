@@ -35,7 +35,7 @@ class SplitModel(nn.Module):
 
     def trainable_forward_with_embedding(self, h) -> tuple[torch.Tensor, torch.Tensor]:
         """Like ``forward_with_embedding`` but from the frozen part's output ``h``."""
-        first = next(m for m in self.trainable.modules() if isinstance(m, nn.Linear))
+        first = next(m for m in self.trainable.modules() if isinstance(m, (nn.Linear, PublicBasis)))
         seen = []
         handle = first.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
         try:
@@ -45,11 +45,47 @@ class SplitModel(nn.Module):
         return logits, seen[0]
 
     def forward_with_embedding(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, embedding); the embedding is the input of the first Linear layer, which for
-        every model here is the pooled feature vector (used for out-of-distribution scores)."""
+        """(logits, embedding); the embedding is the input of the first Linear layer (or of the public
+        projection before it), which for every model here is the pooled feature vector (used for
+        out-of-distribution scores)."""
         with torch.no_grad():
             h = self.frozen(x)
         return self.trainable_forward_with_embedding(h)
+
+
+class PublicBasis(nn.Module):
+    """A fixed projection (h - mean) @ basis onto ``k`` principal directions of *public* images' features
+    (``training.public``), scaled by one public factor. No trainable parameter: DP-SGD then noises
+    k x classes weights instead of d x classes, and the features arrive centred."""
+
+    def __init__(self, d: int, k: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("basis", torch.zeros(d, k))
+
+    def forward(self, h):
+        return (h - self.mean) @ self.basis
+
+
+def _head(d: int, num_classes: int, public_k: int, dropout: float = 0.0) -> list[nn.Module]:
+    """[public projection,] dropout, linear: a head on ``d`` features (on ``public_k`` if > 0)."""
+    if public_k < 0 or public_k > d:
+        raise ValueError(f"public_k must be between 0 (no public projection) and {d}; got {public_k}")
+    pre = [PublicBasis(d, public_k)] if public_k else []
+    return pre + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(public_k or d, num_classes)]
+
+
+def public_basis(trainable: nn.Module) -> PublicBasis | None:
+    return next((m for m in trainable.modules() if isinstance(m, PublicBasis)), None)
+
+
+def with_public_basis(fresh: nn.Module, source: nn.Module) -> nn.Module:
+    """``fresh`` (a new trainable part) holding ``source``'s public projection (the audit's reference
+    models train on the bundle's projection, not on an empty one)."""
+    src, dst = public_basis(source), public_basis(fresh)
+    if src is not None and dst is not None:
+        dst.load_state_dict(src.state_dict())
+    return fresh
 
 
 class LiteFrozen(nn.Module):
@@ -117,16 +153,20 @@ def _lite_backbone() -> dict:
             "sha256": effl.weights_sha256(), "code_version": effl.BACKBONE_VERSION}
 
 
-def effnet_lite0_head(num_classes: int, dropout: float = 0.0) -> SplitModel:
-    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes))
-    return SplitModel(LiteFrozen(None), head, _lite_backbone())
+def effnet_lite0_head(num_classes: int, dropout: float = 0.0, public_k: int = 0) -> SplitModel:
+    """``public_k`` > 0: the features projected on that many public principal directions first."""
+    if not public_k:  # the layout older bundles' weights were saved in
+        return SplitModel(LiteFrozen(None), nn.Sequential(nn.Dropout(dropout), nn.Linear(effl.FEATURES, num_classes)),
+                          _lite_backbone())
+    return SplitModel(LiteFrozen(None), nn.Sequential(*_head(effl.FEATURES, num_classes, public_k, dropout)),
+                      _lite_backbone())
 
 
-def effnet_lite0_multi(num_classes: int) -> SplitModel:
-    head = nn.Linear(LiteMulti.DIMS, num_classes)
-    nn.init.zeros_(head.weight)  # zero init: DP noise, not a random start, sets the first steps
-    nn.init.zeros_(head.bias)
-    return SplitModel(LiteMulti(), nn.Sequential(head), _lite_backbone())
+def effnet_lite0_multi(num_classes: int, public_k: int = 0) -> SplitModel:
+    layers = _head(LiteMulti.DIMS, num_classes, public_k)
+    nn.init.zeros_(layers[-1].weight)  # zero init: DP noise, not a random start, sets the first steps
+    nn.init.zeros_(layers[-1].bias)
+    return SplitModel(LiteMulti(), nn.Sequential(*layers), _lite_backbone())
 
 
 def effnet_lite0_tail(num_classes: int, dropout: float = 0.0, start: int = 15) -> SplitModel:

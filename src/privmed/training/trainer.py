@@ -36,6 +36,7 @@ from privmed.privacy.ledger import training_ledger
 from privmed.privacy.randomness import SecretStream
 from privmed.privacy.releases import dp_class_weights, units_estimate, validation_history, weights_from_counts
 from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
+from privmed.training.public import fit_public_basis
 
 warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
@@ -53,6 +54,7 @@ class TrainResult:
     seconds: float = 0.0
     unit: str = "image"
     budget: dict | None = None  # the dataset's registry key and split identity (under DP)
+    public: dict | None = None  # the public corpus behind the head's projection (public facts)
 
 
 def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -229,6 +231,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
         raise ValueError(f"model '{cfg.model}' uses BatchNorm and cannot train with DP; pass --no-dp")
     splits = split_records(cfg)
     model = get_model(cfg.model, len(splits.classes), **cfg.model_args)
+    public = fit_public_basis(model, cfg, progress)  # public images only
     x_tr = model_inputs(model, load_pixels(splits.train, cfg, progress), progress)
     x_va = model_inputs(model, load_pixels(splits.val, cfg, progress), progress)
     y_tr = torch.tensor([r.label for r in splits.train])
@@ -258,7 +261,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     model.trainable = done.net
     model.eval()
     result = TrainResult(model, splits, done.history, best_epoch=done.best_epoch, unit=unit,
-                         budget=budget)
+                         budget=budget, public=public)
     if done.engine:
         result.privacy = training_ledger(done.engine, unit, epochs=len(result.history), class_counts=counts,
                                          class_weights=weight.tolist() if cfg.class_weights else None,
