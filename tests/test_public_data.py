@@ -110,3 +110,11 @@ def test_public_data_and_public_k_come_together():
         fit_public_basis(get_model("effnet_lite0_multi", 2, public_k=4), TrainConfig(model="effnet_lite0_multi"))
     with pytest.raises(ValueError, match="public_k must be"):
         get_model("effnet_lite0_multi", 2, public_k=-1)
+
+
+def test_the_statement_names_the_public_corpus():
+    from privmed.privacy.ledger import statement
+
+    base = {"epsilon": 2.0, "delta": 1e-5, "unit_of_privacy": "image"}
+    assert "kermany-test" in statement({"privacy": {**base, "public_data": {"name": "kermany-test"}}})
+    assert "projected" not in statement({"privacy": base})

@@ -4,7 +4,8 @@ A corpus is public when it is published as it is and never trained on privately 
 the official test splits of the shared datasets are public benchmarks (docs/PRIVACY.md, *Assumptions*),
 scored on but never trained on. A declared corpus is that split minus every image with a copy anywhere
 else in the shared datasets (any split: the units of every bundle and the test sets they are scored on;
-covid19_xray holds 180 Kermany films, brain MRI's test split hundreds of near copies of its train split).
+covid19_xray re-publishes 174 Kermany test films, brain MRI's test split holds hundreds of near copies of
+its train split).
 A copy: same bytes, pHash within 16 bits, or a contrast-proof thumbnail match (``inspect.copies_between``).
 
 The corpus is a constant of the published data, not a function of a run's private data: removing a unit

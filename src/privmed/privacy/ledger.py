@@ -98,10 +98,12 @@ def statement(meta: dict) -> str:
     who = {"patient": "patient (all of a patient's images together)",
            "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
     relation = ", add/remove one unit" if p.get("neighbouring_relation", "").startswith("add/remove") else ""
+    public = (p.get("public_data") or {}).get("name")
     return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}{relation}) protects each {who} "
             f"used for training and validation: {_released(meta)} little whether or not that {unit.split()[-1]}'s "
             f"data were used; "
-            f"it does not cover images sent to the model for prediction, nor the public test set."
+            f"it does not cover images sent to the model for prediction, nor the public test set"
+            + (f", nor the public images its features are projected with ({public})." if public else ".")
             + (" A patient with k training images (for example a scan's slices) is protected about k times more "
                "weakly (group privacy)." if unit == "image" else ""))
 
