@@ -42,7 +42,7 @@ def one_run(dataset: str, model: str, corpus: str, k: int, seed: int) -> dict:
 def table(rows: list[dict], args) -> str:
     out = [f"{args.dataset}, {args.model}, public corpus {args.corpus}, {args.runs} runs per k "
            f"(`{' '.join(args.argv)}`, {time.strftime('%Y-%m-%d')}); validation accuracy of the last iterate",
-           "", "| k | runs | validation accuracy mean | sd | min-max | noise-to-signal | variance explained |",
+           "", "| k | runs | validation accuracy mean | sd | min-max | noise-to-signal (run 1) | variance explained |",
            "|---|---|---|---|---|---|---|"]
     for k in args.k:
         rs = [r for r in rows if r["k"] == k]

@@ -35,6 +35,12 @@ def _ood_noise(p: dict) -> str:
     return f"OOD class-mean noise {r[0]['noise_multiplier']} (train side), " if r else ""
 
 
+def _public(p: dict) -> str:
+    """Bundles since 2026-12-05 may project their features on a declared public corpus (no epsilon)."""
+    pd = p.get("public_data")
+    return f"public projection k {pd['k']} on {pd['name']} ({pd['images']} images, no epsilon), " if pd else ""
+
+
 def ledger(name: str) -> str:
     p = _load(name, "train")["privacy"]
     budget = p.get("dataset_budget") or {}
@@ -43,7 +49,8 @@ def ledger(name: str) -> str:
             f"{p.get('neighbouring_relation', 'add/remove')}, noise multiplier {p['noise_multiplier']:.4f}, "
             f"max_grad_norm {p['max_grad_norm']}, sample rate {p['sample_rate']:.4f}, steps {p['steps']}, "
             f"epochs {p['epochs']}, accountant {p['accountant']}, unit {p['unit_of_privacy']}, class-count noise "
-            f"{p['releases'][0]['noise_multiplier']}, {_ood_noise(p)}DP units train / validation {p.get('n_units_train_dp')} / "
+            f"{p['releases'][0]['noise_multiplier']}, {_ood_noise(p)}{_public(p)}DP units train / validation "
+            f"{p.get('n_units_train_dp')} / "
             f"{p.get('n_units_validation_dp')}, validation releases "
             f"{sum(r['on'] == 'validation' for r in p['releases'])}, dataset total "
             f"{budget.get('epsilon_all_runs')} over {budget.get('runs')} run(s) in this machine's registry, "
