@@ -118,3 +118,10 @@ def test_the_statement_names_the_public_corpus():
     base = {"epsilon": 2.0, "delta": 1e-5, "unit_of_privacy": "image"}
     assert "kermany-test" in statement({"privacy": {**base, "public_data": {"name": "kermany-test"}}})
     assert "projected" not in statement({"privacy": base})
+
+
+def test_federated_training_refuses_a_public_projection():
+    from privmed.federated.run import _check_model
+
+    with pytest.raises(ValueError, match="no public projection"):
+        _check_model(TrainConfig(model="effnet_lite0_multi", model_args={"public_k": 8}, public_data="kermany-test"))
