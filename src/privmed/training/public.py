@@ -32,7 +32,7 @@ def fit_public_basis(model: SplitModel, cfg: TrainConfig, progress: bool = False
     k = proj.basis.shape[1]
     if k >= len(corpus.records):
         raise ValueError(f"public_k={k} needs more than {k} public images; {cfg.public_data} keeps "
-                         f"{len(corpus.records)} after dropping copies of private images")
+                         f"{len(corpus.records)} after dropping copies of images elsewhere in the shared datasets")
     h = model_inputs(model, load_pixels(corpus.records, cfg, progress), progress).double()
     mean, directions, share = principal_directions(h, k)
     # one public factor: projected public features keep their raw RMS norm, so the learning rate and
