@@ -101,7 +101,8 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     if k == 2:
         t, _ = cal.threshold_from_histogram(hist, hist_std)  # raw noisy counts: sums over bins stay unbiased
         decision = {"positive_class_index": 1, "threshold_probability": float(1 / (1 + np.exp(-t / temperature))),
-                    "threshold_margin": t, "chosen_by": f"centre of the thresholds within noise of the largest balanced accuracy, {how}"}
+                    "threshold_margin": t,
+                    "chosen_by": f"centre of the thresholds within noise of the largest balanced accuracy, {how}"}
     releases = [] if not dp else [
         release1,
         {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",

@@ -62,21 +62,23 @@ class _Item:
 def _fingerprint(ds, record: Record, split: str) -> _Item:
     item = _Item(_rel(ds, record), split, record.label)
     try:
-        if record.index is not None:  # an .npz row: hash its pixels
-            pixels = ds.load(record).pixels
-            item.sha = sha256_bytes(np.ascontiguousarray(pixels).tobytes())
-            item.size, item.mode = f"{pixels.shape[1]}x{pixels.shape[0]}", "npz"
-            item.phash = _phash(_to_pil(pixels))
-            return item
-        data = record.path.read_bytes()
-        item.sha = sha256_bytes(data)
-        gray, item.size, item.mode = _small_gray(data)
+        item.sha, gray, item.size, item.mode = _read_small(ds, record)
         item.phash = _phash(gray)
     except OSError as e:  # str(e) would carry the file's path
         item.error = e.strerror or type(e).__name__
     except (PrivmedError, ValueError) as e:
         item.error = str(e) or type(e).__name__
     return item
+
+
+def _read_small(ds, record: Record) -> tuple[str, PILImage.Image, str, str]:
+    """(content hash, small grayscale rendering, size, mode) of one image; an .npz row hashes its pixels."""
+    if record.index is not None:
+        pixels = ds.load(record).pixels
+        return (sha256_bytes(np.ascontiguousarray(pixels).tobytes()), _to_pil(pixels),
+                f"{pixels.shape[1]}x{pixels.shape[0]}", "npz")
+    data = record.path.read_bytes()
+    return (sha256_bytes(data), *_small_gray(data))
 
 
 def _small_gray(data: bytes) -> tuple[PILImage.Image, str, str]:
@@ -122,12 +124,7 @@ def thumbnail(gray: PILImage.Image) -> np.ndarray:
 def _look(ds, record: Record) -> tuple[str, np.ndarray, np.ndarray] | None:
     """(content hash, pHash, thumbnail) of one image; None if unreadable."""
     try:
-        if record.index is not None:
-            pixels = ds.load(record).pixels
-            sha, gray = sha256_bytes(np.ascontiguousarray(pixels).tobytes()), _to_pil(pixels)
-        else:
-            data = record.path.read_bytes()
-            sha, gray = sha256_bytes(data), _small_gray(data)[0]
+        sha, gray, _, _ = _read_small(ds, record)
     except (OSError, PrivmedError, ValueError):
         return None
     return sha, _phash(gray), thumbnail(gray)
@@ -143,18 +140,14 @@ def copies_between(a: list[tuple[object, Record]], b: list[tuple[object, Record]
         la = list(pool.map(lambda job: _look(*job), a))
         lb = [x for x in pool.map(lambda job: _look(*job), b) if x is not None]
     out = np.array([x is None for x in la])
-    ok = [i for i, x in enumerate(la) if x is not None]
-    if not ok or not lb:
+    seen = [x for x in la if x is not None]
+    if not seen or not lb:
         return out
     shas = {x[0] for x in lb}
-    bits_a, bits_b = (np.array([x[1] for x in xs], np.float32) for xs in ([la[i] for i in ok], lb))
-    th_a, th_b = (np.array([x[2] for x in xs]) for xs in ([la[i] for i in ok], lb))
-    for s in range(0, len(ok), 512):
-        rows = ok[s:s + 512]
-        ham = bits_a[s:s + 512].sum(1)[:, None] + bits_b.sum(1)[None] - 2 * bits_a[s:s + 512] @ bits_b.T
-        corr = th_a[s:s + 512] @ th_b.T
-        near = (ham.min(1) <= max_distance + 0.5) | (corr.max(1) >= min_corr)
-        out[rows] = near | np.array([la[i][0] in shas for i in rows])
+    near = {i for i, _ in hamming_pairs(np.array([x[1] for x in seen]), np.array([x[1] for x in lb]), max_distance)}
+    th_a, th_b = np.array([x[2] for x in seen]), np.array([x[2] for x in lb])
+    corr = np.concatenate([(th_a[s:s + 512] @ th_b.T).max(1) for s in range(0, len(th_a), 512)])
+    out[~out] = [x[0] in shas or j in near or corr[j] >= min_corr for j, x in enumerate(seen)]
     return out
 
 
