@@ -8,7 +8,10 @@ load (the cached graph, hash-checked), and a load with ``PRIVMED_ONNX=0`` (torch
 chest X-ray JPEGs, the torch model and the default model alternating image by image so that a
 change in the machine's load hits both alike.
 
-    python benchmarks/bench_onnx_default.py [--bundle chest_xray_pneumonia] [--n 50]
+    python benchmarks/bench_onnx_default.py [--bundle chest_xray_pneumonia] [--n 50] [--torch-threads 1]
+
+``--torch-threads``: torch's intra-op threads (default: torch's own choice, one per core); 1 serves
+better on a busy shared machine (``PRIVMED_TORCH_THREADS``, docs/SERVING.md).
 """
 from __future__ import annotations
 
@@ -32,7 +35,12 @@ def main(argv=None):
     ap.add_argument("--bundle", default="chest_xray_pneumonia")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--data-root", type=Path)
+    ap.add_argument("--torch-threads", type=int)
     a = ap.parse_args(argv)
+    if a.torch_threads:
+        import torch
+
+        torch.set_num_threads(a.torch_threads)
     os.environ["PRIVMED_CACHE"] = tempfile.mkdtemp(prefix="privmed-bench-cache-")
     os.environ.pop("PRIVMED_ONNX", None)
 
