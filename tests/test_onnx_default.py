@@ -210,3 +210,20 @@ def test_two_processes_loading_at_once_share_one_checked_export(tmp_path):
     assert [(o["backend"], o["graph"]) for o in out] == [("onnxruntime", "cache")] * 2
     assert sum(o["exports"] for o in out) == 1  # the second waited for the first and read its graph
     assert len(list((tmp_path / "cache").glob("onnx-*.onnx"))) == 1
+
+
+def test_views_say_which_runtime_serves(first_load, cache_env, monkeypatch, capsys):
+    from privmed.cli import main
+    from privmed.inference.registry import Registry
+
+    calls = _count_exports(monkeypatch)
+    main(["models", "--json", "--dir", str(CHEST.parent)])
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[CHEST.name]["runtime"] == "onnxruntime"
+    reg = Registry(extra=[CHEST], scan_default=False)
+    entry = reg.entries()[0]
+    assert reg.runtime(entry) == "onnxruntime"  # before loading: what it will load with
+    assert reg.model(entry).backend == reg.runtime(entry) == "onnxruntime" and calls == []
+    monkeypatch.setenv("PRIVMED_ONNX", "0")
+    main(["models", "--json", "--dir", str(CHEST.parent)])
+    assert {r["name"]: r for r in json.loads(capsys.readouterr().out)}[CHEST.name]["runtime"] == "torch"
