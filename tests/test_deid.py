@@ -7,12 +7,20 @@ import json
 
 import pydicom
 import pytest
-
 from hospital_corpus import fill_phi, real_dicom
+
 from privmed.cli import main
-from privmed.data.deid import (DeidError, Options, SecretError, action_table, deidentify, load_secret, pseudonym,
-                               remap_uid)
-from privmed.data.deid_files import deid_path
+from privmed.deid.files import deid_path
+from privmed.deid.header import (
+    DeidError,
+    Options,
+    SecretError,
+    action_table,
+    deidentify,
+    load_secret,
+    pseudonym,
+    remap_uid,
+)
 
 SECRET = b"k" * 32
 
