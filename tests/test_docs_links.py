@@ -1,5 +1,6 @@
 """Every relative link in README.md and docs/**/*.md points to a file that exists (anchors not checked),
 and every `docs/NAME.md` path the prose names exists too (the docs cite each other by path)."""
+import json
 import re
 from pathlib import Path
 
@@ -35,3 +36,16 @@ def test_named_doc_paths_exist(doc: Path):
 def test_link_parser_sees_relative_links_only():
     text = "[a](docs/X.md#part) [b](https://x.org/y.md) [c](#top) [d](../y.md \"title\")"
     assert _relative_links(text) == ["docs/X.md", "../y.md"]
+
+
+def test_results_page_describes_the_shipped_bundles():
+    """docs/RESULTS.md's generated ledger lines state each shipped bundle's own epsilon, noise and steps
+    (regenerate with `python benchmarks/summarize_defaults.py --write docs/RESULTS.md` after `make bundles`)."""
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    for meta in sorted((ROOT / "bundles").glob("*/metadata.json")):
+        p = json.loads(meta.read_text())["privacy"]
+        name = meta.parent.name
+        line = next((ln for ln in text.splitlines() if ln.startswith(f"- {name}: epsilon ")), None)
+        assert line, f"docs/RESULTS.md has no ledger line for the shipped bundle {name}"
+        assert f"epsilon {p['epsilon']} " in line and f"noise multiplier {p['noise_multiplier']:.4f}," in line \
+            and f"steps {p['steps']}," in line, f"docs/RESULTS.md is stale for {name}: {line[:120]}"
