@@ -5,7 +5,12 @@ import re
 import shlex
 from pathlib import Path
 
-from privmed import cli
+from privmed.cli import build_parser
+
+try:  # the recipe flags live beside the training code once the CLI is a package
+    from privmed.training.recipe import train_config
+except ImportError:
+    from privmed.cli import train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "chest_xray_pneumonia"
@@ -19,7 +24,7 @@ def _readme_chest_train_argv() -> list[str]:
 
 
 def _recipe(argv: list[str]) -> dict:
-    cfg = cli.train_config(cli.build_parser().parse_args(argv))
+    cfg = train_config(build_parser().parse_args(argv))
     out = json.loads(cfg.model_dump_json())
     out.pop("data_root")  # where the datasets sit on one machine, not part of the recipe
     return out
