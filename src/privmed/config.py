@@ -287,7 +287,7 @@ class PrivacyConfig(BaseModel):
     # Training refuses a delta of 1/N or more (N = training images)
     delta: float | None = None
     # Poisson rate of DP-SGD, public and fixed before the data are read (a rate from the exact number
-    # of units would publish it). None: the model's default (MODEL_DEFAULTS), else 0.2. Under DP the
+    # of units would publish it). None: the model's default (its MODELS entry), else 0.2. Under DP the
     # batch is Poisson with mean q N and ``batch_size`` applies only to non-private training
     sample_rate: float | None = Field(None, gt=0, le=0.5)
     max_grad_norm: float = 1.0
@@ -313,21 +313,6 @@ class PrivacyConfig(BaseModel):
         return v
 
 
-# Per-model defaults for what the user leaves unset: a linear head on frozen features wants
-# large batches and a high learning rate (DP noise averages out over the batch); CNNs from scratch don't.
-MODEL_DEFAULTS = {
-    "effnet_lite0_head": {"epochs": 30, "batch_size": 512, "lr": 0.05},
-    "effnet_lite0_multi": {"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"},
-    "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3, "sample_rate": 0.1},
-    "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3, "sample_rate": 0.1},
-    # Tramer & Boneh: large batches, SGD with a high rate (the clip C is small, so lr * C is the step)
-    "scatter_cnn": (_SCATTER := {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"}),
-    "scatter_cnn_128": _SCATTER,  # the same recipe at 128 px, J = 3
-    "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
-    "vgg": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
-}
-
-
 class TrainConfig(BaseModel):
     dataset: str = "chest_xray_pneumonia"
     data_root: Path = Field(default_factory=default_data_root)
@@ -340,7 +325,7 @@ class TrainConfig(BaseModel):
     # where the trainable part trains: cpu, cuda, cuda:N or auto (cuda when present). Not part of the
     # recipe: noise and sampling still come from the secret CPU generator (privacy/engine.py)
     device: str = "cpu"
-    epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
+    epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (its MODELS entry)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     optimizer: Literal["adam", "sgd"] | None = None  # None: the model's default, else adam; sgd: momentum 0.9
@@ -369,7 +354,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_model_defaults(self) -> "TrainConfig":
-        defaults = {"optimizer": "adam", "sample_rate": 0.2, **MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"])}
+        from privmed.models.registry import MODELS  # here, not at the top: importing config must not load torch
+
+        defaults = {"optimizer": "adam", "sample_rate": 0.2, **MODELS.get(self.model, MODELS["cnn"]).defaults}
         for key, value in defaults.items():
             holder = self.privacy if key == "sample_rate" else self
             if getattr(holder, key) is None:

@@ -32,7 +32,7 @@ QUICK_ROBUSTNESS_IMAGES = 150
 # one DP epoch took 85 s); the loss attack only (no reference models to train).
 CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
 # privmed's best recipes, as the default bundles are trained (benchmarks/train_defaults.sh): the model's
-# own defaults (config.MODEL_DEFAULTS), so these rows move when the defaults do.
+# own defaults (models.registry.MODELS), so these rows move when the defaults do.
 BEST = {"epochs": None, "batch_size": None}
 BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
               COVID: "effnet_lite0_head"}

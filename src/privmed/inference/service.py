@@ -105,8 +105,8 @@ def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes
 def redact_image(img: Image) -> tuple[Image, int]:
     """Burned-in text blacked out (filled with the image's minimum) before the model sees it; the
     number of regions. The words found stay here: they may be PHI."""
-    from privmed.data.ocr import OCRError
-    from privmed.data.redact import redact_array, text_boxes
+    from privmed.deid.ocr import OCRError
+    from privmed.deid.redact import redact_array, text_boxes
 
     try:
         _, boxes = text_boxes(img.pixels)

@@ -1,6 +1,6 @@
 """Drive the app's live camera mode in a real headless Chromium with a fake camera (a .y4m file made
-from real images): used by the browser test and ``benchmarks/bench_live.py``. Needs Chromium and
-the playwright package; nothing in privmed imports this module."""
+from real images): used by the browser tests and ``benchmarks/bench_live.py``. Needs Chromium and
+the playwright package."""
 from __future__ import annotations
 
 import contextlib
