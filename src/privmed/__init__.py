@@ -4,9 +4,8 @@
     model = privmed.load_model("chest_xray_pneumonia")   # a default bundle, or a bundle path
     print(model.predict("xray.jpeg").label)
 """
-__version__ = "0.1.0"
-
-from privmed.data.read import load_image  # noqa: E402
+from privmed.data.read import load_image
+from privmed.version import __version__
 
 
 def load_model(name_or_path):

@@ -59,7 +59,7 @@ def safe_image_meta(meta: dict) -> dict:
 def model_card(metadata: dict, name: str | None = None, site: dict | None = None) -> dict:
     """What a clinician or auditor needs to judge a bundle; the full privacy ledger included, and the
     site calibration in use (``site``: ``inference.site.load``'s document) with its own guarantee."""
-    from privmed.inference import site as site_calibration
+    import privmed.inference.site as site_calibration
     from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from privmed.models import efficientnet_lite as effl
+import privmed.models.efficientnet_lite as effl
 from privmed.models.cnn import PaperCNN
 from privmed.models.scatter_cnn import VERSION as SCATTER_VERSION, ScatterCNN, ScatterFrozen
 
