@@ -5,7 +5,14 @@
     print(model.predict("xray.jpeg").label)
 """
 from privmed.data.read import load_image
-from privmed.version import __version__
+
+
+def __getattr__(name: str):
+    if name == "__version__":  # read on first use: importlib.metadata costs every `import privmed` otherwise
+        from privmed.version import __version__
+
+        return __version__
+    raise AttributeError(f"module 'privmed' has no attribute '{name}'")
 
 
 def load_model(name_or_path):

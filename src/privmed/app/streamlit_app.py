@@ -13,7 +13,7 @@ import os
 import streamlit as st
 
 from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
-from privmed.app.cli import check_address
+from privmed.app.launch import check_address
 from privmed.errors import PrivmedError
 from privmed.inference.intended_use import describe
 from privmed.inference.report import ABSTAIN_MESSAGE, fhir
