@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import sys
@@ -24,8 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.config import REPO_ROOT, TrainConfig
+from privmed.config import REPO_ROOT, TrainConfig, default_data_root
+from privmed.data.datasets import load_record, open_dataset
+from privmed.evaluation.evaluate import evaluate
 from privmed.evaluation.robustness import robustness_table
+from privmed.inference.bundle import read_metadata, read_run_log
+from privmed.inference.predictor import load_model
+from privmed.pipeline import train_bundle
 from privmed.training.recipe import train_config, train_parser
 
 CHEST, BRAIN, COVID, CT = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray", "covid19_ct"
@@ -127,10 +133,6 @@ def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
     """Model throughput on this machine's CPUs: decoded test images -> ``Model.scores_many``, the
     served path (the upload's preprocessing, calibrated probabilities and OOD scores, batch 32,
     frozen backbone included). Decoding the files is not timed."""
-    from privmed.config import default_data_root
-    from privmed.data.datasets import load_record, open_dataset
-    from privmed.inference.predictor import load_model
-
     model = load_model(bundle)
     recs = open_dataset(dataset, default_data_root()).records("test")[:n]  # any test images: only speed counts
     model.scores_many([load_record(r).pixels for r in recs[:4]])  # warm-up
@@ -144,10 +146,6 @@ def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
 
 
 def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
-    from privmed.evaluation.evaluate import evaluate
-    from privmed.inference.bundle import read_metadata
-    from privmed.pipeline import train_bundle
-
     d = run_dir / entry["id"]
     res_path = d / "result.json"
     if res_path.is_file():
@@ -158,8 +156,6 @@ def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
     if not (bundle / "metadata.json").is_file():
         train_bundle(entry_config(entry), bundle, progress=progress)
     meta = read_metadata(bundle)
-    from privmed.inference.bundle import read_run_log
-
     run = read_run_log(bundle)
     test = evaluate(bundle, progress=progress)
     res = {**entry, "bundle": str(bundle), "commands": {"train": train_command(entry, rel),
@@ -369,8 +365,6 @@ def entry_target(r: dict) -> float | None:
 
 
 def _cpu() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

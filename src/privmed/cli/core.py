@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from privmed.cli.common import print_result
-from privmed.errors import PrivmedError
+from privmed.errors import ImageReadError, PrivmedError
 from privmed.training.recipe import ACCOUNTANTS, add_device_argument, add_train_arguments, train_config
 
 
@@ -64,7 +64,6 @@ def _record(a, r: dict) -> None:
 
 
 def cmd_predict(a):
-    from privmed.errors import ImageReadError
     from privmed.inference import load_model
 
     model = load_model(a.bundle)
