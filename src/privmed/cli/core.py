@@ -303,7 +303,7 @@ def _model_parsers(sub) -> None:
 
 
 def _privacy_parsers(pv) -> None:
-    """``privmed privacy account`` and ``privmed privacy budget`` (the audit registers itself)."""
+    """``privmed privacy account`` and ``privmed privacy budget`` (``privmed privacy audit`` comes from ``cli/evaluation.py``)."""
     pa = pv.add_parser("account", help="epsilon from noise multiplier, sample rate, steps and delta")
     pa.add_argument("--sigma", type=float, required=True)
     pa.add_argument("--sample-rate", type=float, required=True)
