@@ -5,7 +5,7 @@ counter's growth), the share of camera frames dropped (newest-frame policy), and
 arrival at the server -> prediction done, the readout's median). Also the in-process cost (wall and CPU) of one
 640x480 frame through the same path (BMP bytes -> decode -> quality gate -> model), as the ceiling.
 
-    python benchmarks/bench_live.py [--bundle PATH] [--seconds 20] [--onnx] [--append docs/BENCHMARKS.md]
+    python benchmarks/bench_live.py [--bundle PATH] [--seconds 20] [--onnx] [--append docs/notebook/BENCHMARKS.md]
 
 ``--onnx`` repeats the browser run with an ONNX Runtime export of the bundle (made in a temporary copy).
 """

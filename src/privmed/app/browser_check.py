@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-CHROMIUM = os.environ.get("PRIVMED_CHROMIUM", "/usr/bin/chromium")
+from privmed.config import settings
+
+CHROMIUM = settings().chromium  # PRIVMED_CHROMIUM
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]

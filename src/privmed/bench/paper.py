@@ -44,7 +44,7 @@ CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
 BEST = {"epochs": None, "batch_size": None}
 BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
               COVID: "effnet_lite0_head"}
-# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/RESULTS.md ("A DP CNN that learns")
+# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/notebook/RESULTS.md ("A DP CNN that learns")
 SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0, "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
 
 
@@ -247,7 +247,7 @@ def _intro(results: list[dict], run_dir: Path | None, quick: bool) -> list[str]:
          "Entries not run are listed at the end.", ""]
     if any(one_class(r) for r in results):
         L += ["Rows marked \"one class only\" predict the same class for every test image: their accuracy is the "
-              "majority baseline and their AUC says only how the scores rank. See docs/BENCHMARKS.md "
+              "majority baseline and their AUC says only how the scores rank. See docs/notebook/BENCHMARKS.md "
               "(\"DP CNN from scratch\") for why the from-scratch CNN collapses under DP-SGD here.", ""]
     return L
 

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from privmed.config import settings
 from privmed.errors import PrivmedError
 
 TABLE_SOURCE = "dicom-anonymizer dicomfields_2026c (DICOM PS3.15 2026c Table E.1-1)"
@@ -89,9 +90,9 @@ def load_secret(path: str | Path | None, out_dir: str | Path | None = None, crea
     """The HMAC key: ``PRIVMED_DEID_SECRET`` (hex or text), else the file ``path`` (created 0600 with
     32 random bytes when missing and ``create``). Refused when the file lies inside ``out_dir``: whoever
     receives the de-identified data must not receive the key that links it back."""
-    env = os.environ.get("PRIVMED_DEID_SECRET")
+    env = settings().deid_secret
     if path is None and env:
-        return env.encode()
+        return env.get_secret_value().encode()
     if path is None:
         raise SecretError("de-identification needs a site secret: --secret-file FILE (created if missing, keep "
                           "it off the output) or PRIVMED_DEID_SECRET")

@@ -5,8 +5,9 @@ that ``Model`` can look for it without importing the quantization tool (which it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from privmed.config import settings
 
 INT8_FILE = "model.int8.onnx"
 RECORD_FILE = "int8.json"
@@ -21,7 +22,7 @@ def local_dir(bundle: Path) -> Path:
 def usable_int8(bundle: Path, meta: dict) -> Path | None:
     """``BUNDLE.local/model.int8.onnx`` when it was accepted and still matches this bundle's weights
     and fp32 graph; ``PRIVMED_INT8=off`` never uses it."""
-    if os.environ.get("PRIVMED_INT8", "auto").lower() in ("0", "off", "false", "no"):
+    if settings().int8 == "off":
         return None
     d = local_dir(bundle)
     try:
