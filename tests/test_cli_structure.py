@@ -18,6 +18,7 @@ from privmed.training.recipe import train_config, train_parser
 
 SRC = Path(privmed.__file__).resolve().parent
 EXTRAS = ("fastapi", "uvicorn", "streamlit", "flwr", "onnxruntime", "matplotlib", "sqlalchemy")
+HEAVY = ("torch", "opacus")  # core, but seconds to import: `privmed --help` must not wait for them
 # subcommands of `privmed` and of `privmed privacy`, by the module that registers them
 COMMANDS = {"core": ["data", "cache", "bundle", "train", "evaluate", "predict", "calibrate", "models", "privacy"],
             "evaluation": ["report"], "bench": ["bench"], "federated": ["federate"],
@@ -27,11 +28,11 @@ PRIVACY_COMMANDS = ["account", "budget", "audit"]
 
 def _privmed(*args: str, block: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter; ``block`` makes those packages unimportable, as in an install
-    without the extras, and the run fails if any of ``EXTRAS`` was imported anyway."""
+    without the extras, and the run fails if any of ``EXTRAS`` or ``HEAVY`` was imported anyway."""
     code = (f"import sys\nfor m in {block!r}: sys.modules[m] = None\n"
             "from privmed.cli import main\n"
             "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
-            f"loaded = sorted(m for m in {EXTRAS!r} if sys.modules.get(m) is not None)\n"
+            f"loaded = sorted(m for m in {EXTRAS + HEAVY!r} if sys.modules.get(m) is not None)\n"
             "assert not loaded, f'imported at start-up: {loaded}'\nsys.exit(code)\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 

@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from privmed.app.launch import check_address, streamlit_command
-
 
 def cmd_app(a) -> int:
+    from privmed.app.launch import check_address, streamlit_command  # loads the settings: not at `privmed --help`
+
     check_address(a.address)
     env = dict(os.environ)
     if a.bundle:
