@@ -227,8 +227,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "privmed"
 
 
+# The default bundles ship inside the package (a link to the checkout's bundles/, followed when a wheel
+# is built), so a wheel install finds them without a checkout.
+SHIPPED_BUNDLES = Path(__file__).resolve().parent / "bundles"
+
+
+def _checkout_bundles() -> Path | None:
+    """bundles/ of a source checkout (an editable install); None in a wheel install."""
+    d = REPO_ROOT / "bundles"
+    return d if (REPO_ROOT / "pyproject.toml").is_file() and d.is_dir() else None
+
+
 def bundles_dir() -> Path:
-    return (settings().bundles or REPO_ROOT / "bundles").expanduser()
+    """Where bundles are found by name and written by default: ``PRIVMED_BUNDLES``, else the checkout's
+    bundles/, else ``$XDG_DATA_HOME/privmed/bundles`` (a wheel install: the package folder may be read-only)."""
+    chosen = settings().bundles or _checkout_bundles()
+    if chosen:
+        return chosen.expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "privmed" / "bundles"
+
+
+def bundle_search_dirs() -> list[Path]:
+    """Folders searched for bundles by name: ``bundles_dir()``, then the bundles shipped in the package
+    unless ``PRIVMED_BUNDLES`` names the only place to look."""
+    dirs = [bundles_dir()]
+    if not settings().bundles and SHIPPED_BUNDLES.is_dir() and SHIPPED_BUNDLES.resolve() != dirs[0].resolve():
+        dirs.append(SHIPPED_BUNDLES)
+    return [d for d in dirs if d.is_dir()]
 
 
 def budget_dir() -> Path:
