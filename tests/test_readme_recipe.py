@@ -7,10 +7,7 @@ from pathlib import Path
 
 from privmed.cli import build_parser
 
-try:  # the recipe flags live beside the training code once the CLI is a package
-    from privmed.training.recipe import train_config
-except ImportError:
-    from privmed.cli import train_config
+from privmed.training.recipe import train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "chest_xray_pneumonia"
