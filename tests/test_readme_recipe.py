@@ -6,7 +6,6 @@ import shlex
 from pathlib import Path
 
 from privmed.cli import build_parser
-
 from privmed.training.recipe import train_config
 
 ROOT = Path(__file__).resolve().parent.parent
