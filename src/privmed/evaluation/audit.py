@@ -43,7 +43,7 @@ from privmed.evaluation import dp_bounds as B
 from privmed.files import sha256_file
 from privmed.inference.bundle import load_bundle
 from privmed.models import get_model
-from privmed.models.registry import with_public_basis
+from privmed.models.registry import spec_of, with_public_basis
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
 
 log = logging.getLogger("privmed.audit")
@@ -298,7 +298,7 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     target_hashes = {train_hash[i] for i in mem}
     pool = np.array([i for i in np.setdiff1d(np.arange(len(x_tr)), mem) if train_hash[i] not in target_hashes])
     recipe = A.Recipe.from_metadata(meta)
-    pixel_model = isinstance(model.frozen, torch.nn.Identity)
+    pixel_model = spec_of(model.name).takes_pixels
     pool_units = _units([train_recs[i] for i in pool]) if by_patient else None
     ref_logits, ref_seconds = _reference_logits(meta, model, recipe, x_tr[pool], y_tr[pool], pool_units, x_t,
                                                 k_reference, seed, pixel_model, progress)

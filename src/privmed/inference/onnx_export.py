@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privmed.config import settings
 from privmed.files import atomic_path, sha256_file
 
 ONNX_FILE = "model.onnx"
@@ -39,16 +40,14 @@ def session(path: Path | bytes, threads: int | None = None):
     so the bytes checked are the bytes run). Worker threads do not spin-wait between runs (spinning doubled the
     whole-path latency on a shared 2-core machine: it steals the cores decoding and the quality gate
     need); ``PRIVMED_ORT_SPIN=1`` turns it back on, ``PRIVMED_ORT_THREADS`` sets the thread count."""
-    import os
-
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or int(os.environ.get("PRIVMED_ORT_THREADS", "0") or 0)
+    threads = threads or settings().ort_threads
     if threads:
         opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PRIVMED_ORT_SPIN", "0"))
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings().ort_spin else "0")
     model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
@@ -140,15 +139,10 @@ def _ort_version() -> str:
 
 
 def onnx_mode() -> str:
-    """``PRIVMED_ONNX``: "off" (0/off/false/no: always torch), "on" (1/on/true/yes: the bundle's
-    ``model.onnx`` even where it was timed slower than torch) or "auto" (default: ONNX Runtime, from
-    the bundle's graph when it was timed faster, else from a graph exported into the cache)."""
-    import os
-
-    value = os.environ.get("PRIVMED_ONNX", "auto").strip().lower()
-    if value in ("0", "off", "false", "no"):
-        return "off"
-    return "on" if value in ("1", "on", "true", "yes") else "auto"
+    """``PRIVMED_ONNX`` (``Settings.onnx``): "off" (always torch), "on" (the bundle's ``model.onnx``
+    even where it was timed slower than torch) or "auto" (default: ONNX Runtime, from the bundle's
+    graph when it was timed faster, else from a graph exported into the cache)."""
+    return settings().onnx
 
 
 def usable(bundle_path: Path, meta: dict) -> bool:

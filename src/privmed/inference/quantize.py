@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-# where the int8 graph lives and when it serves: inference.runtime, which Model asks
-from privmed.inference.runtime import INT8_FILE, RECORD_FILE, local_dir, usable_int8  # noqa: F401 - re-exported
+from privmed.inference.int8 import INT8_FILE, RECORD_FILE, local_dir
 
 MAX_DROP_POINTS = 0.5
 

@@ -35,12 +35,11 @@ import torch
 
 import privmed.cache as cache
 from privmed.files import atomic_path, atomic_write_text, sha256_bytes, sha256_file
+from privmed.inference.int8 import usable_int8
 from privmed.inference.onnx_export import ONNX_FILE, TOLERANCE, onnx_mode, session, timed_slower, usable, write_graph
 
 log = logging.getLogger(__name__)
 EXPORTER_VERSION = 1  # bump when write_graph changes what it writes
-INT8_FILE = "model.int8.onnx"
-RECORD_FILE = "int8.json"
 _said: set[str] = set()
 _export_lock = threading.Lock()  # one export at a time in a process (torch.onnx.export is not reentrant)
 
@@ -210,29 +209,6 @@ def _file_lock(path: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def local_dir(bundle: Path) -> Path:
-    """Deployment-side folder beside the bundle (``BUNDLE.local``): never part of a release."""
-    bundle = Path(bundle).resolve()
-    return bundle.with_name(bundle.name + ".local")
-
-
-def usable_int8(bundle: Path, meta: dict) -> Path | None:
-    """``BUNDLE.local/model.int8.onnx`` when it was accepted and still matches this bundle's weights
-    and fp32 graph; ``PRIVMED_INT8=off`` never uses it."""
-    if os.environ.get("PRIVMED_INT8", "auto").lower() in ("0", "off", "false", "no"):
-        return None
-    d = local_dir(bundle)
-    try:
-        record = json.loads((d / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    path, fp32 = d / INT8_FILE, Path(bundle) / ONNX_FILE
-    ok = (record.get("accepted") is True and record.get("weights_sha256") == meta.get("weights_sha256")
-          and path.is_file() and fp32.is_file() and sha256_file(path) == record.get("sha256")
-          and sha256_file(fp32) == record.get("fp32_onnx_sha256"))
-    return path if ok else None
 
 
 def _torch(meta: dict, why: str, level: int = logging.WARNING) -> Runtime:
