@@ -52,7 +52,10 @@ def main(argv=None):
         import onnxruntime  # noqa: F401
     except ImportError:
         pass
-    files = sorted(((a.data_root or default_data_root()) / "chest_xray_pneumonia" / "test").glob("*/*"))
+    test = (a.data_root or default_data_root()) / "chest_xray_pneumonia" / "test"
+    files = sorted(test.glob("*/*"))
+    if not files:
+        raise SystemExit(f"no chest X-ray test images under {test}; pass --data-root DATASETS")
     files = files[:: max(1, len(files) // a.n)][: a.n]
     _, t_first = timed(lambda: load_model(a.bundle))
     default, t_warm = timed(lambda: load_model(a.bundle))
