@@ -25,7 +25,7 @@ from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_r
 from privmed.inference.predictor import camera_input
 from privmed.models.batched import batched_forward
 from privmed.privacy.budget import Registry
-from privmed.privacy.ledger import add_validation_releases
+from privmed.privacy.ledger import add_validation_releases, release
 from privmed.privacy.randomness import SecretStream
 from privmed.privacy.releases import gaussian_sum, validation_history
 from privmed.training.data import unit_ids
@@ -74,9 +74,8 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
     (first, _), (hist, hist_std) = out
     noisy_counts = np.maximum(first[-k:], 1.0)
     n_units = float(noisy_counts.sum()) if dp else int(units.max()) + 1
-    release1 = {"release": f"{data}: class counts + margin histogram" + ("" if means else " + OOD class means") +
-                " (Gaussian mechanism)", "on": "validation", "noise_multiplier": sigma, "sample_rate": 1.0,
-                "steps": 1, "sensitivity": 1.0}
+    release1 = release(f"{data}: class counts + margin histogram" + ("" if means else " + OOD class means") +
+                       " (Gaussian mechanism)", sigma, on="validation", sensitivity=1.0)
     if dp and n_units < ood.MIN_UNITS:
         note = (f"{data} has about {n_units:.0f} units (DP estimate), too few for DP statistics: temperature "
                 "1, argmax decision, no out-of-distribution detector (the quality gate still runs)")
@@ -105,8 +104,7 @@ def validation_releases(logits: np.ndarray, emb: np.ndarray, y: np.ndarray, unit
                     "chosen_by": f"centre of the thresholds within noise of the largest balanced accuracy, {how}"}
     releases = [] if not dp else [
         release1,
-        {"release": f"{data}: OOD score histogram (Gaussian mechanism)", "on": "validation",
-         "noise_multiplier": sigma, "sample_rate": 1.0, "steps": 1, "sensitivity": 1.0}]
+        release(f"{data}: OOD score histogram (Gaussian mechanism)", sigma, on="validation", sensitivity=1.0)]
     notes = {"exact_in_sample_ood_refusal": float(np.mean(s > thresholds[0])), "n_units_validation_dp": n_units}
     return calibration, decision, block, releases, notes
 
