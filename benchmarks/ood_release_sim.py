@@ -4,8 +4,8 @@
 
 The shipped bundle is one draw of its mechanism; this redraws the mechanism's noise on the same data many
 times, with the code that trains bundles: the class-means release on the training units
-(``pipeline.ood_means_release``, noise multiplier ``ood_noise``) and the validation releases
-(``pipeline.validation_releases``, the same split and epsilon as the bundle). Each draw is scored on the
+(``privacy.validation.ood_means_release``, noise multiplier ``ood_noise``) and the validation releases
+(``privacy.validation.validation_releases``, the same split and epsilon as the bundle). Each draw is scored on the
 Kermany test split (in-distribution refusal; the issue's limit is 5 %) and on the covid19_xray films that are
 not Kermany copies (refused, or answered normal by the bundle's head: the issue's goal, >= 90 %), and on
 simulated phone photos of every 4th test film through the camera path (accepted at the camera threshold,
