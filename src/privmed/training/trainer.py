@@ -1,6 +1,12 @@
 """The training loop: DP-SGD over units of privacy (``privmed.privacy``) unless disabled, a
-checkpoint each epoch (resumable, accountant and DP releases included). ``fit`` is the loop itself:
-``train`` runs it on a dataset, the privacy audit (``evaluation/attacks.py``) on its reference data.
+checkpoint each epoch (resumable, accountant and DP releases included).
+
+One plain loop, ``run_steps``, in Opacus's shape: ``batch = sampler()``, ``optimizer.step(batch)``.
+Under DP the sampler is the unit-level Poisson sampler and the optimizer the clip-and-noise one
+(``privacy.DPSGD``, its physical-batch splitter inside); without, ``ShuffledBatches`` and
+``WeightedLoss``. ``fit`` runs it epoch by epoch (``train`` on a dataset, the privacy audit's
+reference models on theirs, ``evaluation/attacks.py``); a federated hospital runs it for its
+local steps (``federated/hospital.py``).
 
 Under DP the released weights are the last iterate (or its EMA): choosing an epoch on validation
 accuracy would be a release about validation images that no mechanism accounts for. Without DP
