@@ -6,9 +6,9 @@ import random
 
 import numpy as np
 import pytest
+from support.burned_in import burn, covered
 
-from privmed.data import text_detect
-from privmed.evaluation.burned_in import burn, covered
+from privmed.deid import text_detect
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,8 +45,7 @@ def test_detector_box_geometry_matches_the_image():
     """A synthetic line of text on a flat background: the box lands on it, in the input's pixels,
     for a small and a large image (the network sees the shorter side at 736 px)."""
     from PIL import Image, ImageDraw, ImageFont
-
-    from privmed.evaluation.burned_in import fonts
+    from support.burned_in import fonts
 
     for size in (224, 1400):
         img = Image.new("L", (size, size), 20)

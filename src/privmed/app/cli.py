@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from privmed.config import settings
 from privmed.errors import PrivmedError
 
 APP_FILE = Path(__file__).with_name("streamlit_app.py")
@@ -19,8 +20,9 @@ def streamlit_command(port: int, address: str = "127.0.0.1") -> list[str]:
 
 
 def check_address(address: str, env: dict | None = None) -> None:
-    env = os.environ if env is None else env
-    if address not in LOCAL and not address.startswith("unix://") and not env.get("PRIVMED_APP_PASSWORD"):
+    """``env``: the variables to judge instead of this process's settings (a child's environment)."""
+    password = settings().app_password if env is None else env.get("PRIVMED_APP_PASSWORD")
+    if address not in LOCAL and not address.startswith("unix://") and not password:
         raise PrivmedError(f"refusing to listen on {address}: the app would be reachable from other machines "
                            "without a login; set PRIVMED_APP_PASSWORD (the app then asks for it) or use 127.0.0.1")
 

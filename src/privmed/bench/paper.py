@@ -32,11 +32,11 @@ QUICK_ROBUSTNESS_IMAGES = 150
 # one DP epoch took 85 s); the loss attack only (no reference models to train).
 CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
 # privmed's best recipes, as the default bundles are trained (benchmarks/train_defaults.sh): the model's
-# own defaults (config.MODEL_DEFAULTS), so these rows move when the defaults do.
+# own defaults (models.registry.MODELS), so these rows move when the defaults do.
 BEST = {"epochs": None, "batch_size": None}
 BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
               COVID: "effnet_lite0_head"}
-# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/RESULTS.md ("A DP CNN that learns")
+# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/notebook/RESULTS.md ("A DP CNN that learns")
 SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0, "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
 
 
@@ -237,7 +237,7 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
          "Entries not run are listed at the end.", ""]
     if any(one_class(r) for r in results):
         L += ["Rows marked \"one class only\" predict the same class for every test image: their accuracy is the "
-              "majority baseline and their AUC says only how the scores rank. See docs/BENCHMARKS.md "
+              "majority baseline and their AUC says only how the scores rank. See docs/notebook/BENCHMARKS.md "
               "(\"DP CNN from scratch\") for why the from-scratch CNN collapses under DP-SGD here.", ""]
     cols = "| model | acc | prec | rec | F1 | AUC | img/s | eps | MIA AUC | TPR@1%FPR | eps_lb | commands |"
     sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"

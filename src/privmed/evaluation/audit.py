@@ -44,7 +44,7 @@ from privmed.evaluation import dp_bounds as B
 from privmed.files import sha256_file
 from privmed.inference.bundle import load_bundle, read_run_log, write_run_log
 from privmed.models import get_model
-from privmed.models.registry import with_public_basis
+from privmed.models.registry import spec_of, with_public_basis
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
 
 log = logging.getLogger("privmed.audit")
@@ -435,7 +435,7 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
 
     pool = _reference_pool(t)
     recipe = A.Recipe.from_metadata(meta)
-    pixel_model = isinstance(model.frozen, torch.nn.Identity)
+    pixel_model = spec_of(model.name).takes_pixels
     pool_units = _units([t.train_recs[i] for i in pool]) if t.by_patient else None
     ref_logits, ref_seconds = _reference_logits(meta, model, recipe, t.x_tr[pool], t.y_tr[pool], pool_units, t.x,
                                                 k_reference, seed, pixel_model, progress)

@@ -29,7 +29,7 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
 def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test", data_root: Path | None = None,
              exclude_leaked: bool = True, progress: bool = True, patient_disjoint: bool = False) -> dict:
     """Metrics on a split. ``patient_disjoint``: also drop images whose patient id occurs in train
-    (chest_xray_pneumonia: 170 test ids also name training files; docs/RESULTS.md on whether they
+    (chest_xray_pneumonia: 170 test ids also name training files; docs/notebook/RESULTS.md on whether they
     are the same people). ``report["private"]`` holds the counts of removed images: functions of the
     training images, kept out of the bundle by ``privmed evaluate --record``."""
     model = load_model(bundle)

@@ -14,7 +14,7 @@ import torch
 
 from privmed.data.transforms import Augment
 from privmed.errors import PrivacyBudgetError
-from privmed.models import get_model
+from privmed.models import get_model, spec_of
 from privmed.privacy import DPSGD, DPPlan, check_budget
 from privmed.privacy.ledger import COUNTS, DP_SGD, dp_sgd_release, release
 from privmed.privacy.randomness import SecretStream
@@ -62,7 +62,7 @@ class Hospital:
         opt = make_optimizer(self.net, tc.optimizer, tc.lr)
         self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, stream,
                             pc.physical_batch)
-        pixel_model = isinstance(model.frozen, torch.nn.Identity)  # as privmed train: scattering maps are 4-d too
+        pixel_model = spec_of(tc.model).takes_pixels  # as privmed train: scattering maps are 4-d too
         self.augment = Augment(tc.augment, draws=stream) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
         self.rounds_run: list[int] = []  # the server's round number of each round this hospital ran

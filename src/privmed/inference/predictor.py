@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privmed.config import PreprocessConfig, bundles_dir
+from privmed.config import PreprocessConfig, bundle_search_dirs
 from privmed.data.read import Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
@@ -228,11 +228,11 @@ def resolve_bundle(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_dir():
         return p
-    candidate = bundles_dir() / str(name_or_path)
-    if candidate.is_dir():
-        return candidate
-    known = sorted(d.name for d in bundles_dir().glob("*") if (d / "metadata.json").is_file()) \
-        if bundles_dir().is_dir() else []
+    roots = bundle_search_dirs()
+    for root in roots:
+        if (root / str(name_or_path)).is_dir():
+            return root / str(name_or_path)
+    known = sorted({d.name for root in roots for d in root.glob("*") if (d / "metadata.json").is_file()})
     raise BundleError(f"no bundle at '{name_or_path}'; pass a bundle directory or one of: {', '.join(known) or 'none'}")
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from privmed.config import settings
 
 INT8_FILE = "model.int8.onnx"
 RECORD_FILE = "int8.json"
@@ -170,7 +171,7 @@ def _ort_version() -> str:
 def usable_int8(bundle: Path, meta: dict) -> Path | None:
     """``BUNDLE.local/model.int8.onnx`` when it was accepted and still matches this bundle's weights
     and fp32 graph; ``PRIVMED_INT8=off`` never uses it."""
-    if os.environ.get("PRIVMED_INT8", "auto").lower() in ("0", "off", "false", "no"):
+    if settings().int8 == "off":
         return None
     d = local_dir(bundle)
     try:

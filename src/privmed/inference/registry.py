@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from privmed.config import bundles_dir
+from privmed.config import bundle_search_dirs
 from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
@@ -51,8 +51,12 @@ class Registry:
 
     def _dirs(self) -> list[Path]:
         dirs: list[Path] = []
-        if self.scan_default and bundles_dir().is_dir():
-            dirs += sorted(d for d in bundles_dir().iterdir() if (d / "metadata.json").is_file())
+        if self.scan_default:
+            seen: set[str] = set()  # a bundle name found earlier wins (the user's over the shipped one)
+            for root in bundle_search_dirs():
+                found = sorted(d for d in root.iterdir() if (d / "metadata.json").is_file() and d.name not in seen)
+                seen |= {d.name for d in found}
+                dirs += found
         return dirs + list(self.extra)
 
     def load_all(self) -> int:

@@ -46,7 +46,7 @@ def threshold_from_histogram(hist: np.ndarray, noise_std: float = 0.0) -> tuple[
     """Two classes: (margin threshold t on z_1 - z_0, balanced accuracy at t); class 1 is predicted when
     z_1 - z_0 >= t. t is the centre (median) of the thresholds whose balanced accuracy is within two noise
     standard deviations of the best: on a flat curve the noisy argmax is a random draw from the plateau
-    (chest: margin sd 1.2 over redraws of one release, 0.6 for the centre; docs/RESULTS.md).
+    (chest: margin sd 1.2 over redraws of one release, 0.6 for the centre; docs/notebook/RESULTS.md).
     ``noise_std``: the Gaussian noise per bin (0: exact counts, the centre of the tied best)."""
     h = np.asarray(hist, np.float64).reshape(2, len(_CENTRES))
     n1, n0 = max(h[1].sum(), 1e-9), max(h[0].sum(), 1e-9)

@@ -344,7 +344,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
         _save_checkpoint(ckpt, {"config": cfg.model_dump(mode="json"), **loop_state,
                                 "dp_class_counts": None if counts is None else np.asarray(counts).tolist()})
 
-    done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=isinstance(model.frozen, nn.Identity),
+    done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=spec.takes_pixels,
                val=(x_va, y_va), state=state, save=save if ckpt else None, stream=stream, progress=progress)
     model.trainable = done.net
     model.eval()
