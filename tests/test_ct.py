@@ -375,7 +375,7 @@ def test_app_lists_the_ct_task_and_shows_the_window(ct_bundle, monkeypatch, tmp_
     config.set_option("server.address", "127.0.0.1")  # as `privmed app` starts it (the app refuses 0.0.0.0)
 
     from privmed.app.backend import display_pixels
-    from privmed.app.cli import APP_FILE
+    from privmed.app.launch import APP_FILE
 
     monkeypatch.setenv("PRIVMED_APP_BUNDLES", str(ct_bundle))
     monkeypatch.setenv("PRIVMED_BUNDLES", str(tmp_path / "none"))

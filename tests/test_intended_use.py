@@ -232,7 +232,7 @@ def test_app_shows_the_intended_use_and_the_reason(tmp_path, monkeypatch):
     from streamlit import config
     from streamlit.testing.v1 import AppTest
 
-    from privmed.app.cli import APP_FILE
+    from privmed.app.launch import APP_FILE
 
     old = config.get_option("server.address")
     config.set_option("server.address", "127.0.0.1")

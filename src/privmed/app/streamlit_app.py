@@ -12,7 +12,7 @@ import json
 import streamlit as st
 
 from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
-from privmed.app.cli import check_address
+from privmed.app.launch import check_address
 from privmed.config import settings
 from privmed.errors import PrivmedError
 from privmed.inference.intended_use import describe

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from privmed.config import TrainConfig
-from privmed.data.datasets import open_dataset
+from privmed.data.datasets import load_record, open_dataset
 from privmed.errors import BundleError
 from privmed.evaluation.metrics import classification_report
 from privmed.inference.predictor import load_model
@@ -20,7 +20,6 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
     ``Model.scores_many``."""
     from tqdm import tqdm
 
-    from privmed.data.datasets import load_record
 
     pixels = (load_record(r).pixels for r in tqdm(records, desc="evaluate", disable=not progress, leave=False))
     return model.scores_many(pixels, batch)[0]

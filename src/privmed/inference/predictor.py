@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import privmed.inference.intended_use as intended_use
+import privmed.inference.site as site_calibration
 from privmed.config import PreprocessConfig, bundle_search_dirs
 from privmed.data.read import Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
-from privmed.inference import intended_use
-from privmed.inference import site as site_calibration
 from privmed.inference.bundle import load_bundle
 
 
@@ -58,8 +58,8 @@ class Model:
             self.use_site(site_calibration.load(self.path, self.metadata, None if site is True else site))
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
+            from privmed.inference.int8 import usable_int8
             from privmed.inference.onnx_export import session, usable
-            from privmed.inference.quantize import usable_int8
 
             int8 = usable_int8(self.path, self.metadata) if local_graphs else None  # accepted int8 graph first
             if int8 is not None:

@@ -9,6 +9,7 @@ from privmed.config import bundle_search_dirs
 from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
+from privmed.inference.predictor import Model
 
 
 class UnknownModel(LookupError):
@@ -113,8 +114,6 @@ class Registry:
     def model(self, entry: dict):
         """The loaded model; re-verified (checksum, signature) whenever a bundle file changed on disk.
         Raises ``BundleError`` when it no longer verifies (the API answers 503)."""
-        from privmed.inference.predictor import Model
-
         path = Path(entry["path"]).resolve()
         if entry.get("broken"):
             self._loaded.pop(path, None)

@@ -1,4 +1,4 @@
-"""``privmed deid``, ``privmed label``, ``privmed pacs``: registered by ``privmed.cli._extensions``.
+"""``privmed deid``, ``privmed label``, ``privmed pacs``: registered by ``privmed.cli``.
 Every message and JSON report is counts, output names and UIDs: no patient value."""
 from __future__ import annotations
 
