@@ -16,7 +16,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 from conftest import default_bundle  # noqa: E402
-
 from privmed.files import sha256_file  # noqa: E402
 from privmed.inference import runtime  # noqa: E402
 from privmed.inference.onnx_export import TOLERANCE  # noqa: E402

@@ -1,4 +1,4 @@
-"""The learned text-line detector (PP-OCRv4 DB via onnxruntime) on real radiographs with burned-in text."""
+"""The learned text-line detector (PP-OCRv6 small DB via onnxruntime) on real radiographs with burned-in text."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ from privmed.deid import text_detect
 @pytest.fixture(scope="module", autouse=True)
 def detector():
     if not text_detect.available():
-        why = "rapidocr-onnxruntime is not installed (make setup installs it with --no-deps)"
+        why = "rapidocr is not installed (make setup installs it: the serve extra)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{why} (CI=true: required)")
         pytest.skip(why)
