@@ -67,6 +67,7 @@ def test_models_and_card(api, small_bundle):
     r = api.get("/v1/models", headers=auth(api, "clinician"))
     assert r.status_code == 200
     (m,) = r.json()["models"]
+    assert m["runtime"] == "onnxruntime"  # loaded at start: a graph exported into the cache serves
     card = api.get(f"/v1/models/{m['id']}", headers=auth(api, "clinician")).json()
     assert card["id"] == m["id"] and card["classes"] == ["covid", "normal", "viral_pneumonia"]
     for k in ("epsilon", "delta", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "accountant",

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(16, description="most images in one micro-batch")
     batch_wait_ms: float = Field(5.0, description="longest wait to fill a micro-batch in ms (capped at 5)")
     batch_queue: int = Field(64, description="requests queued for a micro-batch before answering 503")
-    onnx: AutoOnOff = Field("auto", description="ONNX Runtime: auto when the bundle's graph was faster, on whenever "
-                                                "a verified graph exists, off never")
+    onnx: AutoOnOff = Field("auto", description="ONNX Runtime: auto (the bundle's model.onnx when it was timed faster, "
+                                                "else a checked graph exported into the cache on first load), on "
+                                                "(the bundle's model.onnx even when timed slower), off (torch)")
     int8: AutoOff = Field("auto", description="the accepted int8 graph of a bundle: auto (or on) uses it, off never")
     ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
     ort_spin: OnOff = Field(False, description="ONNX Runtime threads spin while waiting for work")

@@ -218,7 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ---------- models
     @app.get("/v1/models", responses=errors(*V1))
     def list_models(request: Request, p: Principal = Depends(require("models"))):
-        return {"models": [_summary(e, registry.site(e)) for e in registry.entries()]}
+        return {"models": [_summary(e, registry.site(e), registry.runtime(e)) for e in registry.entries()]}
 
     @app.get("/v1/models/{model_ref}", responses=errors(404, 422, *V1))
     def get_model(model_ref: str, request: Request, p: Principal = Depends(require("models"))):
@@ -475,7 +475,7 @@ def _append_held(store: Store, held: dict) -> None:
                             "counted rather than logged one by one")
 
 
-def _summary(e: dict, site: dict | None = None) -> dict:
+def _summary(e: dict, site: dict | None = None, runtime: str | None = None) -> dict:
     from privmed.inference import site as site_calibration
     from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
@@ -488,7 +488,7 @@ def _summary(e: dict, site: dict | None = None) -> dict:
             "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
             "privacy_statement": statement(m), "intended_use": for_bundle(m),
             "site_calibration": site_calibration.summary(site) if site else None,
-            "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
+            "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")), "runtime": runtime,
             # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
             "available": not e.get("broken")}
 

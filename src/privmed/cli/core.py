@@ -119,6 +119,7 @@ def cmd_calibrate(a):
 def cmd_models(a):
     from privmed.config import bundles_dir
     from privmed.inference.bundle import read_metadata
+    from privmed.inference.runtime import expected
 
     rows = []
     root = Path(a.dir) if a.dir else bundles_dir()
@@ -128,9 +129,9 @@ def cmd_models(a):
             rows.append({"name": d.name, "path": str(d), "model_id": m.get("model_id"), "task": m.get("task"),
                          "dataset": m.get("dataset"), "classes": m.get("classes"),
                          "epsilon": (m.get("privacy") or {}).get("epsilon"),
-                         "delta": (m.get("privacy") or {}).get("delta")})
-    print_result(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['classes']}"
-                                         for r in rows) or f"no bundles in {root}")
+                         "delta": (m.get("privacy") or {}).get("delta"), "runtime": expected(d, m)})
+    print_result(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['runtime']:12} "
+                                         f"{r['classes']}" for r in rows) or f"no bundles in {root}")
 
 
 def cmd_data_inspect(a):

@@ -18,6 +18,7 @@ from privmed.data.read import Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
 from privmed.inference.bundle import load_bundle
+from privmed.inference.runtime import choose as choose_runtime
 
 
 @dataclass
@@ -56,20 +57,9 @@ class Model:
         self.site = None  # a site calibration beside the bundle (BUNDLE.site/), applied over the above
         if site is not False:
             self.use_site(site_calibration.load(self.path, self.metadata, None if site is True else site))
-        self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
-        try:
-            from privmed.inference.int8 import usable_int8
-            from privmed.inference.onnx_export import session, usable
-
-            int8 = usable_int8(self.path, self.metadata) if local_graphs else None  # accepted int8 graph first
-            if int8 is not None:
-                self.session, self.backend = session(int8), "onnxruntime-int8"
-            elif usable(self.path, self.metadata):
-                self.session, self.backend = session(self.path / "model.onnx"), "onnxruntime"
-        except Exception:  # onnxruntime missing or the graph unreadable: the torch path serves
-            self.session = None
-        if self.session is None:
-            self.backend = "torch"
+        # ONNX Runtime where a graph of these weights serves (inference.runtime), else torch
+        self.runtime = choose_runtime(self.path, self.metadata, self.net, local_graphs=local_graphs)
+        self.session, self.backend = self.runtime.session, self.runtime.backend
 
     def use_site(self, site: dict | None) -> None:
         """Serve with a site's DP calibration (``inference.site``) instead of the bundle's own."""
@@ -89,7 +79,8 @@ class Model:
                 "intended_use": self.intended,
                 "privacy": {**{k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")},
                             "statement": statement(self.metadata)},
-                "site_calibration": site_calibration.summary(self.site) if self.site else None}
+                "site_calibration": site_calibration.summary(self.site) if self.site else None,
+                "runtime": self.backend}
 
     def label_index(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class per row of probabilities: the operating point for two classes, else argmax."""

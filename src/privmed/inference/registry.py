@@ -10,6 +10,7 @@ from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
 from privmed.inference.predictor import Model
+from privmed.inference.runtime import expected
 
 
 class UnknownModel(LookupError):
@@ -148,6 +149,13 @@ class Registry:
             return site_calibration.load(Path(entry["path"]), entry["metadata"])
         except BundleError:
             return None
+
+    def runtime(self, entry: dict) -> str:
+        """The backend serving ``entry``: its loaded model's, else the one it would load with."""
+        cached = self._loaded.get(Path(entry["path"]).resolve())
+        if cached:
+            return cached[1].backend
+        return expected(Path(entry["path"]), entry["metadata"], local_graphs=not self.pubkey)
 
     @property
     def loaded(self) -> int:
