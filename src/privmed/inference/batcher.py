@@ -18,8 +18,10 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from privmed.errors import Unavailable
 
-class Busy(Exception):
+
+class Busy(Unavailable):
     """The batch queue is full: the caller should answer 503 and let the client retry."""
 
 

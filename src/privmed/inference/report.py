@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from privmed.errors import ImageReadError
+from privmed.errors import WrongModality
 
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
          "display": "Artificial Intelligence asserted"}
@@ -36,7 +36,7 @@ def check_modality(image_meta: dict, model_metadata: dict) -> None:
     if not modality or not allowed or modality in allowed or modality == "OT":
         return
     name = _MODALITY_NAMES.get(modality, modality)
-    raise ImageReadError(
+    raise WrongModality(
         f"the DICOM Modality is {modality} ({name}) but this model reads {'/'.join(allowed)} images "
         f"({model_metadata.get('task')}); choose a model for this modality"
     )
