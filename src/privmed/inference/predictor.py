@@ -5,7 +5,8 @@ abstain decision (bad quality, out of distribution, low confidence).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,13 @@ class Prediction:
     heatmap: np.ndarray | None = None
     dicom: dict | None = None  # DICOM input only: modality, window used (HU for CT), frame
 
-    def to_dict(self, heatmap: bool = False) -> dict:
-        d = asdict(self)
+    def to_dict(self, heatmap: bool = False, model: bool = True) -> dict:
+        """``model=False``: without the model's summary (the served result carries the card instead;
+        deep-copying the summary for every image cost more than the rest of the dict)."""
+        if not model:
+            d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+        else:
+            d = asdict(self)
         d["heatmap"] = self.heatmap.round(3).tolist() if heatmap and self.heatmap is not None else None
         return d
 

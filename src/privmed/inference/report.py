@@ -92,8 +92,7 @@ def model_card(metadata: dict, name: str | None = None, site: dict | None = None
 
 def result_dict(pred, *, filename: str | None, input_sha256: str, image_meta: dict | None = None,
                 heatmap: bool = False) -> dict:
-    d = pred.to_dict(heatmap=heatmap)
-    d.pop("model", None)
+    d = pred.to_dict(heatmap=heatmap, model=False)
     if not heatmap:
         d.pop("heatmap", None)
     out = {"filename": filename, "input_sha256": input_sha256, **d,
