@@ -18,6 +18,8 @@ from privmed.api.server import Settings, create_app  # noqa: E402
 from privmed.api.status import STATUS, status_for  # noqa: E402
 from privmed.data import read  # noqa: E402
 from privmed.errors import (  # noqa: E402
+    ArchiveError,
+    ArchiveTooLarge,
     BundleError,
     EmptyUpload,
     ImageReadError,
@@ -47,7 +49,8 @@ def client_for(tmp_path, small_bundle, **kw) -> TestClient:
 
 
 def test_each_typed_error_has_its_status():
-    expected = {EmptyUpload: 400, UploadTooLarge: 413, UnsupportedFormat: 415, Undecodable: 422,
+    expected = {ArchiveError: 400, ArchiveTooLarge: 413, EmptyUpload: 400, UploadTooLarge: 413, UnsupportedFormat: 415,
+                Undecodable: 422,
                 WrongModality: 422, ImageReadError: 422, UnknownModel: 404, PrivacyBudgetError: 409,
                 BundleError: 503, Unavailable: 503, Busy: 503}
     for exc, status in expected.items():

@@ -43,3 +43,11 @@ class WrongModality(ImageReadError):
 
 class Unavailable(PrivmedError):
     """A part of the server this request needs is not available now (full batch queue, no OCR model)."""
+
+
+class ArchiveError(PrivmedError, ValueError):
+    """An upload that is not a usable site archive (layout, a repeated file, not a zip)."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """A site archive with too many files, or that unpacks past the limit."""

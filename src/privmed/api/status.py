@@ -10,6 +10,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from privmed.errors import (
+    ArchiveError,
+    ArchiveTooLarge,
     BundleError,
     EmptyUpload,
     ImageReadError,
@@ -25,6 +27,8 @@ from privmed.inference.registry import UnknownModel
 
 # the most specific type first wins (looked up along the exception's MRO)
 STATUS: dict[type, int] = {
+    ArchiveTooLarge: 413,
+    ArchiveError: 400,
     EmptyUpload: 400,
     UploadTooLarge: 413,
     UnsupportedFormat: 415,
