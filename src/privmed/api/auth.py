@@ -35,7 +35,7 @@ _REQUIRE: dict = {}
 def require(action: str):
     """The dependency admitting the roles in ``PERMISSIONS[action]`` (one function per action)."""
     if action not in _REQUIRE:
-        def dep(request: Request, p: Principal = Depends(principal)) -> Principal:
+        async def dep(request: Request, p: Principal = Depends(principal)) -> Principal:  # no I/O: no thread hop
             if request.app.state.settings.auth and p.role not in PERMISSIONS[action]:
                 raise HTTPException(403, f"role '{p.role}' may not {action}; this needs role "
                                          f"{' or '.join(sorted(PERMISSIONS[action]))}")
