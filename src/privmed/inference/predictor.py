@@ -108,11 +108,10 @@ class Model:
         (a site calibrated later loads a new ``Model``: the registry re-verifies changed bundles)."""
         from privmed.inference.report import model_card
 
-        key = (name, id(self.site))
         cached = self.__dict__.get("_card")
-        if cached is None or cached[0] != key:
-            cached = self._card = (key, model_card(self.metadata, name, self.site))
-        return cached[1]
+        if cached is None or cached[0] != name or cached[1] is not self.site:
+            cached = self._card = (name, self.site, model_card(self.metadata, name, self.site))
+        return cached[2]
 
     def label_index(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class per row of probabilities: the operating point for two classes, else argmax."""

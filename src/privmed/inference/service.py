@@ -50,18 +50,19 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
     digest = input_sha256 or sha256_bytes(data or b"")
     batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
     with batcher.coming() if batcher is not None else _NO_LOCK:
-        img, verdict, x, regions = _prepare(model, data, max_bytes, window, frame, source, redact, keep_decoded)
+        meta, verdict, x, regions, decoded = _prepare(model, data, max_bytes, window, frame, source, redact,
+                                                      keep_decoded)
     if batcher is not None:
         probs, ood = batcher.scores(x)  # a full queue raises Busy (an ``Unavailable``)
-        pred = model.finish(img.meta, verdict, x, probs, ood)
+        pred = model.finish(meta, verdict, x, probs, ood)
     else:
         with _PREDICT_LOCK:
             probs, ood = model.scores(x)
-            pred = model.finish(img.meta, verdict, x, probs, ood, explain=explain)
-    res = result_dict(pred, filename=filename, input_sha256=digest, image_meta=img.meta, heatmap=explain)
+            pred = model.finish(meta, verdict, x, probs, ood, explain=explain)
+    res = result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain)
     if redact:
         res["redacted_regions"] = regions
-    return res, img if keep_decoded else Image(x[0, 0].numpy(), img.meta)
+    return res, decoded if keep_decoded else Image(x[0, 0].numpy(), meta)
 
 
 def redact_image(img: Image) -> tuple[Image, int]:
@@ -92,9 +93,7 @@ def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str, red
     with _DECODE_SLOTS:
         img, verdict, x = model.prepare(data, window=window, frame=frame, source=source, max_bytes=max_bytes,
                                         edit=redact_step if redact else None)
-        if not keep_decoded:
-            img = Image(None, img.meta)
-        return img, verdict, x, regions[0]
+        return img.meta, verdict, x, regions[0], img if keep_decoded else None
 
 
 class _NoLock:
