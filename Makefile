@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[serve,report,test,hospital,federated,simulation]"
-	# only the ONNX text detector inside this wheel is used; its declared deps would add a second OpenCV
-	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
+	# a venv built before rapidocr replaced it holds rapidocr-onnxruntime, whose requirements are unmet
+	$(PY) -m pip uninstall -q -y rapidocr-onnxruntime 2>/dev/null || true
+	$(PY) -m pip check
 	touch $@
 
 app: setup

@@ -1,7 +1,8 @@
 """REST API under load: N concurrent clients POST real 224x224 chest X-ray JPEGs to
 ``/v1/predict`` on a uvicorn server (``privmed api``, auth and audit log on) for D seconds.
 
-    python benchmarks/bench_api_load.py [--bundle PATH] [--clients 8] [--duration 60] [--append docs/BENCHMARKS.md]
+    python benchmarks/bench_api_load.py [--bundle PATH] [--clients 8] [--duration 60]
+        [--append docs/notebook/BENCHMARKS.md]
         [--replicas 2] [--postgres]
 
 ``--replicas N`` starts N API processes on one database (client i talks to replica i mod N);

@@ -3,7 +3,7 @@ then with the Merkle tree, a signed checkpoint every N rows, an RFC 3161 timesta
 openssl authority, tests/tsa.py) and a witness co-signing each (`privmed log witness serve`).
 
     python benchmarks/bench_audit_cost.py [--bundle PATH] [--clients 8] [--duration 30] [--rounds 2]
-        [--every 100] [--append docs/BENCHMARKS.md]
+        [--every 100] [--append docs/notebook/BENCHMARKS.md]
 
 ApacheBench (`ab`, apache2-utils) sends one prepared multipart body (a real chest X-ray JPEG) from
 C concurrent connections, so the load generator is compiled and light. Configurations alternate

@@ -5,7 +5,7 @@ whole prediction path (decode -> quality gate -> preprocess -> forward -> OOD sc
 p50 and p99 over real 224x224 chest X-ray JPEGs, one request at a time. The bundle is copied to a
 temporary folder and exported to ONNX there (the original is not modified).
 
-    python benchmarks/bench_latency.py [--bundle PATH] [--n 200] [--append docs/BENCHMARKS.md]
+    python benchmarks/bench_latency.py [--bundle PATH] [--n 200] [--append docs/notebook/BENCHMARKS.md]
     python benchmarks/bench_latency.py --device cuda      # + torch CUDA and ONNX Runtime CUDA provider
 
 ``--device cuda`` adds the bare forward on the GPU, images/s at batch 1 and 32, for torch (CUDA

@@ -5,7 +5,7 @@ counter's growth), the share of camera frames dropped (newest-frame policy), and
 arrival at the server -> prediction done, the readout's median). Also the in-process cost (wall and CPU) of one
 640x480 frame through the same path (BMP bytes -> decode -> quality gate -> model), as the ceiling.
 
-    python benchmarks/bench_live.py [--bundle PATH] [--seconds 20] [--onnx] [--append docs/BENCHMARKS.md]
+    python benchmarks/bench_live.py [--bundle PATH] [--seconds 20] [--onnx] [--append docs/notebook/BENCHMARKS.md]
 
 ``--onnx`` repeats the browser run with an ONNX Runtime export of the bundle (made in a temporary copy).
 """
@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser harness: tests/support
 
 
 def in_process_ms(bundle: Path, frames: list) -> tuple[float, float]:
@@ -63,7 +65,7 @@ def format_ms(frames: list, reps: int = 10) -> dict:
 
 
 def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
-    from privmed.app.browser_check import live_session, running_app
+    from support.browser_check import live_session, running_app
 
     with running_app(bundle, work / "none", log=work / f"app-{bundle.name}.log") as url:
         r = live_session(url, video, seconds=seconds, min_predicted=3, start_timeout=120)
@@ -78,7 +80,8 @@ def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from privmed.app.browser_check import CHROMIUM, write_y4m
+    from support.browser_check import CHROMIUM, write_y4m
+
     from privmed.config import bundles_dir, default_data_root
 
     ap = argparse.ArgumentParser()

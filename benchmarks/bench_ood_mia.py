@@ -13,7 +13,7 @@ the same folder as validation, so (b) isolates the detector's leak from a train/
 Attack AUC: the better of "lower score => member" and the reverse, with a 95 % Hanley-McNeil interval.
 At most ``--n`` units per side, drawn with ``--seed``. Where the split keeps groups coarser than the
 unit together (covid19_ct: 40-slice blocks, unit image), also block means and a null: random training
-blocks in validation's place. Results: docs/RESULTS.md, "The OOD detector is no membership oracle"."""
+blocks in validation's place. Results: docs/notebook/RESULTS.md, "The OOD detector is no membership oracle"."""
 from __future__ import annotations
 
 import argparse

@@ -5,7 +5,7 @@ initialisation against the clipping norm, by class, and one step's signal agains
 
 When every example's gradient is clipped to the same norm C, each example pulls with the same
 force and class weights in the loss are erased; and the noise added to each step is several
-times the mean clipped gradient (docs/BENCHMARKS.md).
+times the mean clipped gradient (docs/notebook/BENCHMARKS.md).
 """
 import argparse
 import math

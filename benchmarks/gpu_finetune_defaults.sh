@@ -3,7 +3,7 @@
 # recipes, epsilon 2, each written as a bundle with its full ledger (runs/gpu/<dataset>, never over the
 # shipped bundles) and evaluated once on its test split. Built to finish inside 10 minutes of device time:
 # the three run side by side (16 cores decode and run the frozen blocks; the trainable tail, start 15, takes
-# 0.3-0.4 min of DP-SGD per chest recipe on an H200: docs/BENCHMARKS.md), each under its own time limit.
+# 0.3-0.4 min of DP-SGD per chest recipe on an H200: docs/notebook/BENCHMARKS.md), each under its own time limit.
 #
 #   bash benchmarks/gpu_finetune_defaults.sh                 # on the device machine, from the repo root
 #   DEVICE=cpu EPOCHS=1 DATASETS=covid19_xray bash benchmarks/gpu_finetune_defaults.sh   # smoke test here

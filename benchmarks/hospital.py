@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
+from pathlib import Path
 
 from privmed.config import default_data_root
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic generators: tests/support
+
 
 def redaction(n: int, seed: int) -> dict:
-    from privmed.evaluation.burned_in import measure
+    from support.burned_in import measure
 
     root = default_data_root()
     rng = random.Random(seed)
@@ -66,7 +70,7 @@ def redaction_cost(n: int, seed: int) -> dict:
 
 
 def labels(per_class: int, seed: int) -> dict:
-    from privmed.evaluation.label_ocr import measure
+    from support.label_ocr import measure
 
     root = default_data_root()
     out = {}

@@ -4,8 +4,8 @@
 
 The shipped bundle is one draw of its mechanism; this redraws the mechanism's noise on the same data many
 times, with the code that trains bundles: the class-means release on the training units
-(``pipeline.ood_means_release``, noise multiplier ``ood_noise``) and the validation releases
-(``pipeline.validation_releases``, the same split and epsilon as the bundle). Each draw is scored on the
+(``privacy.validation.ood_means_release``, noise multiplier ``ood_noise``) and the validation releases
+(``privacy.validation.validation_releases``, the same split and epsilon as the bundle). Each draw is scored on the
 Kermany test split (in-distribution refusal; the issue's limit is 5 %) and on the covid19_xray films that are
 not Kermany copies (refused, or answered normal by the bundle's head: the issue's goal, >= 90 %), and on
 simulated phone photos of every 4th test film through the camera path (accepted at the camera threshold,
@@ -28,6 +28,7 @@ import torch
 from scipy.special import softmax
 
 import privmed.pipeline as pipeline
+import privmed.privacy.validation as validation
 from privmed.calibrate import site_outputs
 from privmed.config import PrivacyConfig, TrainConfig
 from privmed.data.datasets import load_record, open_dataset
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
              (("train", splits.train), ("val", splits.val), ("id", kds.records("test")), ("covid_new", c_new))}
     k, p = len(model.classes), meta["privacy"]
     privacy = {"epsilon_target": p["epsilon_target"], "delta": p["delta"], "accountant": p["accountant"]}
-    pipeline.validation_history = functools.cache(pipeline.validation_history)  # a pure function, ~1 s a call
+    validation.validation_history = functools.cache(validation.validation_history)  # a pure function, ~1 s a call
     y_tr = np.array([r.label for r in splits.train])
     u_tr, _ = unit_ids(splits.train, p["unit_of_privacy"])
     y_va = np.array([r.label for r in splits.val])
@@ -78,9 +79,9 @@ def main(argv=None) -> None:
     for side in ("training units (shipped)", "validation units (as a site calibration)"):
         out = []
         for _ in range(a.releases):
-            means = (pipeline.ood_means_release(f["train"][1], y_tr, u_tr.numpy(), k, sigma_o)
+            means = (validation.ood_means_release(f["train"][1], y_tr, u_tr.numpy(), k, sigma_o)
                      if side.startswith("training") else None)
-            _, _, block, _, _ = pipeline.validation_releases(*f["val"], y_va, u_va.numpy(), k, privacy, means=means,
+            _, _, block, _, _ = validation.validation_releases(*f["val"], y_va, u_va.numpy(), k, privacy, means=means,
                                                              camera_emb=cam_val)
             thr = block["threshold"]
             out.append((np.mean(ood_scores(f["id"][1], block) > thr),

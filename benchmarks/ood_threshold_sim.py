@@ -1,4 +1,4 @@
-"""How often the DP OOD threshold rule (inference.ood.threshold_from_histogram) ends at its cap, simulated.
+"""How often the DP OOD threshold rule (privacy.ood.threshold_from_histogram) ends at its cap, simulated.
 
     python benchmarks/ood_threshold_sim.py [--units 281] [--sigma 2.836] [--releases 4000]
 
@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from privmed.inference import ood
+from privmed.privacy import ood
 
 
 def main(argv=None):

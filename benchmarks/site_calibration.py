@@ -2,7 +2,7 @@
 calibrate on one half (DP, the site's own epsilon), score the other with and without the calibration,
 then swap. A separate, labelled row: never the bundle's headline.
 
-    python benchmarks/site_calibration.py [--bundle PATH] [--epsilon 2] [--repeats 3] [--write docs/RESULTS.md]
+    python benchmarks/site_calibration.py [--bundle PATH] [--epsilon 2] [--repeats 3] [--write docs/notebook/RESULTS.md]
 
 Each calibration spends epsilon on its half (recorded in a throwaway budget registry: these are
 public test images standing in for a site's sample). Repeats draw fresh DP noise on the same halves.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.cli import _set_path  # the CLI's own --set KEY=VALUE rule
+from privmed.training.recipe import set_path  # the CLI's own --set KEY=VALUE rule
 from privmed.config import TrainConfig
 from privmed.evaluation.evaluate import evaluate
 from privmed.pipeline import train_bundle
@@ -68,7 +68,7 @@ def main() -> None:
     args.argv = ["python", "benchmarks/spread.py", *sys.argv[1:]]
     over: dict = {"dataset": args.dataset, **({"model": args.model} if args.model else {})}
     for item in args.set:
-        _set_path(over, *item.split("=", 1))
+        set_path(over, *item.split("=", 1))
     rows = [row(args.bundle)] if args.bundle else []
     for i in range(len(rows), args.runs):
         out = ROOT / "runs" / "spread" / f"{args.dataset}-{i}"

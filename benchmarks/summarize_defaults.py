@@ -2,7 +2,7 @@
 test metrics, each ledger's full recipe, and each audit. Numbers are read, never typed in by hand.
 
     python benchmarks/summarize_defaults.py                      # print
-    python benchmarks/summarize_defaults.py --write docs/RESULTS.md   # replace the block between markers
+    python benchmarks/summarize_defaults.py --write docs/RESULTS.md   # the block between markers of the results page
 """
 import argparse
 import json

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from privmed.cli import _set_path
+from privmed.training.recipe import set_path
 from privmed.config import TrainConfig
 from privmed.models.batched import batched_forward
 from privmed.training.trainer import train
@@ -24,7 +24,7 @@ from privmed.training.trainer import train
 def make_config(dataset: str, model: str, epsilon: float, overrides: dict) -> TrainConfig:
     data = {"dataset": dataset, "model": model, "privacy": {"epsilon": epsilon}}
     for key, value in overrides.items():
-        _set_path(data, key, json.dumps(value))  # the CLI's --set rule for dotted keys
+        set_path(data, key, json.dumps(value))  # the CLI's --set rule for dotted keys
     cfg = TrainConfig(**data)
     cfg.patience = cfg.epochs  # no early stop (DP releases the last iterate anyway)
     return cfg

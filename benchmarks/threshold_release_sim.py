@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/threshold_release_sim.py [BUNDLE] [--releases 300]
 
 The bundle's threshold is read off one noisy release of the validation margin histogram
-(``pipeline.validation_releases``). This rebuilds the exact per-unit histogram of the bundle's own
+(``privacy.validation.validation_releases``). This rebuilds the exact per-unit histogram of the bundle's own
 validation split and redraws the release's noise (the bundle's noise multiplier, histogram weight 0.8)
 many times, reading the threshold with the argmax rule (before 2026-12-05) and with the centre of the
 thresholds within noise of the best (``calibration.threshold_from_histogram(hist, noise_std)``). Validation
@@ -17,10 +17,10 @@ import argparse
 import numpy as np
 
 from privmed.config import TrainConfig
-from privmed.inference import calibration as cal
 from privmed.inference.bundle import load_bundle
 from privmed.models.batched import batched_forward
-from privmed.pipeline import W_HIST, _per_unit_mean
+from privmed.privacy import calibration as cal
+from privmed.privacy.validation import W_HIST, per_unit_mean
 from privmed.training.data import load_pixels, model_inputs, split_records, unit_ids
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     logits = batched_forward(model.trainable, model_inputs(model, load_pixels(splits.val, cfg, False), False)).numpy()
     y = np.array([r.label for r in splits.val])
     units, _ = unit_ids(splits.val, meta["privacy"]["unit_of_privacy"])
-    exact = _per_unit_mean(cal.margin_rows(logits, y, 2), units.numpy()).sum(0)
+    exact = per_unit_mean(cal.margin_rows(logits, y, 2), units.numpy()).sum(0)
     margin = logits[:, 1] - logits[:, 0]
 
     def balanced(t: float) -> float:

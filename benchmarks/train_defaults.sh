@@ -2,7 +2,7 @@
 # Rebuild the committed default bundles (epsilon = 2) and their non-private twins, evaluate each
 # once on its test split (brain MRI: leaked duplicates removed) and audit the DP bundles.
 # Results: runs/eval/. Private run logs land beside each bundle (bundles/<name>.run/, gitignored).
-# Recipes were chosen on validation accuracy only (docs/RESULTS.md, "Levers").
+# Recipes were chosen on validation accuracy only (docs/notebook/RESULTS.md, "Levers").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PRIVMED=${PRIVMED:-.venv/bin/privmed}

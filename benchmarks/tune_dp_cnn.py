@@ -1,6 +1,6 @@
 """Short DP training runs of the from-scratch CNN on chest X-ray, printing the per-epoch history
 (train loss, validation accuracy). Used to look for a recipe that does not collapse to the majority
-class; results in docs/BENCHMARKS.md.
+class; results in docs/notebook/BENCHMARKS.md.
 
     python benchmarks/tune_dp_cnn.py --size 64 --lr 1e-3 --batch-size 256 --epochs 4 --optimizer adam
     python benchmarks/tune_dp_cnn.py --lr 0.1 --batch-size 1024 --epochs 15 --optimizer sgd --no-augment

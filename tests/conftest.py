@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from privmed.config import bundles_dir, default_data_root
+from privmed.config import bundles_dir, default_data_root, settings
 
 
 def in_ci() -> bool:
@@ -50,9 +50,9 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory, data_root) -> Path:
-    env = os.environ.get("PRIVMED_TEST_BUNDLE")
-    if env and (Path(env) / "metadata.json").is_file():
-        return Path(env)
+    env = settings().test_bundle
+    if env and (env / "metadata.json").is_file():
+        return env
     from privmed.config import TrainConfig
     from privmed.pipeline import train_bundle
 
@@ -85,9 +85,9 @@ def effnet_bundle(tmp_path_factory, data_root) -> Path:
     ``bundles/chest_xray_pneumonia`` when installed, else trained on covid19_xray (3 epochs,
     epsilon 2; ~1-2 min cold, faster when the frozen-feature cache is warm). ``PRIVMED_TEST_EFFNET_BUNDLE``
     reuses an existing one."""
-    env = os.environ.get("PRIVMED_TEST_EFFNET_BUNDLE")
-    if env and (Path(env) / "metadata.json").is_file():
-        return Path(env)
+    env = settings().test_effnet_bundle
+    if env and (env / "metadata.json").is_file():
+        return env
     found = default_bundle("chest_xray_pneumonia")
     if found:
         return found

@@ -22,7 +22,7 @@ def fill_phi(ds, seed: int = 0) -> list[str]:
     from pydicom.datadict import dictionary_VR
     from pydicom.dataset import Dataset
 
-    from privmed.data.deid import action_table
+    from privmed.deid.header import action_table
 
     secrets: list[str] = []
     for i, tag in enumerate(sorted(action_table())):
@@ -98,8 +98,9 @@ def fill_phi(ds, seed: int = 0) -> list[str]:
 def burn_into_dicom(ds, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """Draw fake identifiers into the pixel data with a real font (bright on MONOCHROME2, the
     displayed-bright value on MONOCHROME1); returns (string, ink mask) pairs."""
-    from privmed.data.ocr import to_uint8
-    from privmed.evaluation.burned_in import burn
+    from support.burned_in import burn
+
+    from privmed.deid.ocr import to_uint8
 
     arr = ds.pixel_array
     b = burn(to_uint8(arr), random.Random(seed), n=3)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from privmed.app.cli import APP_FILE, check_address  # noqa: E402
+from privmed.app.launch import APP_FILE, check_address  # noqa: E402
 from privmed.errors import PrivmedError  # noqa: E402
 from privmed.privacy.ledger import statement  # noqa: E402
 

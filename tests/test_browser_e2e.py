@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import require_dataset
-from privmed.app.browser_check import ARGS, CHROMIUM, running_app
+from support.browser_check import ARGS, CHROMIUM, running_app
 
 
 @pytest.mark.browser

@@ -9,9 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import require_dataset
-from privmed.app.browser_check import CHROMIUM, live_session, running_app, write_y4m
+from support.browser_check import CHROMIUM, live_session, running_app, write_y4m
 
 
 @pytest.mark.browser

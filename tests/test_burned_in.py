@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pydicom
 import pytest
-
 from hospital_corpus import burn_into_dicom, real_dicom
-from privmed.data.deid import Options
-from privmed.data.ocr import find_text, parse_tsv, tesseract_path
-from privmed.evaluation.burned_in import burn, covered, tokens
+from support.burned_in import burn, covered, tokens
+
+from privmed.deid.header import Options
+from privmed.deid.ocr import find_text, parse_tsv, tesseract_path
 
 pytestmark = pytest.mark.skipif(tesseract_path() is None,
                                 reason="Tesseract 5 is not installed (apt-get install tesseract-ocr; .ci/run does)")
@@ -30,8 +30,8 @@ def test_parse_tsv_keeps_words_with_letters_or_digits():
 
 
 def test_dicom_burned_in_text_is_redacted(tmp_path):
-    from privmed.data.deid_files import deid_path
     from privmed.data.dicom import read_dicom
+    from privmed.deid.files import deid_path
 
     ds = real_dicom("RG1_UNCI.dcm")  # a real MONOCHROME1 chest radiograph, 1841 x 1955
     burned = burn_into_dicom(ds, seed=1)
@@ -63,7 +63,7 @@ def test_dicom_burned_in_text_is_redacted(tmp_path):
 def test_redaction_on_real_xrays(data_root):
     """Real chest X-rays (224 px and 640 px) with 1-3 identifiers each: what the recall number in
     docs/HOSPITAL.md measures, on a few images."""
-    from privmed.evaluation.burned_in import measure
+    from support.burned_in import measure
 
     imgs = sorted((data_root / "covid19_xray" / "test" / "normal").iterdir())[:4]
     r = measure(imgs, seed=2)
@@ -77,7 +77,7 @@ def test_redaction_on_real_xrays(data_root):
 def test_png_upload_is_redacted(tmp_path, data_root):
     from PIL import Image
 
-    from privmed.data.deid_files import deid_path
+    from privmed.deid.files import deid_path
 
     f = sorted((data_root / "covid19_xray" / "test" / "covid").iterdir())[0]
     gray = np.asarray(Image.open(f).convert("L"))
@@ -96,7 +96,8 @@ def test_png_upload_is_redacted(tmp_path, data_root):
 def test_prediction_barely_moves_after_deid(tmp_path):
     """The de-identified chest radiograph predicts as the original (|dp| <= 0.02) with the default model."""
     from conftest import default_bundle
-    from privmed.data.deid_files import deid_path
+
+    from privmed.deid.files import deid_path
     from privmed.inference import load_model
 
     bundle = default_bundle("chest_xray_pneumonia")

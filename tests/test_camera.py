@@ -78,7 +78,7 @@ def test_camera_photo_is_accepted_and_agrees_with_the_clean_film(chest_model, da
     for path in chest_films(data_root, per_class=4, seed=11):
         clean = analyse(chest_model, path.read_bytes())[0]
         if near_operating_point(chest_model, clean):
-            continue  # a photo may tip it either way (docs/BENCHMARKS.md)
+            continue  # a photo may tip it either way (docs/notebook/BENCHMARKS.md)
         photo = phone_photo(load_image(path).pixels, rng)
         res = analyse(chest_model, photo.jpeg, source="camera")[0]
         assert res["image"]["source"] == "camera" and res["image"]["rectified"]["found"]

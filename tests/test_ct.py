@@ -280,10 +280,11 @@ def test_inspect_reports_slice_blocks_and_cross_split_near_duplicates():
 def ct_bundle(tmp_path_factory) -> Path:
     """A tiny non-private CT model (paper CNN, 64 px, 1 epoch): the reading path is under test,
     not accuracy. ``PRIVMED_TEST_CT_BUNDLE`` reuses an existing one."""
-    env = os.environ.get("PRIVMED_TEST_CT_BUNDLE")
-    if env and (Path(env) / "metadata.json").is_file():
-        return Path(env)
-    from privmed.config import TrainConfig
+    from privmed.config import TrainConfig, settings
+
+    env = settings().test_ct_bundle
+    if env and (env / "metadata.json").is_file():
+        return env
     from privmed.pipeline import train_bundle
 
     cfg = TrainConfig(dataset="covid19_ct", model="cnn", epochs=1, batch_size=64, data_root=ct_root(),
@@ -374,7 +375,7 @@ def test_app_lists_the_ct_task_and_shows_the_window(ct_bundle, monkeypatch, tmp_
     config.set_option("server.address", "127.0.0.1")  # as `privmed app` starts it (the app refuses 0.0.0.0)
 
     from privmed.app.backend import display_pixels
-    from privmed.app.cli import APP_FILE
+    from privmed.app.launch import APP_FILE
 
     monkeypatch.setenv("PRIVMED_APP_BUNDLES", str(ct_bundle))
     monkeypatch.setenv("PRIVMED_BUNDLES", str(tmp_path / "none"))

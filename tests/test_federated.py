@@ -322,7 +322,7 @@ def test_local_momentum_reset_empties_the_optimizer_state_each_round(data_root):
     """--local-momentum reset: a hospital starts every round with no optimizer state (SGD momentum
     buffers / Adam moments); keep (default) carries it over. The ledger names the options."""
     from privmed.cli import build_parser
-    from privmed.federated.cli import federated_config
+    from privmed.cli.federated import federated_config
     from privmed.federated.run import Federation
 
     a = build_parser().parse_args(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root),
@@ -364,9 +364,9 @@ def test_local_steps_one_is_fedsgd_with_its_budget_planned_for_those_steps(data_
     from opacus.accountants import create_accountant
 
     from privmed.cli import build_parser
+    from privmed.cli.federated import federated_config
     from privmed.errors import PrivacyBudgetError
     from privmed.evaluation.attacks import Recipe
-    from privmed.federated.cli import federated_config
     from privmed.federated.run import Federation
 
     a = build_parser().parse_args(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root),

@@ -4,17 +4,16 @@ bodies). A bounded number of examples per operation keeps this under a minute; t
 ``PRIVMED_FUZZ_EXAMPLES=500 pytest tests/test_fuzz_api.py`` (docs/SERVING.md)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis not installed (pip install -e '.[test]')")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from privmed import config  # noqa: E402
 from privmed.api.server import Settings, create_app  # noqa: E402
 
-EXAMPLES = int(os.environ.get("PRIVMED_FUZZ_EXAMPLES", "20"))
+EXAMPLES = config.settings().fuzz_examples
 # a site calibration's body is one zip archive: binary, sent as generated
 schemathesis.serializer.alias("application/zip", "application/octet-stream")
 

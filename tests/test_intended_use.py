@@ -5,7 +5,6 @@ calibrated. Real DICOM files (pydicom's chest CR, header tags edited) through th
 from __future__ import annotations
 
 import json
-import os
 import warnings
 
 import pydicom
@@ -13,6 +12,7 @@ import pytest
 from conftest import default_bundle
 from pydicom.data import get_testdata_file
 
+from privmed.config import settings
 from privmed.data.read import load_image
 from privmed.inference import intended_use
 from privmed.inference.intended_use import PREFIX, TABLE, check, for_bundle
@@ -90,7 +90,7 @@ def test_old_bundle_gets_the_table_entry_and_a_bundle_block_wins():
 
 
 def test_new_bundles_carry_the_block(small_bundle):
-    if os.environ.get("PRIVMED_TEST_BUNDLE"):
+    if settings().test_bundle:
         pytest.skip("PRIVMED_TEST_BUNDLE reuses an existing bundle: not made by this pipeline")
     meta = json.loads((small_bundle / "metadata.json").read_text())
     assert meta["intended_use"] == TABLE["covid19"]
@@ -232,7 +232,7 @@ def test_app_shows_the_intended_use_and_the_reason(tmp_path, monkeypatch):
     from streamlit import config
     from streamlit.testing.v1 import AppTest
 
-    from privmed.app.cli import APP_FILE
+    from privmed.app.launch import APP_FILE
 
     old = config.get_option("server.address")
     config.set_option("server.address", "127.0.0.1")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from privmed.cli import main
-from privmed.data.labelling import match
-from privmed.data.ocr import tesseract_path
+from privmed.deid.labelling import match
+from privmed.deid.ocr import tesseract_path
 
 pytestmark = pytest.mark.skipif(tesseract_path() is None, reason="Tesseract 5 is not installed (apt-get install "
                                                                  "tesseract-ocr; .ci/run does)")
@@ -24,10 +24,10 @@ def test_match_is_fuzzy_and_spans_words():
 
 def test_label_folder_propose_review_apply(tmp_path, data_root, capsys):
     from PIL import Image
+    from support.burned_in import fonts
+    from support.label_ocr import print_label
 
     from privmed.data.datasets import open_dataset
-    from privmed.evaluation.burned_in import fonts
-    from privmed.evaluation.label_ocr import print_label
 
     rng = random.Random(3)
     folder = tmp_path / "scans"

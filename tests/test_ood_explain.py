@@ -59,7 +59,7 @@ def test_dp_ood_synthetic_refusal_rates():
 def test_ood_threshold_ignores_a_phantom_bin_and_interpolates():
     """A noise spike in an empty high bin may not carry the threshold away (the brain MRI bundle
     of 2026-11 shipped 274 for scores near 1.3); within a bin the threshold is interpolated."""
-    from privmed.inference import ood
+    from privmed.privacy import ood
 
     edges = ood.SCORE_EDGES
     bulk = np.zeros(len(edges) - 1)
@@ -79,7 +79,7 @@ def test_ood_threshold_ignores_a_phantom_bin_and_interpolates():
 def test_ood_threshold_rarely_at_the_cap_over_many_noisy_releases():
     """Failed before the gap rule: 14 % of simulated chest releases (281 units, noise multiplier 2.84)
     ended at twice the median and refused nothing; the shipped chest bundle's 1.77 was one of them."""
-    from privmed.inference import ood
+    from privmed.privacy import ood
 
     rng = np.random.default_rng(1)  # simulated noise for a property of the rule, not a release
     s = rng.lognormal(np.log(0.88), 0.12, 281)

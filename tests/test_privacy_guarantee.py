@@ -321,10 +321,11 @@ def test_ood_detector_is_no_membership_oracle(monkeypatch):
     takes about 1 s a call)."""
     import functools
 
-    import privmed.pipeline
-    from privmed.pipeline import validation_releases
+    import privmed.privacy.validation
+    from privmed.privacy.validation import validation_releases
 
-    monkeypatch.setattr(privmed.pipeline, "validation_history", functools.cache(privmed.pipeline.validation_history))
+    monkeypatch.setattr(privmed.privacy.validation, "validation_history",
+                        functools.cache(privmed.privacy.validation.validation_history))
 
     rng = np.random.default_rng(0)
     d, n = 1280, 150
@@ -359,8 +360,8 @@ def test_ood_detector_is_no_membership_oracle(monkeypatch):
 def test_dp_calibration_recovers_temperature_and_operating_point():
     """Temperature and the two-class threshold read off the DP margin histogram (500 units,
     epsilon 2) land near their exact values on data with a known answer."""
-    from privmed.inference import calibration as cal
     from privmed.pipeline import validation_releases
+    from privmed.privacy import calibration as cal
 
     rng = np.random.default_rng(3)
     n = 500
@@ -392,7 +393,7 @@ def test_the_dp_operating_point_is_the_centre_of_the_plateau_and_steadier_than_t
     """A flat balanced-accuracy curve makes the noisy histogram's argmax a random draw from the plateau
     (chest: margin sd 1.2 over redraws); the centre of the thresholds within noise of the best moves
     less and loses no balanced accuracy."""
-    from privmed.inference import calibration as cal
+    from privmed.privacy import calibration as cal
 
     rng = np.random.default_rng(5)
     n = 300
@@ -569,8 +570,8 @@ def test_ood_class_means_move_by_at_most_their_bound_and_are_in_the_ledger(small
     the noise is scaled to; the bundle's ledger lists the release at the planned noise multiplier,
     and its epsilon (recomputed independently) covers it."""
     from privmed.config import PrivacyConfig
-    from privmed.inference import ood
-    from privmed.pipeline import _per_unit_mean
+    from privmed.privacy import ood
+    from privmed.privacy.validation import per_unit_mean as _per_unit_mean
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(1, 31, 40)

@@ -1,4 +1,4 @@
-"""The learned text-line detector (PP-OCRv4 DB via onnxruntime) on real radiographs with burned-in text."""
+"""The learned text-line detector (PP-OCRv6 small DB via onnxruntime) on real radiographs with burned-in text."""
 from __future__ import annotations
 
 import os
@@ -6,15 +6,15 @@ import random
 
 import numpy as np
 import pytest
+from support.burned_in import burn, covered
 
-from privmed.data import text_detect
-from privmed.evaluation.burned_in import burn, covered
+from privmed.deid import text_detect
 
 
 @pytest.fixture(scope="module", autouse=True)
 def detector():
     if not text_detect.available():
-        why = "rapidocr-onnxruntime is not installed (make setup installs it with --no-deps)"
+        why = "rapidocr is not installed (make setup installs it: the serve extra)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"{why} (CI=true: required)")
         pytest.skip(why)
@@ -45,8 +45,7 @@ def test_detector_box_geometry_matches_the_image():
     """A synthetic line of text on a flat background: the box lands on it, in the input's pixels,
     for a small and a large image (the network sees the shorter side at 736 px)."""
     from PIL import Image, ImageDraw, ImageFont
-
-    from privmed.evaluation.burned_in import fonts
+    from support.burned_in import fonts
 
     for size in (224, 1400):
         img = Image.new("L", (size, size), 20)

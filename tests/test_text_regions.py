@@ -1,4 +1,4 @@
-"""Burned-in text found without OCR (``data.text_regions``), the full redaction on clean chest X-rays
+"""Burned-in text found without OCR (``deid.text_regions``), the full redaction on clean chest X-rays
 (lungs stay), and the API's redact=true."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import random
 
 import numpy as np
 import pytest
+from support.burned_in import burn, covered, tokens
 
-from privmed.data.ocr import tesseract_path
-from privmed.data.text_regions import extend, hidden_ends, text_regions
-from privmed.evaluation.burned_in import burn, covered, tokens
+from privmed.deid.ocr import tesseract_path
+from privmed.deid.text_regions import extend, hidden_ends, text_regions
 
 
 def real_gray(data_root, ds: str, n: int, offset: int = 0) -> list[np.ndarray]:
@@ -41,8 +41,7 @@ def test_detector_covers_burned_strings_and_nothing_on_clean_images(data_root):
 def test_extend_reaches_faint_glyphs_of_the_same_value():
     """A box over the first half of a flat-valued string grows over the rest, not over the background."""
     from PIL import Image, ImageDraw, ImageFont
-
-    from privmed.evaluation.burned_in import fonts
+    from support.burned_in import fonts
 
     mask = Image.new("L", (400, 200), 0)
     ImageDraw.Draw(mask).text((20, 80), "ACC486095", fill=255, font=ImageFont.truetype(str(fonts()[0]), 30))
@@ -59,8 +58,7 @@ def test_hidden_ends_cover_text_on_a_background_of_its_own_value():
     """Bright text on black that runs onto bone of its own value: the box of the visible part grows over
     the bone where glyphs can hide (across the space), and not over plain bone of another value."""
     from PIL import Image, ImageDraw, ImageFont
-
-    from privmed.evaluation.burned_in import fonts
+    from support.burned_in import fonts
 
     mask = Image.new("L", (480, 120), 0)
     ImageDraw.Draw(mask).text((20, 40), "MRN 8547138", fill=255, font=ImageFont.truetype(str(fonts()[0]), 32))
@@ -91,7 +89,7 @@ needs_ocr = pytest.mark.skipif(tesseract_path() is None, reason="Tesseract 5 is 
 
 @needs_ocr
 def test_lungs_of_clean_chest_xrays_are_not_blacked_out(data_root):
-    from privmed.data.redact import text_boxes
+    from privmed.deid.redact import text_boxes
 
     for g in real_gray(data_root, "chest_xray_pneumonia", 3, 0) + real_gray(data_root, "covid19_xray", 2, 0):
         _, boxes = text_boxes(g)

@@ -4,9 +4,15 @@
     model = privmed.load_model("chest_xray_pneumonia")   # a default bundle, or a bundle path
     print(model.predict("xray.jpeg").label)
 """
-__version__ = "0.1.0"
+from privmed.data.read import load_image
 
-from privmed.data.read import load_image  # noqa: E402
+
+def __getattr__(name: str):
+    if name == "__version__":  # read on first use: importlib.metadata costs every `import privmed` otherwise
+        from privmed.version import __version__
+
+        return __version__
+    raise AttributeError(f"module 'privmed' has no attribute '{name}'")
 
 
 def load_model(name_or_path):

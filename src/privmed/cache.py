@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.config import REPO_ROOT, cache_dir
+from privmed.config import REPO_ROOT, cache_dir, settings
 from privmed.files import atomic_path
 
-DEFAULT_MAX_MB = 4096
 LEGACY = REPO_ROOT / ".privmed-cache"  # the old default, inside the checkout
 
 
 def max_bytes() -> int:
-    return int(float(os.environ.get("PRIVMED_CACHE_MAX_MB", DEFAULT_MAX_MB)) * 2**20)
+    return int(settings().cache_max_mb * 2**20)
 
 
 def ensure_dir() -> Path:

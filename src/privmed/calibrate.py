@@ -1,7 +1,7 @@
 """Site calibration with differential privacy: a site's small labelled sample re-fits what a bundle
 fitted on its own validation data (temperature, decision threshold, out-of-distribution reference)
 and releases the site's class prior, all through the same two Gaussian releases as training's
-validation side (``pipeline.validation_releases``), with the site's own epsilon, delta and unit.
+validation side (``privacy.validation.validation_releases``), with the site's own epsilon, delta and unit.
 
 The calibration is written beside the bundle (``<bundle>.site/site.json``, ``inference.site``), never
 into it: the bundle's guarantee is unchanged, and the site's guarantee covers the site's sample. What
@@ -21,13 +21,14 @@ import numpy as np
 from privmed.data.datasets import Record, file_patient_id, fingerprint, image_files
 from privmed.data.read import load_image
 from privmed.errors import DatasetError, PrivmedError
-from privmed.inference import ood
 from privmed.inference.predictor import Model
 from privmed.inference.site import SITE_FILE, site_dir
-from privmed.pipeline import camera_photos, validation_releases
+from privmed.pipeline import camera_photos
+from privmed.privacy import ood
 from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
 from privmed.privacy.budget import Registry, dataset_key
 from privmed.privacy.releases import validation_history
+from privmed.privacy.validation import validation_releases
 from privmed.training.data import unit_ids
 
 ACCOUNTANT = "prv"

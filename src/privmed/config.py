@@ -1,24 +1,216 @@
 """Typed settings. Every field can be overridden from the CLI or the environment.
 
-The data root defaults to ``../shared/datasets`` beside the project checkout; users point
-``PRIVMED_DATA`` or ``--data-root`` at their own copy.
+Every ``PRIVMED_*`` environment variable is a field of ``Settings``, read through ``settings()``
+and documented in docs/SETTINGS.md (``python -m privmed.config --markdown`` writes it). The data root
+defaults to ``../shared/datasets`` beside the project checkout; users point ``PRIVMED_DATA`` or
+``--data-root`` at their own copy.
 """
 from __future__ import annotations
 
 import os
+import sys
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from privmed.errors import PrivmedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray", "covid19_ct")
+ENV_PREFIX = "PRIVMED_"
+OFF_WORDS = ("0", "off", "false", "no")
+ON_WORDS = ("1", "on", "true", "yes")
+# PRIVMED_* names privmed sets itself and never reads as a setting
+INTERNAL_VARIABLES = {
+    "PRIVMED_FED_RUN": "set by `privmed federate --engine processes` on the Flower processes it starts, to find "
+                       "and stop them (read from /proc, never as a setting)",
+}
+
+
+class SettingsError(PrivmedError, ValueError):
+    """A PRIVMED_* environment variable holds a value privmed cannot use."""
+
+
+def _on_off(value) -> bool:
+    # the words privmed always accepted; anything else was silently taken as the default before
+    if isinstance(value, bool):
+        return value
+    word = str(value).lower()
+    if word in OFF_WORDS or word in ON_WORDS:
+        return word in ON_WORDS
+    raise ValueError("not an on/off word")
+
+
+def _auto_on_off(value) -> str:
+    if str(value).lower() == "auto":
+        return "auto"
+    return "on" if _on_off(value) else "off"
+
+
+def _paths(value) -> list:
+    if isinstance(value, str):
+        return [p for p in value.split(os.pathsep) if p.strip()]
+    return value
+
+
+OnOff = Annotated[bool, BeforeValidator(_on_off)]
+AutoOnOff = Annotated[Literal["auto", "on", "off"], BeforeValidator(_auto_on_off)]
+# int8 has no forced mode: on means auto (use an accepted graph)
+AutoOff = Annotated[Literal["auto", "off"], BeforeValidator(lambda v: "off" if _auto_on_off(v) == "off" else "auto")]
+PathList = Annotated[list[Path], NoDecode, BeforeValidator(_paths)]
+
+
+class Settings(BaseSettings):
+    """One field per PRIVMED_* variable (the name is PRIVMED_ + the field name in capitals)."""
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    # data, caches and bundles
+    data: Path | None = Field(None, description="datasets root (default: ../shared/datasets beside the checkout)")
+    cache: Path | None = Field(None, description="training cache of patient pixels and features (default: "
+                                                 "$XDG_CACHE_HOME/privmed, else ~/.cache/privmed)")
+    cache_max_mb: float = Field(4096, ge=0, description="size cap of the training cache in MiB (oldest files go first)")
+    bundles: Path | None = Field(None, description="folder of the default bundles (default: bundles/ in the checkout)")
+    budget_dir: Path | None = Field(None, description="privacy budget registry (default: $XDG_DATA_HOME/privmed/"
+                                                      "budget, else ~/.local/share/privmed/budget)")
+    bundle_pubkey: str | None = Field(None, description="Ed25519 public key: the API and the app load only bundles "
+                                                        "signed with it")
+    deid_secret: SecretStr | None = Field(None, description="HMAC key of de-identification pseudonyms when no "
+                                                            "--secret-file is given")
+    # the REST API
+    api_auth: OnOff = Field(True, description="API keys required (off is refused except on a loopback address)")
+    home: Path = Field(Path("~/.privmed"), description="folder of the default SQLite database privmed.db")
+    db_url: SecretStr | None = Field(None, description="SQLAlchemy URL of the keys and audit log database "
+                                                       "(default: sqlite in PRIVMED_HOME); may hold a password")
+    max_upload_mb: float | None = Field(None, gt=0, description="largest accepted upload in MiB (default: 64)")
+    max_decodes: int | None = Field(None, description="images decoded at once (default: 1 per 8 GiB of RAM, 1-4; "
+                                                      "at least 1)")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of `privmed api` "
+                                                              "(default: torch's choice)")
+    batch: OnOff = Field(True, description="micro-batching of concurrent predictions")
+    batch_max: int = Field(16, description="most images in one micro-batch")
+    batch_wait_ms: float = Field(5.0, description="longest wait to fill a micro-batch in ms (capped at 5)")
+    batch_queue: int = Field(64, description="requests queued for a micro-batch before answering 503")
+    onnx: AutoOnOff = Field("auto", description="ONNX Runtime: auto when the bundle's graph was faster, on whenever "
+                                                "a verified graph exists, off never")
+    int8: AutoOff = Field("auto", description="the accepted int8 graph of a bundle: auto (or on) uses it, off never")
+    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    ort_spin: OnOff = Field(False, description="ONNX Runtime threads spin while waiting for work")
+    # signed checkpoints of the audit log (each also a `privmed log` flag, which wins)
+    log_sink: Path | None = Field(None, description="append-only JSON-lines file of signed checkpoints")
+    log_key: Path | None = Field(None, description="Ed25519 private key that signs checkpoints")
+    log_pubkey: Path | None = Field(None, description="public key that verifies checkpoints")
+    log_checkpoint_every: int = Field(100, description="audit rows between two checkpoints (at least 1)")
+    log_witness_url: str | None = Field(None, description="witness that co-signs every checkpoint")
+    log_witness_pubkey: Path | None = Field(None, description="the witness's public key (verify)")
+    log_tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority stamping every checkpoint")
+    log_tsa_cert: Path | None = Field(None, description="the timestamp authority's certificate, PEM (verify)")
+    log_tsa_roots: Path | None = Field(None, description="CA certificate(s) the authority chains to, PEM (verify)")
+    # the clinician app
+    app_password: SecretStr | None = Field(None, description="password of the app; required to listen beyond "
+                                                             "localhost")
+    app_bundles: PathList = Field(default_factory=list, description=f"extra bundles the app offers ('{os.pathsep}'"
+                                                                    "-separated paths)")
+    api_url: str | None = Field(None, description="the app uses this privmed REST API instead of in-process models")
+    api_key: SecretStr | None = Field(None, description="API key the app sends to PRIVMED_API_URL")
+    chromium: str = Field("/usr/bin/chromium", description="Chromium for the browser tests and the live benchmark")
+    # tests
+    test_bundle: Path | None = Field(None, description="tests: reuse this chest bundle instead of training one")
+    test_effnet_bundle: Path | None = Field(None, description="tests: reuse this effnet_lite0_head bundle")
+    test_ct_bundle: Path | None = Field(None, description="tests: reuse this CT bundle")
+    fuzz_examples: int = Field(20, ge=1, description="tests: schemathesis examples per API operation")
+
+
+_cached: tuple[tuple, Settings] | None = None
+
+
+def settings() -> Settings:
+    """The PRIVMED_* settings as the environment holds them now (rebuilt when a PRIVMED_* variable
+    changed since the last call, so tests and long-lived processes never see stale values)."""
+    global _cached
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)))
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        value = Settings()
+    except ValidationError as e:
+        raise SettingsError(_explain(e)) from None
+    _cached = (key, value)
+    return value
+
+
+def _explain(error: ValidationError) -> str:
+    problems = []
+    for e in error.errors():
+        name = str(e["loc"][0])
+        field = Settings.model_fields[name]
+        shown = "" if _plain(field.annotation) is SecretStr else f"={e['input']!r}"  # never echo a secret
+        words = " (or 1/0, true/false, yes/no)" if "on" in type_label(field).split(" / ") else ""
+        problems.append(f"{ENV_PREFIX}{name.upper()}{shown}: expected {type_label(field)}{words}")
+    return "invalid environment: " + "; ".join(problems) + " (fix or unset it; docs/SETTINGS.md lists every variable)"
+
+
+def _plain(annotation):
+    """The annotation without ``| None``."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def type_label(field) -> str:
+    """A reader's name for a field's type, with its bounds."""
+    kind = _plain(field.annotation)
+    if typing.get_origin(kind) is Literal:
+        label = " / ".join(typing.get_args(kind))
+    elif typing.get_origin(kind) is list:
+        label = f"paths separated by '{os.pathsep}'"
+    else:
+        label = {bool: "on / off", int: "integer", float: "number", Path: "path", str: "text",
+                 SecretStr: "secret text"}.get(kind, str(kind))
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Ge):
+            label += f" >= {bound.ge:g}"
+        elif isinstance(bound, annotated_types.Gt):
+            label += f" > {bound.gt:g}"
+    return label
+
+
+def _default_text(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None or value == []:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown() -> str:
+    """docs/SETTINGS.md, rendered from ``Settings`` (a test keeps the file equal to this)."""
+    lines = ["# Settings (environment variables)", "",
+             "Every `PRIVMED_*` variable privmed reads, with its type and default. Generated from",
+             "`privmed.config.Settings` by `python -m privmed.config --markdown > docs/SETTINGS.md`; do not edit.",
+             "An empty variable counts as unset; a value of the wrong type stops privmed with a message naming",
+             "the variable. On/off variables take on/off, 1/0, true/false or yes/no. Command-line flags win over",
+             "the environment.", "",
+             "| Variable | Type | Default | Description |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {type_label(field)} | {_default_text(field)} "
+                     f"| {field.description} |")
+    lines += ["", "Set by privmed itself, not settings:", ""]
+    lines += [f"- `{name}`: {text}" for name, text in INTERNAL_VARIABLES.items()]
+    return "\n".join(lines) + "\n"
 
 
 def default_data_root() -> Path:
-    env = os.environ.get("PRIVMED_DATA")
+    env = settings().data
     if env:
-        return Path(env).expanduser()
+        return env.expanduser()
     beside_repo = REPO_ROOT.parent / "shared" / "datasets"
     if beside_repo.is_dir():
         return beside_repo
@@ -29,22 +221,47 @@ def cache_dir() -> Path:
     """The training/evaluation cache: decoded preprocessed pixels and frozen-backbone features of
     patient images, so patient data (see ``privmed.cache``). Outside the checkout by default:
     ``PRIVMED_CACHE``, else ``$XDG_CACHE_HOME/privmed``, else ``~/.cache/privmed``."""
-    env = os.environ.get("PRIVMED_CACHE")
+    env = settings().cache
     if env:
-        return Path(env).expanduser()
+        return env.expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "privmed"
 
 
+# The default bundles ship inside the package (a link to the checkout's bundles/, followed when a wheel
+# is built), so a wheel install finds them without a checkout.
+SHIPPED_BUNDLES = Path(__file__).resolve().parent / "bundles"
+
+
+def _checkout_bundles() -> Path | None:
+    """bundles/ of a source checkout (an editable install); None in a wheel install."""
+    d = REPO_ROOT / "bundles"
+    return d if (REPO_ROOT / "pyproject.toml").is_file() and d.is_dir() else None
+
+
 def bundles_dir() -> Path:
-    return Path(os.environ.get("PRIVMED_BUNDLES", REPO_ROOT / "bundles")).expanduser()
+    """Where bundles are found by name and written by default: ``PRIVMED_BUNDLES``, else the checkout's
+    bundles/, else ``$XDG_DATA_HOME/privmed/bundles`` (a wheel install: the package folder may be read-only)."""
+    chosen = settings().bundles or _checkout_bundles()
+    if chosen:
+        return chosen.expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "privmed" / "bundles"
+
+
+def bundle_search_dirs() -> list[Path]:
+    """Folders searched for bundles by name: ``bundles_dir()``, then the bundles shipped in the package
+    unless ``PRIVMED_BUNDLES`` names the only place to look."""
+    dirs = [bundles_dir()]
+    if not settings().bundles and SHIPPED_BUNDLES.is_dir() and SHIPPED_BUNDLES.resolve() != dirs[0].resolve():
+        dirs.append(SHIPPED_BUNDLES)
+    return [d for d in dirs if d.is_dir()]
 
 
 def budget_dir() -> Path:
     """The privacy budget registry (``privmed.privacy.budget``): private, outside the checkout.
     ``PRIVMED_BUDGET_DIR``, else ``$XDG_DATA_HOME/privmed/budget``, else ``~/.local/share/privmed/budget``."""
-    env = os.environ.get("PRIVMED_BUDGET_DIR")
+    env = settings().budget_dir
     if env:
-        return Path(env).expanduser()
+        return env.expanduser()
     return Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share").expanduser() / "privmed" / "budget"
 
 
@@ -70,7 +287,7 @@ class PrivacyConfig(BaseModel):
     # Training refuses a delta of 1/N or more (N = training images)
     delta: float | None = None
     # Poisson rate of DP-SGD, public and fixed before the data are read (a rate from the exact number
-    # of units would publish it). None: the model's default (MODEL_DEFAULTS), else 0.2. Under DP the
+    # of units would publish it). None: the model's default (its MODELS entry), else 0.2. Under DP the
     # batch is Poisson with mean q N and ``batch_size`` applies only to non-private training
     sample_rate: float | None = Field(None, gt=0, le=0.5)
     max_grad_norm: float = 1.0
@@ -96,21 +313,6 @@ class PrivacyConfig(BaseModel):
         return v
 
 
-# Per-model defaults for what the user leaves unset: a linear head on frozen features wants
-# large batches and a high learning rate (DP noise averages out over the batch); CNNs from scratch don't.
-MODEL_DEFAULTS = {
-    "effnet_lite0_head": {"epochs": 30, "batch_size": 512, "lr": 0.05},
-    "effnet_lite0_multi": {"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"},
-    "effnet_lite0_tail": {"epochs": 10, "batch_size": 256, "lr": 1e-3, "sample_rate": 0.1},
-    "cnn": {"epochs": 20, "batch_size": 64, "lr": 1e-3, "sample_rate": 0.1},
-    # Tramer & Boneh: large batches, SGD with a high rate (the clip C is small, so lr * C is the step)
-    "scatter_cnn": (_SCATTER := {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"}),
-    "scatter_cnn_128": _SCATTER,  # the same recipe at 128 px, J = 3
-    "resnet50": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
-    "vgg": {"epochs": 10, "batch_size": 32, "lr": 1e-3},
-}
-
-
 class TrainConfig(BaseModel):
     dataset: str = "chest_xray_pneumonia"
     data_root: Path = Field(default_factory=default_data_root)
@@ -123,7 +325,7 @@ class TrainConfig(BaseModel):
     # where the trainable part trains: cpu, cuda, cuda:N or auto (cuda when present). Not part of the
     # recipe: noise and sampling still come from the secret CPU generator (privacy/engine.py)
     device: str = "cpu"
-    epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (MODEL_DEFAULTS)
+    epochs: int | None = Field(None, ge=1, le=100)  # None: the model's default (its MODELS entry)
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     optimizer: Literal["adam", "sgd"] | None = None  # None: the model's default, else adam; sgd: momentum 0.9
@@ -152,9 +354,18 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fill_model_defaults(self) -> "TrainConfig":
-        defaults = {"optimizer": "adam", "sample_rate": 0.2, **MODEL_DEFAULTS.get(self.model, MODEL_DEFAULTS["cnn"])}
+        from privmed.models.registry import MODELS  # here, not at the top: importing config must not load torch
+
+        defaults = {"optimizer": "adam", "sample_rate": 0.2, **MODELS.get(self.model, MODELS["cnn"]).defaults}
         for key, value in defaults.items():
             holder = self.privacy if key == "sample_rate" else self
             if getattr(holder, key) is None:
                 setattr(holder, key, value)
         return self
+
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m privmed.config --markdown > docs/SETTINGS.md")
+    print(markdown(), end="")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
+import privmed.config as config
 from privmed.api import audit_log, status
 from privmed.api.audit_log import append_held, is_loopback
 from privmed.api.auth import require
@@ -52,11 +52,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, **over) -> "Settings":
-        s = cls(db_url=os.environ.get("PRIVMED_DB_URL"),
-                auth=os.environ.get("PRIVMED_API_AUTH", "on").lower() not in ("0", "off", "false", "no"),
-                bundle_pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None, translog=LogConfig.from_env())
-        if os.environ.get("PRIVMED_MAX_UPLOAD_MB"):
-            s.max_file_bytes = int(float(os.environ["PRIVMED_MAX_UPLOAD_MB"]) * 2**20)
+        env = config.settings()
+        s = cls(db_url=env.db_url.get_secret_value() if env.db_url else None, auth=env.api_auth,
+                bundle_pubkey=env.bundle_pubkey, translog=LogConfig.from_env())
+        if env.max_upload_mb:
+            s.max_file_bytes = int(env.max_upload_mb * 2**20)
             s.max_request_bytes = s.max_file_bytes + 2 * 2**20
         for k, v in over.items():
             if v is not None:
@@ -102,10 +102,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
           banner: str | None = None):
     import uvicorn
 
-    if os.environ.get("PRIVMED_TORCH_THREADS"):  # on shared CPUs one intra-op thread often serves better
+    threads = config.settings().torch_threads
+    if threads:  # on shared CPUs one intra-op thread often serves better
         import torch
 
-        torch.set_num_threads(int(os.environ["PRIVMED_TORCH_THREADS"]))
+        torch.set_num_threads(threads)
     settings = settings or Settings.from_env()
     settings.host = host
     app = create_app(settings)  # refuses (auth off off-loopback, bad bundle) before anything is announced

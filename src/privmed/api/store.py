@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -37,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
+from privmed.config import settings
 from privmed.errors import PrivmedError
 
 ROLES = ("clinician", "auditor", "admin")
@@ -48,10 +48,10 @@ PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"privmed.audit_log").digest()[:8], 
 
 
 def default_db_url() -> str:
-    env = os.environ.get("PRIVMED_DB_URL")
-    if env:
-        return env
-    home = Path(os.environ.get("PRIVMED_HOME", "~/.privmed")).expanduser()
+    s = settings()
+    if s.db_url:
+        return s.db_url.get_secret_value()
+    home = s.home.expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{home / 'privmed.db'}"
 

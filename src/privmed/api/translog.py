@@ -28,6 +28,7 @@ from pathlib import Path
 from privmed.api import merkle, timestamp, witness
 from privmed.api.merkle import leaf_hash, load_private
 from privmed.api.store import GENESIS, Store, chain_hash
+from privmed.config import settings
 from privmed.errors import PrivmedError
 from privmed.inference import signing
 
@@ -102,7 +103,7 @@ def _parse(line: str) -> dict | None:
 
 @dataclass
 class LogConfig:
-    """Where signed checkpoints go; every PRIVMED_LOG_* variable is read here and nowhere else."""
+    """Where signed checkpoints go: the PRIVMED_LOG_* settings, each overridden by its `privmed log` flag."""
     sink: Path | None = None
     key: Path | None = None
     pubkey: Path | None = None
@@ -115,12 +116,10 @@ class LogConfig:
 
     @classmethod
     def from_env(cls, **over) -> LogConfig:
-        env = os.environ.get
-        paths = {"sink": "SINK", "key": "KEY", "pubkey": "PUBKEY", "witness_pubkey": "WITNESS_PUBKEY",
-                 "tsa_cert": "TSA_CERT", "tsa_roots": "TSA_ROOTS"}
-        c = cls(**{k: Path(env(f"PRIVMED_LOG_{v}")) if env(f"PRIVMED_LOG_{v}") else None for k, v in paths.items()},
-                every=int(env("PRIVMED_LOG_CHECKPOINT_EVERY") or 100),
-                witness_url=env("PRIVMED_LOG_WITNESS_URL") or None, tsa_url=env("PRIVMED_LOG_TSA_URL") or None)
+        env = settings()
+        paths = ("sink", "key", "pubkey", "witness_pubkey", "tsa_cert", "tsa_roots")
+        c = cls(**{k: getattr(env, f"log_{k}") for k in paths}, every=env.log_checkpoint_every,
+                witness_url=env.log_witness_url, tsa_url=env.log_tsa_url)
         for k, v in over.items():
             if v is not None:
                 setattr(c, k, Path(v) if k in paths else v)

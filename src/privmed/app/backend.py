@@ -2,10 +2,11 @@
 (``PRIVMED_API_URL`` + ``PRIVMED_API_KEY``). No Streamlit import here, so it is testable alone."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from privmed.config import settings
 
 TASK_LABELS = {"pneumonia": "Pneumonia (paediatric chest X-ray)", "brain_tumor": "Brain tumour (MRI)",
                "covid19": "COVID-19 (chest X-ray)", "covid19_ct": "COVID-19 (lung CT slice)"}
@@ -20,8 +21,7 @@ class BackendError(Exception):
 
 
 def extra_bundles() -> list[Path]:
-    raw = os.environ.get("PRIVMED_APP_BUNDLES", "")
-    return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+    return list(settings().app_bundles)  # PRIVMED_APP_BUNDLES
 
 
 class LocalBackend:
@@ -32,7 +32,7 @@ class LocalBackend:
 
         # the same rule as the API: with a public key configured, only bundles signed with it load
         self.registry = Registry(bundles if bundles is not None else extra_bundles(),
-                                 pubkey=os.environ.get("PRIVMED_BUNDLE_PUBKEY") or None)
+                                 pubkey=settings().bundle_pubkey)
 
     def models(self) -> list[dict]:
         from privmed.inference.report import model_card
@@ -117,9 +117,9 @@ def _detail(r) -> str:
 
 
 def make_backend():
-    url = os.environ.get("PRIVMED_API_URL")
-    if url:
-        return RemoteBackend(url, os.environ.get("PRIVMED_API_KEY"))
+    s = settings()
+    if s.api_url:
+        return RemoteBackend(s.api_url, s.api_key.get_secret_value() if s.api_key else None)
     return LocalBackend()
 
 

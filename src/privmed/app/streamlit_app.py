@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 
 import streamlit as st
 
 from privmed.app.backend import TASK_LABELS, BackendError, make_backend, task_label
-from privmed.app.cli import check_address
+from privmed.app.launch import check_address
+from privmed.config import settings
 from privmed.errors import PrivmedError
 from privmed.inference.intended_use import describe
 from privmed.inference.report import ABSTAIN_MESSAGE, fhir
@@ -32,7 +32,8 @@ def address_gate() -> None:
 
 
 def password_gate() -> None:
-    want = os.environ.get("PRIVMED_APP_PASSWORD")
+    secret = settings().app_password
+    want = secret.get_secret_value() if secret else None
     if not want or st.session_state.get("authenticated"):
         return
     st.title("privmed")
@@ -52,8 +53,9 @@ def _backend(config: tuple):
 
 def backend():
     """One backend per configuration (the settings are read from the environment)."""
-    return _backend(tuple(os.environ.get(k) for k in ("PRIVMED_API_URL", "PRIVMED_API_KEY", "PRIVMED_APP_BUNDLES",
-                                                      "PRIVMED_BUNDLES")))
+    s = settings()
+    return _backend((s.api_url, s.api_key.get_secret_value() if s.api_key else None,
+                     tuple(str(p) for p in s.app_bundles), str(s.bundles) if s.bundles else None))
 
 
 def ledger_rows(card: dict) -> list[dict]:

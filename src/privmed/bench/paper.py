@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import sys
@@ -24,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.config import REPO_ROOT, TrainConfig
+from privmed.config import REPO_ROOT, TrainConfig, default_data_root
+from privmed.data.datasets import load_record, open_dataset
+from privmed.evaluation.evaluate import evaluate
+from privmed.evaluation.robustness import robustness_table
+from privmed.inference.bundle import read_metadata, read_run_log
+from privmed.inference.predictor import load_model
+from privmed.pipeline import train_bundle
+from privmed.training.recipe import train_config, train_parser
 
 CHEST, BRAIN, COVID, CT = "chest_xray_pneumonia", "brain_tumor_mri", "covid19_xray", "covid19_ct"
 QUICK_ROBUSTNESS_IMAGES = 150
@@ -32,11 +40,11 @@ QUICK_ROBUSTNESS_IMAGES = 150
 # one DP epoch took 85 s); the loss attack only (no reference models to train).
 CNN = {"epochs": 10, "batch_size": 256, "size": 64, "audit_k": 0}
 # privmed's best recipes, as the default bundles are trained (benchmarks/train_defaults.sh): the model's
-# own defaults (config.MODEL_DEFAULTS), so these rows move when the defaults do.
+# own defaults (models.registry.MODELS), so these rows move when the defaults do.
 BEST = {"epochs": None, "batch_size": None}
 BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
               COVID: "effnet_lite0_head"}
-# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/RESULTS.md ("A DP CNN that learns")
+# Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/notebook/RESULTS.md ("A DP CNN that learns")
 SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0, "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
 
 
@@ -117,19 +125,14 @@ def train_command(entry: dict, bundle: str) -> str:
 
 def entry_config(entry: dict) -> TrainConfig:
     """The config ``privmed train`` builds from the entry's printed command: the row's command is what ran."""
-    from privmed.cli import build_parser, train_config
-
-    return train_config(build_parser().parse_args(shlex.split(train_command(entry, "bundle"))[1:]))
+    argv = shlex.split(train_command(entry, "bundle"))[2:]  # after "privmed train"
+    return train_config(train_parser().parse_args(argv))
 
 
 def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
     """Model throughput on this machine's CPUs: decoded test images -> ``Model.scores_many``, the
     served path (the upload's preprocessing, calibrated probabilities and OOD scores, batch 32,
     frozen backbone included). Decoding the files is not timed."""
-    from privmed.config import default_data_root
-    from privmed.data.datasets import load_record, open_dataset
-    from privmed.inference.predictor import load_model
-
     model = load_model(bundle)
     recs = open_dataset(dataset, default_data_root()).records("test")[:n]  # any test images: only speed counts
     model.scores_many([load_record(r).pixels for r in recs[:4]])  # warm-up
@@ -143,10 +146,6 @@ def images_per_second(bundle: Path, dataset: str, n: int = 128) -> float:
 
 
 def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
-    from privmed.evaluation.evaluate import evaluate
-    from privmed.inference.bundle import read_metadata
-    from privmed.pipeline import train_bundle
-
     d = run_dir / entry["id"]
     res_path = d / "result.json"
     if res_path.is_file():
@@ -157,8 +156,6 @@ def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
     if not (bundle / "metadata.json").is_file():
         train_bundle(entry_config(entry), bundle, progress=progress)
     meta = read_metadata(bundle)
-    from privmed.inference.bundle import read_run_log
-
     run = read_run_log(bundle)
     test = evaluate(bundle, progress=progress)
     res = {**entry, "bundle": str(bundle), "commands": {"train": train_command(entry, rel),
@@ -213,18 +210,31 @@ def _mia(r: dict) -> tuple[str, str, str]:
     return _f(a["max_auc"]), _f(a["max_tpr_at_fpr"]["0.01"]), _f(a["empirical_epsilon"]["lower_bound"], 2)
 
 
+TABLE_COLUMNS = ["| model | acc | prec | rec | F1 | AUC | img/s | eps | MIA AUC | TPR@1%FPR | eps_lb | commands |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+TABLE_TITLES = {"main": "Chest X-ray pneumonia: models compared (624 test images)",
+                "privacy_utility": "Privacy-utility curve: the multi-tap head (privmed's best) on chest X-ray",
+                "ablation": "Ablation (chest X-ray)", "datasets": "Brain MRI, COVID-19 X-ray and lung CT"}
+
+
 def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bool = False,
                      with_commands: bool = True) -> str:
-    by_table: dict[str, list[dict]] = {}
-    for r in results:
-        by_table.setdefault(r["table"], []).append(r)
+    L = _intro(results, run_dir, quick)
+    for key in TABLE_TITLES:
+        L += _table(key, results, with_commands)
+    L += _mia_goal(results) + _robustness(results) + _run_time(results) + _reproduce(results)
+    return "\n".join(L)
+
+
+def _intro(results: list[dict], run_dir: Path | None, quick: bool) -> list[str]:
     L = ["# Results", "",
          f"Generated by `privmed bench paper{' --quick' if quick else ''}` on "
          f"{dt.datetime.now(dt.timezone.utc).date()} ({platform.machine()}, {_cpu()} CPU cores, CPU only). "
          f"Raw results: `{_rel(run_dir) if run_dir else 'RUN'}/<id>/result.json`. "
          "Every number comes from the commands in its row; `RUN` is the run directory.", "",
          "Test metrics are on each dataset's official test split (`privmed evaluate`; brain MRI and COVID-19 "
-         "with test images that have an exact or near copy in train removed). Precision, recall and F1 are macro averages; AUC is "
+         "with test images that have an exact or near copy in train removed). Precision, recall and F1 are macro "
+         "averages; AUC is "
          "the finding's (binary) or the mean one-vs-rest AUC. images/s: end-to-end CPU throughput of the model "
          "on preprocessed images, batch 32, frozen backbone included. MIA: best of the loss-threshold and "
          "offline-LiRA attacks of `privmed privacy audit` (up to 500 members = training images vs as many "
@@ -237,92 +247,110 @@ def results_markdown(results: list[dict], run_dir: Path | None = None, quick: bo
          "Entries not run are listed at the end.", ""]
     if any(one_class(r) for r in results):
         L += ["Rows marked \"one class only\" predict the same class for every test image: their accuracy is the "
-              "majority baseline and their AUC says only how the scores rank. See docs/BENCHMARKS.md "
+              "majority baseline and their AUC says only how the scores rank. See docs/notebook/BENCHMARKS.md "
               "(\"DP CNN from scratch\") for why the from-scratch CNN collapses under DP-SGD here.", ""]
-    cols = "| model | acc | prec | rec | F1 | AUC | img/s | eps | MIA AUC | TPR@1%FPR | eps_lb | commands |"
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    return L
 
-    def row(r):
-        t = r["test"]
-        cmds = "<br>".join(f"`{c}`" for c in r["commands"].values()) if with_commands else ""
-        mark = " (one class only)" if one_class(r) else ""
-        return (f"| {r['label']}{mark} | {_f(t['accuracy'])} | {_f(t['precision_macro'])} | {_f(t['recall_macro'])} | "
-                f"{_f(t['f1_macro'])} | {_f(t['auc'])} | {_f(r.get('images_per_s'), 1)} | "
-                f"{_f(r.get('epsilon'), 2) if r.get('epsilon') is not None else 'none'} | "
-                + " | ".join(_mia(r)) + f" | {cmds} |")
 
-    titles = {"main": "Chest X-ray pneumonia: models compared (624 test images)",
-              "privacy_utility": "Privacy-utility curve: the multi-tap head (privmed's best) on chest X-ray",
-              "ablation": "Ablation (chest X-ray)", "datasets": "Brain MRI, COVID-19 X-ray and lung CT"}
-    curve = sorted([r for r in results if r["table"] == "privacy_utility" or (
-        r["dataset"] == CHEST and r["model"] == BEST_MODEL[CHEST] and not r["clahe"] and r["table"] != "ablation")],
-        key=lambda r: r["epsilon"] if r["epsilon"] is not None else 1e9)
-    for key in ("main", "privacy_utility", "ablation", "datasets"):
-        rows = curve if key == "privacy_utility" else by_table.get(key, [])
-        L += [f"## {titles[key]}", ""]
-        if not rows:
-            L += ["Not run yet (full benchmark only).", ""]
-            continue
-        if key == "datasets":
-            for ds in sorted({r["dataset"] for r in rows}):
-                sub = [r for r in rows if r["dataset"] == ds]
-                test = sub[0]["test"]
-                leaked = test.get("private", test)["leaked_test_images_removed"]  # flat before issue 29
-                L += [f"### {ds} ({test['n']} test images, {leaked} leaked removed)", "", cols, sep] + \
-                     [row(r) for r in sub] + [""]
-        else:
-            L += [cols, sep] + [row(r) for r in rows] + [""]
-    # eps = 2 goal against the non-private twin
+def _row(r: dict, with_commands: bool) -> str:
+    t = r["test"]
+    cmds = "<br>".join(f"`{c}`" for c in r["commands"].values()) if with_commands else ""
+    mark = " (one class only)" if one_class(r) else ""
+    return (f"| {r['label']}{mark} | {_f(t['accuracy'])} | {_f(t['precision_macro'])} | {_f(t['recall_macro'])} | "
+            f"{_f(t['f1_macro'])} | {_f(t['auc'])} | {_f(r.get('images_per_s'), 1)} | "
+            f"{_f(r.get('epsilon'), 2) if r.get('epsilon') is not None else 'none'} | "
+            + " | ".join(_mia(r)) + f" | {cmds} |")
+
+
+def _table(key: str, results: list[dict], with_commands: bool) -> list[str]:
+    """One of the four comparison tables; the privacy-utility curve also takes the chest rows of the
+    best model from the other tables (not the ablation's, not CLAHE), ordered by epsilon."""
+    if key == "privacy_utility":
+        rows = sorted([r for r in results if r["table"] == "privacy_utility" or (
+            r["dataset"] == CHEST and r["model"] == BEST_MODEL[CHEST] and not r["clahe"] and r["table"] != "ablation")],
+            key=lambda r: r["epsilon"] if r["epsilon"] is not None else 1e9)
+    else:
+        rows = [r for r in results if r["table"] == key]
+    L = [f"## {TABLE_TITLES[key]}", ""]
+    if not rows:
+        return L + ["Not run yet (full benchmark only).", ""]
+    if key != "datasets":
+        return L + TABLE_COLUMNS + [_row(r, with_commands) for r in rows] + [""]
+    for ds in sorted({r["dataset"] for r in rows}):
+        sub = [r for r in rows if r["dataset"] == ds]
+        test = sub[0]["test"]
+        leaked = test.get("private", test)["leaked_test_images_removed"]  # flat before issue 29
+        L += [f"### {ds} ({test['n']} test images, {leaked} leaked removed)", ""] + TABLE_COLUMNS + \
+             [_row(r, with_commands) for r in sub] + [""]
+    return L
+
+
+def _mia_goal(results: list[dict]) -> list[str]:
+    """The eps = 2 goal: each eps = 2 bundle's audit against its non-private twin's."""
     pairs = []
     for r in results:
-        if r.get("epsilon") is not None and r.get("audit") and (r["audit"].get("goal") or {}).get("applies_to_epsilon_at_most") \
-                and r.get("epsilon") <= 2.05 and entry_target(r) == 2.0:
-            twin = next((t for t in results if t.get("audit") and t.get("epsilon") is None and t["dataset"] == r["dataset"]
-                         and t["model"] == r["model"]), None)
+        goal = (r.get("audit") or {}).get("goal") or {}
+        if r.get("epsilon") is not None and goal.get("applies_to_epsilon_at_most") and r.get("epsilon") <= 2.05 \
+                and entry_target(r) == 2.0:
+            twin = next((t for t in results if t.get("audit") and t.get("epsilon") is None
+                         and t["dataset"] == r["dataset"] and t["model"] == r["model"]), None)
             pairs.append((r, twin))
-    if pairs:
-        L += ["## Membership inference: eps = 2 bundles against their non-private twins", "",
-              "Goal: attack AUC <= 0.55 and TPR at 1% FPR <= 2%, below the theoretical ceiling. With n non-members, "
-              "FPRs below 1/n are not resolvable; TPR@0.1% FPR is then the TPR at zero false positives. With 500 "
-              "non-members, TPR@1%FPR is read at 5 false positives: a point estimate (binomial standard error "
-              "0.6 points at 2% over 500 members, before the threshold's own noise); eps_lb is a heuristic "
-              "empirical epsilon (not a certified bound), so it can only warn. \"NOT met\" with eps_lb = 0 means "
-              "the point estimate crossed the goal without the heuristic showing a leak.", "",
-              "| bundle | MIA AUC | TPR@0.1%FPR | TPR@1%FPR | ceiling AUC | ceiling TPR@1% | eps_lb (heuristic) | goal | "
-              "twin MIA AUC | twin TPR@1%FPR | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r, t in pairs:
-            a = r["audit"]
-            ta = (t or {}).get("audit")
-            goal = "met" if (a.get("goal") or {}).get("met") else "NOT met"
-            if a.get("exceeds_ceiling"):  # a failed valid check; before the "checks" block, the heuristic
-                goal += " — PRIVACY AUDIT FAILED" if a.get("checks") else " — above the ceiling (heuristic, old audit)"
-            L.append(f"| {r['id']} (eps {r['epsilon']:.2f}) | {_f(a['max_auc'])} | {_f(a['max_tpr_at_fpr']['0.001'])} | "
-                     f"{_f(a['max_tpr_at_fpr']['0.01'])} | {_f(a['ceiling']['auc'])} | "
-                     f"{_f(a['ceiling']['tpr_at_fpr']['0.01'])} | {_f(a['empirical_epsilon']['lower_bound'], 2)} | {goal} | "
-                     f"{_f(ta['max_auc']) if ta else '—'} | {_f(ta['max_tpr_at_fpr']['0.01']) if ta else '—'} | "
-                     f"`{r['commands'].get('audit', '')}` |")
-        L.append("")
-    rob = [r for r in results if r.get("robustness")]
-    if rob:
-        from privmed.evaluation.robustness import robustness_table
+    if not pairs:
+        return []
+    L = ["## Membership inference: eps = 2 bundles against their non-private twins", "",
+         "Goal: attack AUC <= 0.55 and TPR at 1% FPR <= 2%, below the theoretical ceiling. With n non-members, "
+         "FPRs below 1/n are not resolvable; TPR@0.1% FPR is then the TPR at zero false positives. With 500 "
+         "non-members, TPR@1%FPR is read at 5 false positives: a point estimate (binomial standard error "
+         "0.6 points at 2% over 500 members, before the threshold's own noise); eps_lb is a heuristic "
+         "empirical epsilon (not a certified bound), so it can only warn. \"NOT met\" with eps_lb = 0 means "
+         "the point estimate crossed the goal without the heuristic showing a leak.", "",
+         "| bundle | MIA AUC | TPR@0.1%FPR | TPR@1%FPR | ceiling AUC | ceiling TPR@1% | eps_lb (heuristic) | goal | "
+         "twin MIA AUC | twin TPR@1%FPR | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    return L + [_mia_goal_row(r, t) for r, t in pairs] + [""]
 
-        L += ["## Robustness to image degradations", ""]
-        for r in rob:
-            rr = r["robustness"]
-            L += [f"### {r['label']} ({rr['n']} test images, degradations {rr['applied']})", "",
-                  robustness_table(rr), "", f"Command: `{r['commands']['robustness']}`", ""]
+
+def _mia_goal_row(r: dict, twin: dict | None) -> str:
+    a = r["audit"]
+    ta = (twin or {}).get("audit")
+    goal = "met" if (a.get("goal") or {}).get("met") else "NOT met"
+    if a.get("exceeds_ceiling"):  # a failed valid check; before the "checks" block, the heuristic
+        goal += " — PRIVACY AUDIT FAILED" if a.get("checks") else " — above the ceiling (heuristic, old audit)"
+    return (f"| {r['id']} (eps {r['epsilon']:.2f}) | {_f(a['max_auc'])} | {_f(a['max_tpr_at_fpr']['0.001'])} | "
+            f"{_f(a['max_tpr_at_fpr']['0.01'])} | {_f(a['ceiling']['auc'])} | "
+            f"{_f(a['ceiling']['tpr_at_fpr']['0.01'])} | {_f(a['empirical_epsilon']['lower_bound'], 2)} | {goal} | "
+            f"{_f(ta['max_auc']) if ta else '—'} | {_f(ta['max_tpr_at_fpr']['0.01']) if ta else '—'} | "
+            f"`{r['commands'].get('audit', '')}` |")
+
+
+def _robustness(results: list[dict]) -> list[str]:
+    rob = [r for r in results if r.get("robustness")]
+    if not rob:
+        return []
+    L = ["## Robustness to image degradations", ""]
+    for r in rob:
+        rr = r["robustness"]
+        L += [f"### {r['label']} ({rr['n']} test images, degradations {rr['applied']})", "",
+              robustness_table(rr), "", f"Command: `{r['commands']['robustness']}`", ""]
+    return L
+
+
+def _run_time(results: list[dict]) -> list[str]:
     timed = [r for r in results if r.get("seconds") is not None]
-    if timed:
-        L += ["## Run time", "", "Wall time of each entry on this machine (training, including decoding images and "
-              "extracting backbone features when not cached yet, evaluation, throughput, audit and robustness).", "",
-              "| entry | minutes |", "|---|---|"] + [f"| {r['id']} | {r['seconds'] / 60:.1f} |" for r in timed] + \
-             [f"| total | {sum(r['seconds'] for r in timed) / 60:.1f} |", ""]
-    L += ["## How to reproduce", "", "```", "privmed bench paper --quick    # this file's quick subset",
-          "privmed bench paper            # everything (adds the paper's CNN, ResNet-50, VGG, ScatterNet, ablation, brain MRI, CT)",
-          "privmed report RUN --out reports/paper   # HTML + Markdown with the privacy-utility curve", "```", "",
-          "Not run: " + (", ".join(e["id"] for e in entries() if e["id"] not in {r["id"] for r in results}) or "nothing"),
-          ""]
-    return "\n".join(L)
+    if not timed:
+        return []
+    return (["## Run time", "", "Wall time of each entry on this machine (training, including decoding images and "
+             "extracting backbone features when not cached yet, evaluation, throughput, audit and robustness).", "",
+             "| entry | minutes |", "|---|---|"] + [f"| {r['id']} | {r['seconds'] / 60:.1f} |" for r in timed]
+            + [f"| total | {sum(r['seconds'] for r in timed) / 60:.1f} |", ""])
+
+
+def _reproduce(results: list[dict]) -> list[str]:
+    done = {r["id"] for r in results}
+    return ["## How to reproduce", "", "```", "privmed bench paper --quick    # this file's quick subset",
+            "privmed bench paper            # everything (adds the paper's CNN, ResNet-50, VGG, ScatterNet, "
+            "ablation, brain MRI, CT)",
+            "privmed report RUN --out reports/paper   # HTML + Markdown with the privacy-utility curve", "```", "",
+            "Not run: " + (", ".join(e["id"] for e in entries() if e["id"] not in done) or "nothing"), ""]
 
 
 def one_class(r: dict) -> bool:
@@ -337,8 +365,6 @@ def entry_target(r: dict) -> float | None:
 
 
 def _cpu() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from privmed.config import DATASETS, default_data_root
+from privmed.data.read import Image, _to_gray01, load_image
 from privmed.errors import DatasetError
 from privmed.files import sha256_bytes
 from privmed.files import sha256_file as file_sha256
@@ -156,8 +157,6 @@ class FolderDataset:
         return file_patient_id(path)
 
     def load(self, record: Record):
-        from privmed.data.read import load_image
-
         return load_image(record.path)
 
 
@@ -203,8 +202,6 @@ class NpzDataset:
         return [Record(self.path, int(y), None, i, split) for i, y in enumerate(labels)]
 
     def load(self, record: Record):
-        from privmed.data.read import Image, _to_gray01
-
         arr = self._images(record.split)[record.index]
         return Image(_to_gray01(arr), {"format": "npz"})
 
@@ -220,8 +217,6 @@ def _npz(path: Path) -> NpzDataset:
 
 def load_record(record: Record):
     """Decode one record's image (a file, or a row of an .npz)."""
-    from privmed.data.read import load_image
-
     return load_image(record.path) if record.index is None else _npz(record.path).load(record)
 
 

@@ -11,6 +11,8 @@ from collections import Counter
 
 import numpy as np
 
+from privmed.data.datasets import load_record
+
 
 def images_per_patient(records) -> dict:
     ids = [r.patient_id for r in records if r.patient_id]
@@ -24,8 +26,6 @@ def images_per_patient(records) -> dict:
 
 
 def _thumb(record, size: int = 32) -> np.ndarray:
-    from privmed.data.datasets import load_record
-
     px = load_record(record).pixels
     from PIL import Image
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from privmed.config import TrainConfig
+from privmed.evaluation.dp_bounds import auc_confidence_interval
 from privmed.evaluation.metrics import roc_auc
 from privmed.models.batched import batched_forward
 from privmed.privacy import DPPlan
@@ -77,8 +78,6 @@ def attack_summary(member_scores, nonmember_scores, fprs=(0.001, 0.01), roc_poin
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     scores = np.r_[pos, neg]
     fpr, tpr, _ = roc_curve(labels, scores)
-    from privmed.evaluation.dp_bounds import auc_confidence_interval
-
     auc = roc_auc(labels, scores)
     lo, hi = auc_confidence_interval(auc, len(pos), len(neg))
     return {"auc": auc, "auc_ci95": [lo, hi], "n_members": int(len(pos)), "n_nonmembers": int(len(neg)),

@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,9 @@ from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
 from privmed.evaluation import dp_bounds as B
 from privmed.files import sha256_file
-from privmed.inference.bundle import load_bundle
+from privmed.inference.bundle import load_bundle, read_run_log, write_run_log
 from privmed.models import get_model
-from privmed.models.registry import with_public_basis
+from privmed.models.registry import spec_of, with_public_basis
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
 
 log = logging.getLogger("privmed.audit")
@@ -261,19 +262,32 @@ def _heuristic_findings(results: dict, eps: float, eps_lb: float, ceiling: dict,
     return warnings
 
 
-def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, seed: int = 0,
-                 data_root: Path | None = None, progress: bool = False, store: bool = True,
-                 canaries: int = 0) -> dict:
-    """Audit one bundle; returns (and, with ``store``, writes into its private run log) the audit block."""
-    t0 = time.time()
-    path = Path(path)
-    model, meta = load_bundle(path)
-    from privmed.inference.bundle import read_run_log
+@dataclass
+class _Targets:
+    """The audit's targets: members (training images or patients) and non-members (validation)."""
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    train_recs: list
+    train_hash: list[str]
+    x_non: torch.Tensor
+    y_non: torch.Tensor
+    src: np.ndarray
+    dup: np.ndarray
+    mem: np.ndarray
+    non: np.ndarray
+    groups: list | None
+    x: torch.Tensor
+    y: torch.Tensor
+    is_member: np.ndarray
+    notes: list[str]
 
-    meta["_run_log"] = read_run_log(path)
-    cfg = _config(meta, data_root)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    @property
+    def by_patient(self) -> bool:
+        return self.groups is not None
+
+
+def _targets(meta: dict, model, cfg: TrainConfig, n_per_side: int, rng, progress: bool) -> _Targets:
+    """Members and non-members, matched per class; a patient's images together under patient-level DP."""
     x_tr, y_tr, train_recs, x_non, y_non, src, non_recs = audit_data(meta, model, cfg, progress)
     train_hash = [_hash(r) for r in train_recs]
     # a held-out image with a byte-identical copy in train is a member in all but name
@@ -288,107 +302,158 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     groups = None
     if by_patient:  # a member is a patient: all their images in, scored together
         mem, non, groups = patient_targets(mem, non, train_recs, non_recs, src)
-    n = len(mem)
-    x_t = torch.cat([x_tr[mem], x_non[non]])
-    y_t = torch.cat([y_tr[mem], y_non[non]])
-    is_member = np.r_[np.ones(len(mem), bool), np.zeros(len(non), bool)]
-    target_logits = A.logits_of(model.trainable, x_t)
+    return _Targets(x_tr, y_tr, train_recs, train_hash, x_non, y_non, src, dup, mem, non, groups,
+                    torch.cat([x_tr[mem], x_non[non]]), torch.cat([y_tr[mem], y_non[non]]),
+                    np.r_[np.ones(len(mem), bool), np.zeros(len(non), bool)], notes)
 
-    # reference pool: training images that are not targets, and no byte-identical copy of one
-    target_hashes = {train_hash[i] for i in mem}
-    pool = np.array([i for i in np.setdiff1d(np.arange(len(x_tr)), mem) if train_hash[i] not in target_hashes])
-    recipe = A.Recipe.from_metadata(meta)
-    pixel_model = isinstance(model.frozen, torch.nn.Identity)
-    pool_units = _units([train_recs[i] for i in pool]) if by_patient else None
-    ref_logits, ref_seconds = _reference_logits(meta, model, recipe, x_tr[pool], y_tr[pool], pool_units, x_t,
-                                                k_reference, seed, pixel_model, progress)
 
+def _reference_pool(t: _Targets) -> np.ndarray:
+    """Training images that are not targets, and no byte-identical copy of one."""
+    target_hashes = {t.train_hash[i] for i in t.mem}
+    return np.array([i for i in np.setdiff1d(np.arange(len(t.x_tr)), t.mem) if t.train_hash[i] not in target_hashes])
+
+
+def _checks(priv: dict, canaries: int, pixel_model: bool) -> list[str]:
+    """The checks that may fail the audit, fixed before any outcome is seen; ALPHA is split over them.
+    Federated bundles are left out: their canary model repeats hospital 1's recipe centrally, which
+    the bundle's epsilon need not cover exactly."""
+    central = priv.get("noise_multiplier") is not None
+    return ["one_run_canary_audit"] if canaries and not pixel_model and priv.get("epsilon") is not None and central \
+        else []
+
+
+def _n_units(t: _Targets, member: bool) -> int:
+    """Targets on one side: images, or patients under patient-level DP."""
+    if t.groups is None:
+        return int(len(t.mem))
+    return int(len({g for g, m in zip(t.groups, t.is_member) if m == member}))
+
+
+def _block(meta: dict, t: _Targets, results: dict, recipe, ref: dict, n_per_side: int, seed: int, can_fail: list,
+           warnings: list, problems: list) -> dict:
+    """The audit block (before the canary audit): what was attacked, how, and against which ceiling."""
     priv = meta.get("privacy") or {}
     eps, delta = priv.get("epsilon"), priv.get("delta")
-    results = run_attacks(target_logits, y_t.numpy(), is_member, ref_logits, delta, seed, groups=groups)
-    if groups is not None:
-        n = int(len(set(g for g, m in zip(groups, is_member) if m)))
-    ceiling = B.ceiling_summary(eps, delta, FPRS)
+    n = _n_units(t, True)
     best = max(results.values(), key=lambda r: float(r["eps_lower_bound"]["eps_lb"]))
-    eps_lb = float(best["eps_lower_bound"]["eps_lb"])
-    max_cert = B.max_certifiable_eps(n - n // 2, n - n // 2, delta or 0.0, 1 - 0.05 / len(results))
-
-    # The checks that may fail the audit, fixed before any outcome is seen; ALPHA is split over them.
-    # Federated bundles are left out: their canary model repeats hospital 1's recipe centrally, which
-    # the bundle's epsilon need not cover exactly.
-    central = priv.get("noise_multiplier") is not None
-    can_fail = ["one_run_canary_audit"] if canaries and not pixel_model and eps is not None and central else []
-    alpha_each = ALPHA / max(1, len(can_fail))
-    problems = []
-    warnings = _heuristic_findings(results, eps, eps_lb, ceiling, n, notes) if eps is not None else []
     goal = None
     if eps is not None and eps <= GOAL["applies_to_epsilon_at_most"]:
-        goal = {**GOAL, "met": all(r["auc"] <= GOAL["max_auc"] and r["tpr_at_fpr"]["0.01"] <= GOAL["max_tpr_at_1pct_fpr"]
-                                   for r in results.values())}
-    block = {
+        goal = {**GOAL, "met": all(r["auc"] <= GOAL["max_auc"] and r["tpr_at_fpr"]["0.01"] <= GOAL[
+            "max_tpr_at_1pct_fpr"] for r in results.values())}
+    return {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "method": "loss-threshold and offline LiRA (fixed variance) membership inference",
-        "unit": "patient" if by_patient else "image",
-        "members": {"n": n, "source": ("training patients (all their images, scores averaged per patient)" if by_patient
-                                        else "training images of the bundle (rebuilt from its training config)")},
-        "nonmembers": {"n": n if not by_patient else int(len({g for g, m in zip(groups, is_member) if not m})), "source": {s: int((src[non] == s).sum()) for s in ("validation", "test")},
+        "unit": "patient" if t.by_patient else "image",
+        "members": {"n": n, "source": ("training patients (all their images, scores averaged per patient)"
+                                       if t.by_patient else
+                                       "training images of the bundle (rebuilt from its training config)")},
+        "nonmembers": {"n": n if not t.by_patient else _n_units(t, False),
+                       "source": {s: int((t.src[t.non] == s).sum()) for s in ("validation", "test")},
                        "requested": n_per_side,
-                       "excluded_copies_of_training_images": int(dup.sum()),
+                       "excluded_copies_of_training_images": int(t.dup.sum()),
                        "note": "validation images only (same distribution, patient-disjoint), never test images "
                                 "(a shifted split); members matched per class"},
-        "reference_models": {"k": k_reference, "trained_on": f"{len(pool)} training images that are not audit "
+        "reference_models": {"k": ref["k"], "trained_on": f"{ref['pool']} training images that are not audit "
                              "targets (every reference is OUT for every target)", "recipe": recipe.__dict__,
-                             "seconds": round(ref_seconds, 1)},
+                             "seconds": round(ref["seconds"], 1)},
         "seed": seed,
         "attacks": results,
         "best_attack": max(results, key=lambda k: results[k]["auc"]),
         "max_auc": max(r["auc"] for r in results.values()),
         "max_tpr_at_fpr": {str(f): max(r["tpr_at_fpr"][str(f)] for r in results.values()) for f in FPRS},
         # key names kept for their readers; the value is a heuristic, not a lower bound
-        "empirical_epsilon": {"lower_bound": eps_lb, "confidence": 0.95, "attack": next(
-            k for k, r in results.items() if r is best), "max_certifiable_at_this_n": max_cert,
-            "heuristic": True, "label": HEURISTIC,
-            "method": "best attack threshold chosen on half the targets, Clopper-Pearson on the other half; "
-                      "Bonferroni over attacks; nominal 95 %: the targets are not independent trials"},
-        "ceiling": ceiling,
-        "checks": {"confidence": 1 - ALPHA, "can_fail": can_fail, "alpha_each": alpha_each,
+        "empirical_epsilon": {"lower_bound": float(best["eps_lower_bound"]["eps_lb"]), "confidence": 0.95,
+                              "attack": next(k for k, r in results.items() if r is best),
+                              "max_certifiable_at_this_n": B.max_certifiable_eps(
+                                  n - n // 2, n - n // 2, delta or 0.0, 1 - 0.05 / len(results)),
+                              "heuristic": True, "label": HEURISTIC,
+                              "method": "best attack threshold chosen on half the targets, Clopper-Pearson on the "
+                                        "other half; Bonferroni over attacks; nominal 95 %: the targets are not "
+                                        "independent trials"},
+        "ceiling": B.ceiling_summary(eps, delta, FPRS),
+        "checks": {"confidence": 1 - ALPHA, "can_fail": can_fail, "alpha_each": ALPHA / max(1, len(can_fail)),
                    "method": "Bonferroni: each check that can fail runs at ALPHA / (number of such checks), so "
                              "a truly (eps, delta)-DP recipe fails the audit with probability <= ALPHA",
                    "warn_only": ["empirical_epsilon", "AUC 95% interval vs ceiling", "TPR point estimates"]},
         "exceeds_ceiling": bool(problems),
         "problems": problems,
         "warnings": warnings,
-        "notes": notes,
+        "notes": t.notes,
         "goal": goal,
         "recipe": recipe_block(meta),
         "dataset_fingerprint": (meta.get("_run_log", {}).get("dataset_fingerprint") or {}).get("train"),
-        "seconds": round(time.time() - t0, 1),
     }
-    if canaries and pixel_model:
+
+
+def _canary_check(block: dict, meta: dict, model, t: _Targets, recipe, canaries: int, seed: int,
+                  pixel_model: bool) -> None:
+    """The one-run canary audit of the recipe (head models), into ``block``; a failure is a problem."""
+    if pixel_model:
         block["canary_audit"] = {"skipped": "one-run canary audit is implemented for head models only"}
-    elif canaries:
-        pool_non = np.setdiff1d(np.arange(len(x_non)), non)  # canaries are not audit targets
-        ca = canary_audit(_builder(meta, model), x_tr, y_tr, x_non[pool_non], y_non[pool_non], len(meta["classes"]),
-                          recipe, canaries, seed=seed, eps=eps if can_fail else None, delta=delta or 0.0,
-                          alpha=alpha_each)
-        block["canary_audit"] = ca
-        if ca.get("failed"):
-            problems.append(f"one-run canary audit: {ca['correct']}/{ca['guesses']} correct guesses on "
-                            f"{ca['canaries']} canaries, p = {ca['p_value']:.2g} <= {alpha_each:.3g} under "
-                            f"(eps={eps}, delta={delta or 0.0:.3g}); eps >= {ca['eps_lower_bound']:.3f}")
-            block["exceeds_ceiling"] = True
-    for w in warnings:
+        return
+    priv = meta.get("privacy") or {}
+    eps, delta = priv.get("epsilon"), priv.get("delta")
+    alpha_each = block["checks"]["alpha_each"]
+    pool_non = np.setdiff1d(np.arange(len(t.x_non)), t.non)  # canaries are not audit targets
+    ca = canary_audit(_builder(meta, model), t.x_tr, t.y_tr, t.x_non[pool_non], t.y_non[pool_non],
+                      len(meta["classes"]), recipe, canaries, seed=seed,
+                      eps=eps if block["checks"]["can_fail"] else None, delta=delta or 0.0, alpha=alpha_each)
+    block["canary_audit"] = ca
+    if ca.get("failed"):
+        block["problems"].append(f"one-run canary audit: {ca['correct']}/{ca['guesses']} correct guesses on "
+                                 f"{ca['canaries']} canaries, p = {ca['p_value']:.2g} <= {alpha_each:.3g} under "
+                                 f"(eps={eps}, delta={delta or 0.0:.3g}); eps >= {ca['eps_lower_bound']:.3f}")
+        block["exceeds_ceiling"] = True
+
+
+def _report(block: dict, path: Path) -> None:
+    """Warnings to the log; a failed audit loudly, to the log and stderr."""
+    for w in block["warnings"]:
         log.warning(w)
-    if problems:
-        msg = (f"PRIVACY AUDIT FAILED at {1 - ALPHA:.0%} confidence jointly over its {len(can_fail)} statistically "
-               f"valid check(s) (Bonferroni, each at {alpha_each:.3g}): a recipe that is (eps, delta)-DP fails "
-               f"with probability at most {ALPHA:.0%}, so this is a bug (training, sampling or accounting), "
-               "not bad luck: " + "; ".join(problems) + f" [bundle {path}]")
+    if block["problems"]:
+        ch = block["checks"]
+        msg = (f"PRIVACY AUDIT FAILED at {1 - ALPHA:.0%} confidence jointly over its {len(ch['can_fail'])} "
+               f"statistically valid check(s) (Bonferroni, each at {ch['alpha_each']:.3g}): a recipe that is "
+               f"(eps, delta)-DP fails with probability at most {ALPHA:.0%}, so this is a bug (training, sampling or "
+               "accounting), not bad luck: " + "; ".join(block["problems"]) + f" [bundle {path}]")
         log.error(msg)
         print(f"ERROR: {msg}", file=sys.stderr)
-    if store:  # private: scores and thresholds of training images; the run log, never the bundle
-        from privmed.inference.bundle import write_run_log
 
+
+def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, seed: int = 0,
+                 data_root: Path | None = None, progress: bool = False, store: bool = True,
+                 canaries: int = 0) -> dict:
+    """Audit one bundle; returns (and, with ``store``, writes into its private run log) the audit block."""
+    t0 = time.time()
+    path = Path(path)
+    model, meta = load_bundle(path)
+    meta["_run_log"] = read_run_log(path)
+    cfg = _config(meta, data_root)
+    torch.manual_seed(seed)
+    t = _targets(meta, model, cfg, n_per_side, np.random.default_rng(seed), progress)
+    target_logits = A.logits_of(model.trainable, t.x)
+
+    pool = _reference_pool(t)
+    recipe = A.Recipe.from_metadata(meta)
+    pixel_model = spec_of(model.name).takes_pixels
+    pool_units = _units([t.train_recs[i] for i in pool]) if t.by_patient else None
+    ref_logits, ref_seconds = _reference_logits(meta, model, recipe, t.x_tr[pool], t.y_tr[pool], pool_units, t.x,
+                                                k_reference, seed, pixel_model, progress)
+
+    priv = meta.get("privacy") or {}
+    eps, delta = priv.get("epsilon"), priv.get("delta")
+    results = run_attacks(target_logits, t.y.numpy(), t.is_member, ref_logits, delta, seed, groups=t.groups)
+    n = _n_units(t, True)
+    eps_lb = max(float(r["eps_lower_bound"]["eps_lb"]) for r in results.values())
+    ceiling = B.ceiling_summary(eps, delta, FPRS)
+    warnings = _heuristic_findings(results, eps, eps_lb, ceiling, n, t.notes) if eps is not None else []
+    block = _block(meta, t, results, recipe, {"k": k_reference, "pool": len(pool), "seconds": ref_seconds},
+                   n_per_side, seed, _checks(priv, canaries, pixel_model), warnings, [])
+    block["seconds"] = round(time.time() - t0, 1)
+    if canaries:
+        _canary_check(block, meta, model, t, recipe, canaries, seed, pixel_model)
+    _report(block, path)
+    if store:  # private: scores and thresholds of training images; the run log, never the bundle
         write_run_log(path, block, name="audit.json")
     return block
 

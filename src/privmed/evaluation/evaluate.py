@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from privmed.config import TrainConfig
-from privmed.data.datasets import open_dataset
+from privmed.data.datasets import load_record, open_dataset
 from privmed.errors import BundleError
 from privmed.evaluation.metrics import classification_report
 from privmed.inference.predictor import load_model
@@ -20,7 +20,6 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
     ``Model.scores_many``."""
     from tqdm import tqdm
 
-    from privmed.data.datasets import load_record
 
     pixels = (load_record(r).pixels for r in tqdm(records, desc="evaluate", disable=not progress, leave=False))
     return model.scores_many(pixels, batch)[0]
@@ -29,7 +28,7 @@ def predict_records(model, records, progress: bool = True, batch: int = 32) -> n
 def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test", data_root: Path | None = None,
              exclude_leaked: bool = True, progress: bool = True, patient_disjoint: bool = False) -> dict:
     """Metrics on a split. ``patient_disjoint``: also drop images whose patient id occurs in train
-    (chest_xray_pneumonia: 170 test ids also name training files; docs/RESULTS.md on whether they
+    (chest_xray_pneumonia: 170 test ids also name training files; docs/notebook/RESULTS.md on whether they
     are the same people). ``report["private"]`` holds the counts of removed images: functions of the
     training images, kept out of the bundle by ``privmed evaluate --record``."""
     model = load_model(bundle)

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.evaluation.dp_bounds import ceiling_tpr
+from privmed.config import TrainConfig
+from privmed.errors import PrivmedError
+from privmed.evaluation.attacks import roc_curve
+from privmed.evaluation.dp_bounds import ceiling_auc, ceiling_tpr
+from privmed.evaluation.evaluate import predict_records
+from privmed.evaluation.metrics import classification_report, roc_auc
+from privmed.inference.bundle import read_run_log
+from privmed.inference.predictor import load_model
+from privmed.privacy.ledger import statement
+from privmed.training.data import test_records
 
 
 def _plt():
@@ -138,9 +147,6 @@ def plot_confusion(cm, classes):
 
 
 def plot_roc(labels, probs, classes):
-    from privmed.evaluation.attacks import roc_curve
-    from privmed.evaluation.metrics import roc_auc
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     targets = [1] if len(classes) == 2 else range(len(classes))
@@ -213,8 +219,6 @@ def plot_privacy_utility(rows: list[dict], metric: str = "accuracy"):
     ax.plot(xs, [r[metric] for r in dp], "o-", label=f"test {metric} (DP)")
     if any(r.get("mia_auc") is not None for r in dp):
         ax.plot(xs, [r.get("mia_auc", np.nan) for r in dp], "s--", color="tab:red", label="MIA AUC (best attack)")
-        from privmed.evaluation.dp_bounds import ceiling_auc
-
         ee = np.linspace(min(xs), max(xs), 50)
         ax.plot(ee, [ceiling_auc(e, dp[0].get("delta") or 0.0) for e in ee], ":", color="tab:red",
                 label="MIA AUC ceiling")
@@ -240,12 +244,6 @@ def plot_privacy_utility(rows: list[dict], metric: str = "accuracy"):
 # --------------------------------------------------------------------------- reports
 
 def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> Doc:
-    from privmed.config import TrainConfig
-    from privmed.evaluation.evaluate import predict_records
-    from privmed.evaluation.metrics import classification_report
-    from privmed.inference.predictor import load_model
-    from privmed.training.data import test_records
-
     model = load_model(bundle)
     meta = model.metadata
     doc = Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
@@ -263,11 +261,7 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
         doc.table(["epsilon", "delta", "noise multiplier", "clip", "sample rate", "steps", "accountant", "unit"],
                   [[priv.get("epsilon"), priv.get("delta"), priv.get("noise_multiplier"), priv.get("max_grad_norm"),
                     priv.get("sample_rate"), priv.get("steps"), priv.get("accountant"), priv.get("unit_of_privacy")]])
-        from privmed.privacy.ledger import statement
-
         doc.p(statement(meta) + " See docs/PRIVACY.md.")
-    from privmed.inference.bundle import read_run_log
-
     history = read_run_log(bundle).get("history")
     if history:  # from the private run log: this report is for whoever trained the model
         doc.h("Training (private run log)")
@@ -345,8 +339,6 @@ def write_report(target: str | Path, out: str | Path, data_root: Path | None = N
     target, out = Path(target), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (target / "metadata.json").is_file():
-        from privmed.errors import PrivmedError
-
         raise PrivmedError(f"{target} is not a bundle (no metadata.json)")
     return write_doc(bundle_report(target, out, data_root, progress), out)
 

@@ -2,4 +2,4 @@
 ledger), weighted FedAvg of updates through SecAgg+, an ordinary bundle out.
 
 Layer: above training/privacy, below the faces. ``privmed.federated.run`` imports Flower (the
-``federated`` extra); ``privmed.federated.cli`` does not, so the CLI works without it."""
+``federated`` extra); ``privmed.cli.federated`` does not, so the CLI works without it."""

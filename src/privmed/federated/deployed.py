@@ -28,6 +28,9 @@ from privmed.files import atomic_path, atomic_write_text
 
 from privmed.federated.apps import (LEDGER_KEYS, UpdateFedAvg, class_weight_of, counts_reply, exchange_counts,
                                     make_workflow)
+from privmed.data.datasets import Record
+from privmed.errors import PrivacyBudgetError
+from privmed.federated.config import FederatedConfig, SecAggConfig
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -41,8 +44,6 @@ def load_site(site: Path):
     """(hospital index, FederatedConfig, delta, n_classes, x, y, local unit ids) from a hospital folder."""
     import torch
 
-    from privmed.data.datasets import Record
-    from privmed.federated.config import FederatedConfig
     from privmed.models import get_model
     from privmed.training.data import load_pixels, model_inputs, unit_ids
 
@@ -83,8 +84,6 @@ class SiteClient(NumPyClient):
         return counts_reply(hospital.counts)
 
     def fit(self, parameters, config):
-        from privmed.errors import PrivacyBudgetError
-
         hospital, state, state_path = self._open()
         w = class_weight_of(config)
         if w is not None:
@@ -149,8 +148,6 @@ def write_checkpoint(path: Path, weights: list[np.ndarray], meta: dict,
 
 @server.main()
 def _server_main(grid, context: Context) -> None:
-    from privmed.federated.config import SecAggConfig
-
     plan_path = Path(str(context.run_config["plan"]))
     plan = json.loads(plan_path.read_text())
     folder = plan_path.parent

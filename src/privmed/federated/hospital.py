@@ -14,11 +14,12 @@ import torch
 
 from privmed.data.transforms import Augment
 from privmed.errors import PrivacyBudgetError
-from privmed.models import get_model
-from privmed.privacy import DPPlan, DPSGD, check_budget
+from privmed.models import get_model, spec_of
+from privmed.privacy import DPSGD, DPPlan, check_budget
+from privmed.privacy.ledger import COUNTS, DP_SGD, dp_sgd_release, release
 from privmed.privacy.randomness import SecretStream
 from privmed.privacy.releases import dp_class_weights, units_estimate
-from privmed.training.trainer import make_optimizer, per_sample_loss, unit_weights
+from privmed.training.trainer import make_optimizer, run_steps, unit_weights
 
 
 class Hospital:
@@ -61,7 +62,7 @@ class Hospital:
         opt = make_optimizer(self.net, tc.optimizer, tc.lr)
         self.engine = DPSGD(self.net, opt, units, self.plan, self._unit_weight(weight), pc.grad_sample_mode, stream,
                             pc.physical_batch)
-        pixel_model = isinstance(model.frozen, torch.nn.Identity)  # as privmed train: scattering maps are 4-d too
+        pixel_model = spec_of(tc.model).takes_pixels  # as privmed train: scattering maps are 4-d too
         self.augment = Augment(tc.augment, draws=stream) if tc.augment.enabled and pixel_model else None
         self.rounds_done = 0
         self.rounds_run: list[int] = []  # the server's round number of each round this hospital ran
@@ -121,13 +122,8 @@ class Hospital:
         if self.reset_momentum:  # start the round without the velocity of the last one (its local drift)
             self.engine.optimizer.state.clear()
         anchor = [p.detach().clone() for p in self.net.parameters()]
-        self.engine.module.train()
-        for _ in range(self.local_steps):
-            idx, local, chosen = self.engine.sample()
-            xb = self.augment(self.x[idx]) if self.augment and len(idx) else self.x[idx]
-            self.engine.step(xb, self.y[idx], local, chosen, per_sample_loss)
-            if self.fedprox_mu:
-                self._proximal_step(anchor)
+        run_steps(self.engine.sampler, self.engine, self.x, self.y, self.local_steps, augment=self.augment,
+                  after_step=(lambda: self._proximal_step(anchor)) if self.fedprox_mu else None)
         self.rounds_done += 1
         self.rounds_run.append(round_no if round_no is not None else self.rounds_done)
         update = [w - g for w, g in zip(self.get_weights(), global_weights)]
@@ -136,11 +132,8 @@ class Hospital:
 
     def ledger(self, with_epsilon: bool = True) -> dict:
         """Public numbers only: what an accountant needs to recompute this hospital's epsilon."""
-        releases = [{"release": "class counts per unit (Gaussian mechanism, sensitivity 1)",
-                     "noise_multiplier": self.plan.prefix[0][0], "sample_rate": 1.0, "steps": 1},
-                    {"release": "local DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)",
-                     "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
-                     "steps": self.engine.steps}]
+        releases = [release(COUNTS, self.plan.prefix[0][0]),
+                    dp_sgd_release(self.engine, on=None, what="local " + DP_SGD)]
         return {"hospital": self.index + 1, "n_units_dp": round(self.n_units_dp, 1), "rounds": self.rounds_done,
                 "rounds_run": list(self.rounds_run),
                 "local_steps_per_round": self.local_steps, "steps": self.engine.steps,

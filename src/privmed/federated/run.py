@@ -21,10 +21,13 @@ from privmed.federated.grid import LocalGrid
 from privmed.federated.hospital import Hospital
 from privmed.federated.ledger import federated_ledger
 from privmed.federated.partition import partition
+from privmed.federated.processes import run_processes
+from privmed.federated.simulation import run_ray
 from privmed.inference.bundle import run_dir, save_bundle, write_run_log
 from privmed.models import MODELS, get_model
 from privmed.pipeline import TASKS
 from privmed.privacy import DEFAULT_DELTA, check_budget
+from privmed.privacy.accounting import epsilon_of
 from privmed.training.data import load_pixels, model_inputs, split_records, unit_ids
 
 
@@ -149,9 +152,6 @@ class ProcessFederation:
         self.timing: dict = {}
 
     def run(self, root: Path, on_tick=None) -> list[np.ndarray]:
-        from privmed.federated.processes import run_processes
-        from privmed.federated.simulation import run_ray
-
         quiet_flower(True)
         if self.cfg.engine == "simulation":
             res = run_ray(self.cfg, self, root, self.progress)
@@ -164,8 +164,6 @@ class ProcessFederation:
     def ledger(self) -> dict:
         """Each hospital's own public ledger, as it wrote it (counting any round it started and lost);
         epsilon recomputed here from its releases."""
-        from privmed.privacy.accounting import epsilon_of
-
         pc = self.cfg.train.privacy
         hl = []
         for h in sorted(self.site_records):

@@ -3,10 +3,9 @@ store the result back as a Structured Report, push local DICOM files."""
 from __future__ import annotations
 
 import io
-
 from pathlib import Path
 
-from privmed.data.deid import DeidError, Options
+from privmed.deid.header import DeidError, Options
 from privmed.hospital.dicomweb import DICOMwebClient, PACSError
 
 
@@ -14,7 +13,7 @@ def pull(url: str, study: str, out: Path, secret: bytes | None, options: Options
          pixels: str = "ocr", keep_identifiers: bool = False) -> dict:
     """Retrieve a study; write de-identified copies to ``out`` (named by their new SOPInstanceUID).
     Identified copies are written only with ``keep_identifiers`` (then named by the original UID)."""
-    from privmed.data.deid_files import deid_dataset
+    from privmed.deid.files import deid_dataset
     from privmed.files import atomic_write_bytes
 
     if secret is None and not keep_identifiers:
@@ -83,7 +82,7 @@ def predict_study(url: str, study: str, bundle, push: bool = False, window: str 
 def push(url: str, files: list[Path]) -> dict:
     """STOW-RS local DICOM files (e.g. de-identified copies). All are read first: a bad file stops the push
     before anything is sent."""
-    from privmed.data.deid_files import read_dicom_dataset
+    from privmed.deid.files import read_dicom_dataset
 
     if not files:
         raise DeidError("nothing to push")

@@ -9,7 +9,6 @@ raises ``Busy`` at once instead of letting requests pile up without limit.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -18,6 +17,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 
+from privmed.config import settings
 from privmed.errors import Unavailable
 
 
@@ -27,11 +27,10 @@ class Busy(Unavailable):
 
 def settings_from_env() -> dict | None:
     """``PRIVMED_BATCH=off`` disables batching (None); else max batch, wait and queue bounds."""
-    if os.environ.get("PRIVMED_BATCH", "on").lower() in ("0", "off", "false", "no"):
+    s = settings()
+    if not s.batch:
         return None
-    wait_ms = min(5.0, float(os.environ.get("PRIVMED_BATCH_WAIT_MS", "5")))
-    return {"max_batch": int(os.environ.get("PRIVMED_BATCH_MAX", "16")), "max_wait_s": wait_ms / 1000,
-            "max_queue": int(os.environ.get("PRIVMED_BATCH_QUEUE", "64"))}
+    return {"max_batch": s.batch_max, "max_wait_s": min(5.0, s.batch_wait_ms) / 1000, "max_queue": s.batch_queue}
 
 
 class MicroBatcher:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from privmed.errors import BundleError
 from privmed.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
 from privmed.models import MODELS, SplitModel, get_model
+from privmed.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -31,8 +32,6 @@ PRIVATE_METRICS = ("leaked_test_images_removed", "images_of_patient_ids_in_train
 def versions() -> dict:
     import monai
     import opacus
-
-    from privmed import __version__
 
     return {"privmed": __version__, "torch": torch.__version__, "opacus": opacus.__version__,
             "monai": monai.__version__, "python": platform.python_version()}

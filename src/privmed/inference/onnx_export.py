@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privmed.config import settings
 from privmed.files import atomic_path, sha256_file
 
 ONNX_FILE = "model.onnx"
@@ -37,16 +38,14 @@ def session(path: Path, threads: int | None = None):
     """ONNX Runtime CPU session. Worker threads do not spin-wait between runs (spinning doubled the
     whole-path latency on a shared 2-core machine: it steals the cores decoding and the quality gate
     need); ``PRIVMED_ORT_SPIN=1`` turns it back on, ``PRIVMED_ORT_THREADS`` sets the thread count."""
-    import os
-
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or int(os.environ.get("PRIVMED_ORT_THREADS", "0") or 0)
+    threads = threads or settings().ort_threads
     if threads:
         opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PRIVMED_ORT_SPIN", "0"))
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings().ort_spin else "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -122,12 +121,11 @@ def _ort_version() -> str:
 
 def usable(bundle_path: Path, meta: dict) -> bool:
     """True when ``model.onnx`` exists, was made from these weights, and was faster than torch."""
-    import os
-
-    if os.environ.get("PRIVMED_ONNX", "auto").lower() in ("0", "off", "false", "no"):
+    mode = settings().onnx
+    if mode == "off":
         return False
     block = meta.get("onnx") or {}
-    forced = os.environ.get("PRIVMED_ONNX", "auto").lower() in ("1", "on", "true", "yes")
+    forced = mode == "on"
     path = Path(bundle_path) / ONNX_FILE
     if not (path.is_file() and block.get("weights_sha256") == meta.get("weights_sha256")
             and (forced or bool(block.get("faster")))):

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privmed.config import PreprocessConfig, bundles_dir
+import privmed.inference.intended_use as intended_use
+import privmed.inference.site as site_calibration
+from privmed.config import PreprocessConfig, bundle_search_dirs
 from privmed.data.read import MAX_BYTES, Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
-from privmed.inference import intended_use
-from privmed.inference import site as site_calibration
 from privmed.inference.bundle import load_bundle
 
 
@@ -64,8 +64,8 @@ class Model:
             self.use_site(site_calibration.load(self.path, self.metadata, None if site is True else site))
         self.session = None  # ONNX Runtime, when BUNDLE/model.onnx matches these weights and is faster
         try:
+            from privmed.inference.int8 import usable_int8
             from privmed.inference.onnx_export import session, usable
-            from privmed.inference.quantize import usable_int8
 
             int8 = usable_int8(self.path, self.metadata) if local_graphs else None  # accepted int8 graph first
             if int8 is not None:
@@ -264,11 +264,11 @@ def resolve_bundle(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_dir():
         return p
-    candidate = bundles_dir() / str(name_or_path)
-    if candidate.is_dir():
-        return candidate
-    known = sorted(d.name for d in bundles_dir().glob("*") if (d / "metadata.json").is_file()) \
-        if bundles_dir().is_dir() else []
+    roots = bundle_search_dirs()
+    for root in roots:
+        if (root / str(name_or_path)).is_dir():
+            return root / str(name_or_path)
+    known = sorted({d.name for root in roots for d in root.glob("*") if (d / "metadata.json").is_file()})
     raise BundleError(f"no bundle at '{name_or_path}'; pass a bundle directory or one of: {', '.join(known) or 'none'}")
 
 

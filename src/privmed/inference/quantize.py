@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-INT8_FILE = "model.int8.onnx"
-RECORD_FILE = "int8.json"
+from privmed.inference.int8 import INT8_FILE, RECORD_FILE, local_dir
+
 MAX_DROP_POINTS = 0.5
-
-
-def local_dir(bundle: Path) -> Path:
-    """Deployment-side folder beside the bundle (``BUNDLE.local``): never part of a release."""
-    bundle = Path(bundle).resolve()
-    return bundle.with_name(bundle.name + ".local")
 
 
 def _tensors(model, records, limit: int | None = None) -> np.ndarray:
@@ -165,23 +158,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def usable_int8(bundle: Path, meta: dict) -> Path | None:
-    """``BUNDLE.local/model.int8.onnx`` when it was accepted and still matches this bundle's weights
-    and fp32 graph; ``PRIVMED_INT8=off`` never uses it."""
-    if os.environ.get("PRIVMED_INT8", "auto").lower() in ("0", "off", "false", "no"):
-        return None
-    d = local_dir(bundle)
-    try:
-        record = json.loads((d / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    from privmed.inference.bundle import sha256_file
-    from privmed.inference.onnx_export import ONNX_FILE
-
-    path, fp32 = d / INT8_FILE, Path(bundle) / ONNX_FILE
-    ok = (record.get("accepted") is True and record.get("weights_sha256") == meta.get("weights_sha256")
-          and path.is_file() and fp32.is_file() and sha256_file(path) == record.get("sha256")
-          and sha256_file(fp32) == record.get("fp32_onnx_sha256"))
-    return path if ok else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from privmed.config import bundles_dir
+from privmed.config import bundle_search_dirs
 from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
+from privmed.inference.predictor import Model
 
 
 class UnknownModel(LookupError):
@@ -51,8 +52,12 @@ class Registry:
 
     def _dirs(self) -> list[Path]:
         dirs: list[Path] = []
-        if self.scan_default and bundles_dir().is_dir():
-            dirs += sorted(d for d in bundles_dir().iterdir() if (d / "metadata.json").is_file())
+        if self.scan_default:
+            seen: set[str] = set()  # a bundle name found earlier wins (the user's over the shipped one)
+            for root in bundle_search_dirs():
+                found = sorted(d for d in root.iterdir() if (d / "metadata.json").is_file() and d.name not in seen)
+                seen |= {d.name for d in found}
+                dirs += found
         return dirs + list(self.extra)
 
     def load_all(self) -> int:
@@ -109,8 +114,6 @@ class Registry:
     def model(self, entry: dict):
         """The loaded model; re-verified (checksum, signature) whenever a bundle file changed on disk.
         Raises ``BundleError`` when it no longer verifies (the API answers 503)."""
-        from privmed.inference.predictor import Model
-
         path = Path(entry["path"]).resolve()
         if entry.get("broken"):
             self._loaded.pop(path, None)

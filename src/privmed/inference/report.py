@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import privmed.inference.site as site_calibration
 from privmed.errors import WrongModality
+from privmed.inference.intended_use import describe, for_bundle
 
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
          "display": "Artificial Intelligence asserted"}
@@ -59,8 +61,6 @@ def safe_image_meta(meta: dict) -> dict:
 def model_card(metadata: dict, name: str | None = None, site: dict | None = None) -> dict:
     """What a clinician or auditor needs to judge a bundle; the full privacy ledger included, and the
     site calibration in use (``site``: ``inference.site.load``'s document) with its own guarantee."""
-    from privmed.inference import site as site_calibration
-    from privmed.inference.intended_use import for_bundle
     from privmed.privacy.ledger import statement
 
     p = metadata.get("privacy") or {}
@@ -108,8 +108,6 @@ def _now() -> str:
 
 def diagnostic_report(result: dict, card: dict, issued: str | None = None) -> dict:
     """FHIR R4 DiagnosticReport for one ``result_dict``; Observations and Device contained."""
-    from privmed.inference.intended_use import describe
-
     issued = issued or _now()
     security = [dict(AIAST)]
     device = {

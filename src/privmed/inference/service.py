@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import threading
 
+from privmed.config import settings
 from privmed.data.read import MAX_BYTES, Image
 from privmed.errors import ImageReadError, Unavailable
 from privmed.files import sha256_bytes
@@ -21,8 +22,9 @@ _BATCHERS_LOCK = threading.Lock()
 def _decode_slots() -> int:
     """Images decoded at once. A 50-megapixel RGB upload takes ~1 GB while it is decoded and checked,
     so threads decoding in parallel must be bounded: by PRIVMED_MAX_DECODES, else 1 per 8 GiB of RAM (1-4)."""
-    if os.environ.get("PRIVMED_MAX_DECODES"):
-        return max(1, int(os.environ["PRIVMED_MAX_DECODES"]))
+    wanted = settings().max_decodes
+    if wanted is not None:
+        return max(1, wanted)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -68,8 +70,8 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
 def redact_image(img: Image) -> tuple[Image, int]:
     """Burned-in text blacked out (filled with the image's minimum) before the model sees it; the
     number of regions. The words found stay here: they may be PHI."""
-    from privmed.data.ocr import OCRError
-    from privmed.data.redact import redact_array, text_boxes
+    from privmed.deid.ocr import OCRError
+    from privmed.deid.redact import redact_array, text_boxes
 
     try:
         _, boxes = text_boxes(img.pixels)

@@ -233,7 +233,7 @@ class LiveStream:
 def frame_bytes(rgb) -> bytes:
     """An RGB frame (H, W, 3 uint8) as BMP bytes: a camera frame then takes exactly the path of an
     uploaded image (format sniffing, decoding limits, quality gate). BMP: lossless (the model sees the
-    frame as received) at the CPU cost of JPEG, half that of PNG (docs/BENCHMARKS.md, bench_live.py)."""
+    frame as received) at the CPU cost of JPEG, half that of PNG (docs/notebook/BENCHMARKS.md, bench_live.py)."""
     import cv2
     import numpy as np
 

@@ -4,16 +4,16 @@ the trainer may cache the frozen part's outputs when no augmentation runs before
 from __future__ import annotations
 
 import inspect
-
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from privmed.models import efficientnet_lite as effl
+import privmed.models.efficientnet_lite as effl
 from privmed.models.cnn import PaperCNN
-from privmed.models.scatter_cnn import VERSION as SCATTER_VERSION, ScatterCNN, ScatterFrozen
+from privmed.models.scatter_cnn import VERSION as SCATTER_VERSION
+from privmed.models.scatter_cnn import ScatterCNN, ScatterFrozen
 
 
 class SplitModel(nn.Module):
@@ -22,6 +22,7 @@ class SplitModel(nn.Module):
         self.frozen = frozen.eval().requires_grad_(False)
         self.trainable = trainable
         self.backbone = backbone or {}  # where the frozen weights come from (recorded in bundles)
+        self.name = ""  # its MODELS entry (get_model sets it): what it takes, its recipe
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -219,29 +220,52 @@ class ModelSpec:
     build: Callable[..., SplitModel]
     dp_ok: bool
     description: str
+    # no frozen part: the trainable part sees pixels, so augmentation can run and nothing is cached
+    takes_pixels: bool = False
+    # the recipe for what the user leaves unset (TrainConfig): epochs, batch_size, lr, optimizer, sample_rate
+    defaults: dict = field(default_factory=dict)
 
 
+# A linear head on frozen features wants large batches and a high learning rate (DP noise averages out
+# over the batch); CNNs from scratch don't. Tramer & Boneh's ScatterNet recipe: large batches, SGD with a
+# high rate (the clip C is small, so lr * C is the step); the same at 128 px, J = 3.
+_SCATTER = {"epochs": 15, "batch_size": 1024, "lr": 4.0, "optimizer": "sgd"}
 MODELS: dict[str, ModelSpec] = {
-    "effnet_lite0_head": ModelSpec(effnet_lite0_head, True, "frozen ImageNet EfficientNet-Lite0, DP linear head"),
+    "effnet_lite0_head": ModelSpec(effnet_lite0_head, True, "frozen ImageNet EfficientNet-Lite0, DP linear head",
+                                   defaults={"epochs": 30, "batch_size": 512, "lr": 0.05}),
     "effnet_lite0_multi": ModelSpec(effnet_lite0_multi, True, "frozen ImageNet EfficientNet-Lite0, unit-norm "
-                                    "multi-layer features (3,264-d), DP linear head"),
-    "effnet_lite0_tail": ModelSpec(effnet_lite0_tail, True, "EfficientNet-Lite0, last block + head trained (BN folded)"),
-    "cnn": ModelSpec(cnn, True, "the paper's CNN (GroupNorm), trained from scratch"),
+                                    "multi-layer features (3,264-d), DP linear head",
+                                    defaults={"epochs": 40, "batch_size": 1024, "lr": 0.5, "optimizer": "sgd"}),
+    "effnet_lite0_tail": ModelSpec(effnet_lite0_tail, True, "EfficientNet-Lite0, last block + head trained (BN folded)",
+                                   defaults={"epochs": 10, "batch_size": 256, "lr": 1e-3, "sample_rate": 0.1}),
+    "cnn": ModelSpec(cnn, True, "the paper's CNN (GroupNorm), trained from scratch", takes_pixels=True,
+                     defaults={"epochs": 20, "batch_size": 64, "lr": 1e-3, "sample_rate": 0.1}),
     "scatter_cnn": ModelSpec(scatter_cnn, True, "fixed ScatterNet features (64 px, J=2, L=8) + small GroupNorm CNN "
-                             "trained from scratch (Tramer & Boneh 2021)"),
-    "scatter_cnn_128": ModelSpec(scatter_cnn_128, True, "the same at 128 px with J=3 (217 scattering channels)"),
-    "resnet50": ModelSpec(resnet50, False, "ResNet-50 (MONAI), non-private baseline"),
-    "vgg": ModelSpec(vgg, False, "VGG-style CNN with BatchNorm, non-private baseline"),
+                             "trained from scratch (Tramer & Boneh 2021)", defaults=_SCATTER),
+    "scatter_cnn_128": ModelSpec(scatter_cnn_128, True, "the same at 128 px with J=3 (217 scattering channels)",
+                                 defaults=_SCATTER),
+    "resnet50": ModelSpec(resnet50, False, "ResNet-50 (MONAI), non-private baseline", takes_pixels=True,
+                          defaults={"epochs": 10, "batch_size": 32, "lr": 1e-3}),
+    "vgg": ModelSpec(vgg, False, "VGG-style CNN with BatchNorm, non-private baseline", takes_pixels=True,
+                     defaults={"epochs": 10, "batch_size": 32, "lr": 1e-3}),
 }
 
 
-def get_model(name: str, num_classes: int, **kwargs) -> SplitModel:
+def spec_of(name: str) -> ModelSpec:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def get_model(name: str, num_classes: int, **kwargs) -> SplitModel:
+    """The registered model ``name``; it knows its name (``model.name``) for lookups in ``MODELS``."""
+    spec = spec_of(name)
     # a bundle's or --set's model_args: a misspelt key gets this message, not a bare TypeError
-    known = list(inspect.signature(MODELS[name].build).parameters)[1:]
+    known = list(inspect.signature(spec.build).parameters)[1:]
     wrong = sorted(set(kwargs) - set(known))
     if wrong:
         raise ValueError(f"model '{name}' takes no argument {', '.join(wrong)}; its model_args: "
                          f"{', '.join(known) or 'none'}")
-    return MODELS[name].build(num_classes, **kwargs)
+    model = spec.build(num_classes, **kwargs)
+    model.name = name
+    return model

@@ -21,6 +21,27 @@ ASSUMPTIONS = ("public: the list of classes, the model, every mechanism setting 
                "(add/remove neighbours assume these counts stay private)")
 
 
+COUNTS = "class counts per unit (Gaussian mechanism, sensitivity 1)"
+OOD_MEANS = "OOD detector class means (Gaussian mechanism, rows of norm sqrt(2) scaled to 1)"
+DP_SGD = "DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)"
+
+
+def release(what: str, noise_multiplier: float, sample_rate: float = 1.0, steps: int = 1, on: str | None = None,
+            **extra) -> dict:
+    """One ledger record: a release and the (noise multiplier, sample rate, steps) an accountant
+    needs; ``on``: the side whose units it is on ("train", "validation"; a hospital's records get
+    theirs in the federated ledger). Every ledger record is built here."""
+    out = {"release": what}
+    if on is not None:
+        out["on"] = on
+    return {**out, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps, **extra}
+
+
+def dp_sgd_release(engine, on: str | None = "train", what: str = DP_SGD) -> dict:
+    """The DP-SGD record of a clip-and-noise optimizer: its plan's sigma and q, the steps it took."""
+    return release(what, engine.plan.noise_multiplier, engine.plan.sample_rate, engine.steps, on)
+
+
 def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_weights=None, count_noise=None,
                     ood_noise=None) -> dict:
     """The training side's releases and every number needed to recompute its epsilon; no exact
@@ -30,13 +51,10 @@ def training_ledger(engine, unit: str, epochs: int, class_counts=None, class_wei
     plan = engine.plan
     releases = []
     if count_noise is not None:
-        releases.append({"release": "class counts per unit (Gaussian mechanism, sensitivity 1)", "on": "train",
-                         "noise_multiplier": count_noise, "sample_rate": 1.0, "steps": 1})
+        releases.append(release(COUNTS, count_noise, on="train"))
     if ood_noise is not None:
-        releases.append({"release": "OOD detector class means (Gaussian mechanism, rows of norm sqrt(2) scaled to 1)",
-                         "on": "train", "noise_multiplier": ood_noise, "sample_rate": 1.0, "steps": 1})
-    releases.append({"release": "DP-SGD (per-unit clipping, Gaussian noise, Poisson sampling of units)", "on": "train",
-                     "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate, "steps": engine.steps})
+        releases.append(release(OOD_MEANS, ood_noise, on="train"))
+    releases.append(dp_sgd_release(engine))
     out = {
         "mechanism": "DP-SGD (Gaussian, per-unit clipping, Poisson sampling of units)",
         "unit_of_privacy": unit,
@@ -99,9 +117,9 @@ def statement(meta: dict) -> str:
            "slice block": "block of neighbouring CT slices (one scan's slices together)"}.get(unit, "image")
     relation = ", add/remove one unit" if p.get("neighbouring_relation", "").startswith("add/remove") else ""
     public = (p.get("public_data") or {}).get("name")
-    return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}{relation}) protects each {who} "
-            f"used for training and validation: {_released(meta)} little whether or not that {unit.split()[-1]}'s "
-            f"data were used; "
+    return (f"Differential privacy (epsilon = {p['epsilon']:g}, delta = {p['delta']:.1g}{relation}) protects each "
+            f"{who} used for training and validation: {_released(meta)} little whether or not that "
+            f"{unit.split()[-1]}'s data were used; "
             f"it does not cover images sent to the model for prediction, nor the public test set"
             + (f", nor the public images its features are projected with ({public})." if public else ".")
             + (" A patient with k training images (for example a scan's slices) is protected about k times more "

@@ -12,7 +12,7 @@ from privmed.privacy.accounting import History, sigma_for
 from privmed.privacy.randomness import SecretStream
 
 # Gaussian releases on the validation units: (1) class counts + margin histogram, (2) OOD score
-# histogram (pipeline.validation_releases); their noise is planned before training, with the budget
+# histogram (privacy.validation.validation_releases); their noise is planned before training, with the budget
 RELEASES_ON_VALIDATION = 2
 
 

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from privmed import cache
+import privmed.cache as cache
 from privmed.config import TrainConfig, cache_dir
 from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
 from privmed.data.transforms import Preprocess
 from privmed.errors import DatasetError, ImageReadError
 from privmed.files import sha256_bytes
 from privmed.models.batched import batched_forward
+from privmed.models.registry import spec_of
 
 
 @dataclass
@@ -129,7 +130,7 @@ def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 def model_inputs(model, pixels: np.ndarray, progress: bool = True) -> torch.Tensor:
     """What the model's trainable part sees: pixels (N,1,H,W), or the cached frozen features."""
-    if isinstance(model.frozen, torch.nn.Identity):
+    if spec_of(model.name).takes_pixels:
         return pixels_to_tensor(pixels)
     bb = model.backbone
     key = (f"{bb.get('sha256')}:{bb.get('code_version')}:{type(model.frozen).__name__}:"

@@ -1,6 +1,12 @@
 """The training loop: DP-SGD over units of privacy (``privmed.privacy``) unless disabled, a
-checkpoint each epoch (resumable, accountant and DP releases included). ``fit`` is the loop itself:
-``train`` runs it on a dataset, the privacy audit (``evaluation/attacks.py``) on its reference data.
+checkpoint each epoch (resumable, accountant and DP releases included).
+
+One plain loop, ``run_steps``, in Opacus's shape: ``batch = sampler()``, ``optimizer.step(batch)``.
+Under DP the sampler is the unit-level Poisson sampler and the optimizer the clip-and-noise one
+(``privacy.DPSGD``, its physical-batch splitter inside); without, ``ShuffledBatches`` and
+``WeightedLoss``. ``fit`` runs it epoch by epoch (``train`` on a dataset, the privacy audit's
+reference models on theirs, ``evaluation/attacks.py``); a federated hospital runs it for its
+local steps (``federated/hospital.py``).
 
 Under DP the released weights are the last iterate (or its EMA): choosing an epoch on validation
 accuracy would be a release about validation images that no mechanism accounts for. Without DP
@@ -32,9 +38,10 @@ from privmed.models.batched import batched_forward
 from privmed.privacy import DPSGD, DPPlan, check_budget
 from privmed.privacy.accounting import DEFAULT_DELTA
 from privmed.privacy.budget import Registry, key_of, split_of
-from privmed.privacy.ledger import training_ledger
+from privmed.privacy.ledger import release, training_ledger
 from privmed.privacy.randomness import SecretStream
 from privmed.privacy.releases import dp_class_weights, units_estimate, validation_history, weights_from_counts
+from privmed.privacy.sampler import UnitBatch, steps_per_epoch
 from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 from privmed.training.public import fit_public_basis
 
@@ -122,101 +129,182 @@ def batch_for(batch_size: int, n_units: int) -> int:
     return min(batch_size, max(1, n_units // 4))
 
 
+# --------------------------------------------------------------------------- the loop and its plain parts
+
+def run_steps(sampler, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int, *, augment=None, device=None,
+              after_step=None) -> None:
+    """The training loop, private or not: ``steps`` times, draw a batch and take one optimizer step.
+
+    ``sampler()`` gives (example indices, local unit index, unit ids): ``UnitPoissonSampler`` under
+    DP, ``ShuffledBatches`` without. ``optimizer.step(x, y, local, unit_ids, loss_fn)``: the
+    clip-and-noise ``privacy.DPOptimizer`` (its physical-batch splitter inside) or ``WeightedLoss``.
+    Stops early when the optimizer's budget is spent."""
+    optimizer.module.train()
+    for _ in range(steps):
+        if not optimizer.can_step():
+            break
+        idx, local, unit_ids = sampler()
+        xb = augment(x[idx]) if augment is not None and len(idx) else x[idx]
+        optimizer.step(xb.to(device), y[idx].to(device), local, unit_ids, per_sample_loss)
+        if after_step is not None:
+            after_step()
+
+
+class ShuffledBatches:
+    """The non-private sampler: batches of ``batch`` examples without replacement, a new permutation
+    each pass over the data, from a torch generator seeded with ``seed`` (never under DP: a seed is no
+    secret, see ``privacy/randomness.py``)."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch = n, batch
+        self.steps_per_epoch = math.ceil(n / batch)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order, self._step = None, 0
+
+    def __call__(self) -> UnitBatch:
+        if self._step == 0:
+            self._order = torch.randperm(self.n, generator=self._generator)
+        s, self._step = self._step, (self._step + 1) % self.steps_per_epoch
+        return UnitBatch(self._order[s * self.batch:(s + 1) * self.batch], None, None)
+
+
+class WeightedLoss:
+    """The non-private optimizer: the class-weighted mean loss of the batch, backward, one step of
+    ``optimizer``. No accountant, so the released epoch may be chosen on validation."""
+
+    releases_last = False
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, class_weight: torch.Tensor, device):
+        self.module, self.optimizer = module, optimizer
+        self.class_weight = class_weight.to(device)
+        self._total, self._count = 0.0, 0
+
+    def can_step(self) -> bool:
+        return True
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, local, unit_ids, loss_fn) -> None:
+        self.optimizer.zero_grad()
+        losses = loss_fn(self.module(x), y)
+        (losses * self.class_weight[y]).mean().backward()
+        self.optimizer.step()
+        self._total += float(losses.detach().sum())
+        self._count += len(x)
+
+    def epoch_report(self) -> dict:
+        """The epoch's mean training loss (the private run log's), then a fresh count."""
+        out = {"train_loss": self._total / max(self._count, 1)}
+        self._total, self._count = 0.0, 0
+        return out
+
+    def state_dict(self) -> None:  # nothing to resume besides the torch optimizer's state
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+def dp_parts(net: nn.Module, y: torch.Tensor, units: torch.Tensor, weight: torch.Tensor, cfg: TrainConfig,
+             plan: DPPlan, stream: SecretStream | None, augment: bool):
+    """(sampler, optimizer, augmentation) of DP-SGD, all drawing from one secret ``stream``."""
+    stream = stream or SecretStream()
+    engine = DPSGD(net, make_optimizer(net, cfg.optimizer, cfg.lr), units, plan, unit_weights(units, y, weight),
+                   cfg.privacy.grad_sample_mode, stream, cfg.privacy.physical_batch)
+    return engine.sampler, engine, Augment(cfg.augment, draws=stream) if augment else None
+
+
+def plain_parts(net: nn.Module, y: torch.Tensor, units: torch.Tensor, weight: torch.Tensor, cfg: TrainConfig,
+                device: torch.device, augment: bool):
+    """(sampler, optimizer, augmentation) without DP: seeded shuffles, the weighted loss, seeded draws."""
+    sampler = ShuffledBatches(len(y), batch_for(cfg.batch_size, int(units.max()) + 1), cfg.seed)
+    optimizer = WeightedLoss(net, make_optimizer(net, cfg.optimizer, cfg.lr), weight, device)
+    return sampler, optimizer, Augment(cfg.augment, draws=SeededDraws(cfg.seed)) if augment else None
+
+
+@dataclass
+class _Run:
+    """Where a run stands after each epoch: what a checkpoint holds besides weights and optimizer."""
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    best_epoch: int = 0
+    best_acc: float = -1.0
+    best_state: dict | None = None
+    stale: int = 0
+
+    @classmethod
+    def resume(cls, state: dict | None, net: nn.Module, optimizer) -> "_Run":
+        if not state:
+            return cls()
+        _plain(net).load_state_dict(state["model"])
+        optimizer.optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["privacy"])
+        return cls(state["history"], state["epoch"] + 1, state["best_epoch"], state["best_acc"], state["best_state"],
+                   state["stale"])
+
+    def record(self, row: dict, net: nn.Module, keep_best: bool) -> None:
+        """``keep_best``: the epoch with the best validation accuracy is the one released."""
+        self.history.append(row)
+        if not keep_best or row["val_accuracy"] > self.best_acc:
+            self.best_acc, self.stale, self.best_epoch = row.get("val_accuracy", -1.0), 0, row["epoch"]
+            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()} if keep_best else None
+        else:
+            self.stale += 1
+
+    def checkpoint(self, epoch: int, net: nn.Module, optimizer, ema: "_EMA | None") -> dict:
+        return {"epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.optimizer.state_dict(),
+                "privacy": optimizer.state_dict(), "ema": ema.state if ema else None, "best_acc": self.best_acc,
+                "best_state": self.best_state, "stale": self.stale, "history": self.history,
+                "best_epoch": self.best_epoch}
+
+
 def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, units: torch.Tensor,
         weight: torch.Tensor | None = None, plan: DPPlan | None = None, *, pixels: bool = False,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, state: dict | None = None, save=None,
         stream: SecretStream | None = None, progress: bool = False) -> Fit:
-    """The training loop: ``cfg.epochs`` epochs of the trainable module ``net`` on inputs ``x``
+    """``cfg.epochs`` epochs of ``run_steps`` on the trainable module ``net`` with inputs ``x``
     (cached pixels or frozen features), labels ``y`` and unit ids ``units``.
 
-    With a ``plan``: DP-SGD (``privmed.privacy.DPSGD``, secret noise, sampling and augmentation
-    from ``stream``) with per-unit weights from the public class weights ``weight``. Without:
-    shuffled batches (seed ``cfg.seed``) of the ``weight``-weighted loss. ``pixels``: augment
+    With a ``plan``: DP-SGD's parts (``dp_parts``: secret noise, sampling and augmentation from
+    ``stream``) with per-unit weights from the public class weights ``weight``. Without: shuffled
+    batches (seed ``cfg.seed``) of the ``weight``-weighted loss (``plain_parts``). ``pixels``: augment
     (``cfg.augment``). ``val``: (x, y) scored each epoch; without DP it picks the released epoch and
     stops early; none: the last epoch. ``state``: a checkpoint to resume; ``save(state)`` after
     each epoch. Data stay on the CPU; each batch moves to ``cfg.device``; the returned net is on the CPU."""
-    dp = plan is not None
     device = torch_device(cfg.device)
     net.to(device)
     weight = torch.ones(int(y.max()) + 1) if weight is None else weight
-    stream = (stream or SecretStream()) if dp else None
-    augment = Augment(cfg.augment, draws=stream or SeededDraws(cfg.seed)) if cfg.augment.enabled and pixels else None
-    optimizer = make_optimizer(net, cfg.optimizer, cfg.lr)
-    engine = None
-    if dp:
-        engine = DPSGD(net, optimizer, units, plan, unit_weights(units, y, weight), cfg.privacy.grad_sample_mode,
-                       stream, cfg.privacy.physical_batch)
-        steps_per_epoch = plan.steps_per_epoch
-    else:
-        batch = batch_for(cfg.batch_size, int(units.max()) + 1)
-        steps_per_epoch = math.ceil(len(x) / batch)
-        shuffle = torch.Generator().manual_seed(cfg.seed)
-        loss_weight = weight.to(device)
-
-    history, best_epoch, start_epoch, best_acc, best_state, stale = [], 0, 0, -1.0, None, 0
-    if state:
-        _plain(net).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if engine:
-            engine.load_state_dict(state["privacy"])
-        start_epoch, best_acc, best_state, stale = state["epoch"] + 1, state["best_acc"], state["best_state"], state["stale"]
-        history, best_epoch = state["history"], state["best_epoch"]
+    augment = cfg.augment.enabled and pixels
+    sampler, optimizer, augment = (dp_parts(net, y, units, weight, cfg, plan, stream, augment) if plan is not None
+                                   else plain_parts(net, y, units, weight, cfg, device, augment))
+    run = _Run.resume(state, net, optimizer)
     ema = _EMA(_plain(net), cfg.ema) if cfg.ema > 0 else None
     if ema and state and state.get("ema"):
         ema.state = state["ema"]
+    keep_best = val is not None and not optimizer.releases_last
 
-    bar = tqdm(range(start_epoch, cfg.epochs), desc="train", disable=not progress, initial=start_epoch, total=cfg.epochs)
+    bar = tqdm(range(run.start_epoch, cfg.epochs), desc="train", disable=not progress, initial=run.start_epoch,
+               total=cfg.epochs)
     for epoch in bar:
-        if (not dp and stale >= cfg.patience) or (engine and not engine.can_step()):
+        if run.stale >= cfg.patience or not optimizer.can_step():
             break
-        (engine.module if engine else net).train()
-        total, count = 0.0, 0
-        order = None if dp else torch.randperm(len(x), generator=shuffle)
-        for s in range(steps_per_epoch):
-            if engine:
-                if not engine.can_step():
-                    break
-                idx, local, chosen = engine.sample()
-                xb = augment(x[idx]) if augment and len(idx) else x[idx]
-                engine.step(xb.to(device), y[idx].to(device), local, chosen, per_sample_loss)
-            else:
-                idx = order[s * batch:(s + 1) * batch]
-                xb, yb = (augment(x[idx]) if augment else x[idx]).to(device), y[idx].to(device)
-                optimizer.zero_grad()
-                losses = per_sample_loss(net(xb), yb)
-                (losses * loss_weight[yb]).mean().backward()
-                optimizer.step()
-                total += float(losses.detach().sum())
-            if ema:
-                ema.update(_plain(net))
-            count += len(idx)
+        run_steps(sampler, optimizer, x, y, sampler.steps_per_epoch, augment=augment, device=device,
+                  after_step=(lambda: ema.update(_plain(net))) if ema else None)
         row = {"epoch": epoch + 1}
         if val is not None:
             row["val_accuracy"] = _accuracy(_plain(net), *val)
-        if not engine:
-            row["train_loss"] = total / max(count, 1)
-        else:
-            row["epsilon"] = engine.spent()
-        history.append(row)
-        if dp or val is None or row["val_accuracy"] > best_acc:
-            best_acc, stale, best_epoch = row.get("val_accuracy", -1.0), 0, epoch + 1
-            best_state = None if dp or val is None else {k: v.detach().clone() for k, v in _plain(net).state_dict().items()}
-        else:
-            stale += 1
+        row.update(optimizer.epoch_report())
+        run.record(row, _plain(net), keep_best)
         bar.set_postfix(val=f"{row.get('val_accuracy', math.nan):.3f}", eps=f"{row.get('epsilon', math.nan):.2f}")
         if save:
-            save({"epoch": epoch, "model": _plain(net).state_dict(), "optimizer": optimizer.state_dict(),
-                  "privacy": engine.state_dict() if engine else None, "ema": ema.state if ema else None,
-                  "best_acc": best_acc, "best_state": best_state, "stale": stale, "history": history,
-                  "best_epoch": best_epoch})
+            save(run.checkpoint(epoch, _plain(net), optimizer, ema))
 
     final = _plain(net)
     if ema:
         final.load_state_dict(ema.state)
-    elif best_state is not None and cfg.release == "best":
-        final.load_state_dict(best_state)
-    last = dp or cfg.release == "last"
-    return Fit(final.cpu().eval(), history, len(history) if last else best_epoch, engine)
+    elif run.best_state is not None and cfg.release == "best":
+        final.load_state_dict(run.best_state)
+    last = optimizer.releases_last or cfg.release == "last"
+    return Fit(final.cpu().eval(), run.history, len(run.history) if last else run.best_epoch,
+               optimizer if plan is not None else None)
 
 
 def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool = True) -> TrainResult:
@@ -256,7 +344,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
         _save_checkpoint(ckpt, {"config": cfg.model_dump(mode="json"), **loop_state,
                                 "dp_class_counts": None if counts is None else np.asarray(counts).tolist()})
 
-    done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=isinstance(model.frozen, nn.Identity),
+    done = fit(model.trainable, x_tr, y_tr, cfg, units, weight, plan, pixels=spec.takes_pixels,
                val=(x_va, y_va), state=state, save=save if ckpt else None, stream=stream, progress=progress)
     model.trainable = done.net
     model.eval()
@@ -283,7 +371,7 @@ def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, n_im
         counts = np.asarray(state["dp_class_counts"])
     else:
         counts, _ = dp_class_weights(y.numpy(), units.numpy(), k, pc.count_noise, stream)
-    steps = cfg.epochs * max(1, round(1 / pc.sample_rate))
+    steps = cfg.epochs * steps_per_epoch(pc.sample_rate)
     plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant,
                   [(pc.count_noise, 1.0, 1), (pc.ood_noise, 1.0, 1)], expected_units=units_estimate(counts))
     return plan, counts
@@ -298,8 +386,8 @@ def spend_budget(splits: Splits, plan: DPPlan, resumed: bool = False) -> dict:
                "validation": validation_history(plan.epsilon, plan.delta, plan.accountant)}
     if not resumed:  # a resumed run was admitted, and its releases counted, when it started
         reg.check(key, planned, plan.delta, plan.accountant, split=split)
-        releases = [{"on": side, "release": f"planned {side} release", "noise_multiplier": s, "sample_rate": q,
-                     "steps": n} for side, hist in planned.items() for s, q, n in hist]
+        releases = [release(f"planned {side} release", s, q, n, on=side) for side, hist in planned.items()
+                    for s, q, n in hist]
         reg.record(key, {"releases": releases}, what="training run (planned releases)", split=split)
     return {"key": key, "split": split}
 

@@ -6,26 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from privmed.errors import PrivmedError
-
-APP_FILE = Path(__file__).with_name("streamlit_app.py")
-LOCAL = ("127.0.0.1", "localhost", "::1")
-
-
-def streamlit_command(port: int, address: str = "127.0.0.1") -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.port", str(port),
-            "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal"]
-
-
-def check_address(address: str, env: dict | None = None) -> None:
-    env = os.environ if env is None else env
-    if address not in LOCAL and not address.startswith("unix://") and not env.get("PRIVMED_APP_PASSWORD"):
-        raise PrivmedError(f"refusing to listen on {address}: the app would be reachable from other machines "
-                           "without a login; set PRIVMED_APP_PASSWORD (the app then asks for it) or use 127.0.0.1")
-
 
 def cmd_app(a) -> int:
+    from privmed.app.launch import check_address, streamlit_command  # loads the settings: not at `privmed --help`
+
     check_address(a.address)
     env = dict(os.environ)
     if a.bundle:

@@ -1,4 +1,5 @@
-"""``privmed api``, ``privmed keys``, ``privmed log``, ``privmed onnx``."""
+"""``privmed api``, ``privmed keys``, ``privmed log``, ``privmed onnx``, ``privmed quantize``: registered by
+``privmed.cli``. FastAPI, SQLAlchemy and ONNX Runtime are imported only when a command runs."""
 from __future__ import annotations
 
 import json

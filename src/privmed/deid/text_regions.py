@@ -1,4 +1,4 @@
-"""Text regions found without reading them: a complement to OCR (``data.ocr``) for redaction.
+"""Text regions found without reading them: a complement to OCR (``deid.ocr``) for redaction.
 
 Burned-in annotations are drawn by a scanner or workstation at one flat value, brighter or darker than
 what is around them. So: a top-hat (bright) or black-hat (dark) keeps thin strokes, connected components

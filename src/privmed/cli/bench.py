@@ -1,5 +1,5 @@
 """``privmed bench paper [--quick] [--out docs/PAPER.md] [--run-dir DIR]``, registered by
-``privmed.cli._extensions``."""
+``privmed.cli``."""
 from __future__ import annotations
 
 from pathlib import Path

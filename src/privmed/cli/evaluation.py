@@ -1,4 +1,4 @@
-"""Evaluation subcommands, registered by ``privmed.cli._extensions``:
+"""Evaluation subcommands, registered by ``privmed.cli``:
 
 * ``privmed privacy audit BUNDLE [--json] [--k N] [--n N] [--seed S] [--canaries M]``
 * ``privmed report BUNDLE_OR_RUN --out DIR``

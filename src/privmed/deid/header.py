@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from privmed.config import settings
 from privmed.errors import PrivmedError
 
 TABLE_SOURCE = "dicom-anonymizer dicomfields_2026c (DICOM PS3.15 2026c Table E.1-1)"
@@ -89,9 +90,9 @@ def load_secret(path: str | Path | None, out_dir: str | Path | None = None, crea
     """The HMAC key: ``PRIVMED_DEID_SECRET`` (hex or text), else the file ``path`` (created 0600 with
     32 random bytes when missing and ``create``). Refused when the file lies inside ``out_dir``: whoever
     receives the de-identified data must not receive the key that links it back."""
-    env = os.environ.get("PRIVMED_DEID_SECRET")
+    env = settings().deid_secret
     if path is None and env:
-        return env.encode()
+        return env.get_secret_value().encode()
     if path is None:
         raise SecretError("de-identification needs a site secret: --secret-file FILE (created if missing, keep "
                           "it off the output) or PRIVMED_DEID_SECRET")
@@ -200,85 +201,112 @@ def deidentify(ds, secret: bytes, options: Options | None = None) -> Report:
     if opt.dates not in DATE_MODES:
         raise DeidError(f"dates must be one of {', '.join(DATE_MODES)}, got {opt.dates!r}")
     table = action_table()
-    rep = Report()
     pid = str(ds.get("PatientID", "") or "")
-    offset = date_offset_days(secret, pid) if opt.dates == "shift" else 0
-    leak_words = identifying_values(ds) if opt.clean_descriptors else []
-    keep_descr = {_tag_of(k) for k in DESCRIPTORS} if opt.clean_descriptors else set()
-
-    def count(kw: str, what: str) -> None:
-        setattr(rep, what, getattr(rep, what) + 1)
-        rep.by_keyword[kw or "private"] = rep.by_keyword.get(kw or "private", 0) + 1
-
-    def visit(d) -> None:
-        for el in list(d):
-            tag = int(el.tag)
-            if el.tag.is_private:
-                del d[el.tag]
-                count("", "private_removed")
-                continue
-            if (tag >> 16) & 0xFF00 in (0x5000, 0x6000):  # curves and overlays
-                del d[el.tag]
-                count(el.keyword or "overlay", "removed")
-                continue
-            if tag in _TAG_PSEUDONYM and d is ds:
-                el.value = pseudonym(secret, pid)
-                count(el.keyword, "dummied")
-                continue
-            if tag in keep_descr:
-                cleaned = _clean_text(str(el.value or ""), leak_words)
-                if cleaned != el.value:
-                    el.value = cleaned
-                count(el.keyword, "descriptors_cleaned")
-                continue
-            act = table.get(tag)
-            if opt.dates == "shift" and el.VR in ("DA", "DT") and act in ("D", "Z", "X") and el.value:
-                el.value = _shift(el.value, el.VR, offset)
-                count(el.keyword, "dates_shifted")
-                continue
-            if act is None:
-                if el.VR == "UI" and el.value and _is_instance_uid(el.keyword):
-                    el.value = _remap(secret, el.value)
-                    count(el.keyword, "uids_remapped")
-                elif el.VR == "SQ":
-                    for item in el.value or []:
-                        visit(item)
-                continue
-            if act == "X":
-                del d[el.tag]
-                count(el.keyword, "removed")
-            elif act == "Z" or (act == "D" and el.VR in ("OB", "OW", "UN")):
-                el.value = [] if el.VR == "SQ" else (b"" if el.VR in ("OB", "OW", "UN") else
-                                                     (None if el.VR in _NUMERIC else ""))
-                count(el.keyword, "emptied")
-            elif act == "U":
-                if el.VR == "UI" and el.value:
-                    el.value = _remap(secret, el.value)
-                    count(el.keyword, "uids_remapped")
-                elif el.VR == "SQ":
-                    for item in el.value or []:
-                        visit(item)
-                else:
-                    el.value = ""
-                    count(el.keyword, "emptied")
-            elif act == "D":
-                if el.VR == "SQ":  # a dummy sequence: keep items, each cleaned by the same table
-                    for item in el.value or []:
-                        visit(item)
-                    count(el.keyword, "dummied")
-                elif el.VR == "UI":
-                    el.value = _remap(secret, el.value) if el.value else el.value
-                    count(el.keyword, "uids_remapped")
-                else:
-                    el.value = 0 if el.VR in _NUMERIC else _DUMMY.get(el.VR, "ANONYMIZED")
-                    count(el.keyword, "dummied")
-
-    visit(ds)
+    run = _Pass(root=ds, secret=secret, opt=opt, table=table, pid=pid,
+                offset=date_offset_days(secret, pid) if opt.dates == "shift" else 0,
+                leak_words=identifying_values(ds) if opt.clean_descriptors else [],
+                keep_descr={_tag_of(k) for k in DESCRIPTORS} if opt.clean_descriptors else set())
+    run.visit(ds)
     if hasattr(ds, "file_meta") and ds.file_meta is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or remap_uid(
             secret, ds.file_meta.MediaStorageSOPInstanceUID)
     _record(ds, opt)
-    return rep
+    return run.rep
+
+
+@dataclass
+class _Pass:
+    """One de-identification pass: what each element's action needs, and the counts so far."""
+    root: object  # the top-level dataset (the patient's pseudonym replaces its own attributes only)
+    secret: bytes
+    opt: Options
+    table: dict
+    pid: str
+    offset: int
+    leak_words: list
+    keep_descr: set
+    rep: Report = field(default_factory=Report)
+
+    def count(self, kw: str, what: str) -> None:
+        setattr(self.rep, what, getattr(self.rep, what) + 1)
+        self.rep.by_keyword[kw or "private"] = self.rep.by_keyword.get(kw or "private", 0) + 1
+
+    def visit(self, d) -> None:
+        for el in list(d):
+            if not self._before_table(d, el):
+                self._by_table(d, el, self.table.get(int(el.tag)))
+
+    def _items(self, el) -> None:
+        for item in el.value or []:
+            self.visit(item)
+
+    def _before_table(self, d, el) -> bool:
+        """Private tags, curves and overlays, the pseudonym, descriptors and shifted dates come first;
+        True when the element was handled here."""
+        tag = int(el.tag)
+        if el.tag.is_private:
+            del d[el.tag]
+            self.count("", "private_removed")
+        elif (tag >> 16) & 0xFF00 in (0x5000, 0x6000):  # curves and overlays
+            del d[el.tag]
+            self.count(el.keyword or "overlay", "removed")
+        elif tag in _TAG_PSEUDONYM and d is self.root:
+            el.value = pseudonym(self.secret, self.pid)
+            self.count(el.keyword, "dummied")
+        elif tag in self.keep_descr:
+            cleaned = _clean_text(str(el.value or ""), self.leak_words)
+            if cleaned != el.value:
+                el.value = cleaned
+            self.count(el.keyword, "descriptors_cleaned")
+        elif (self.opt.dates == "shift" and el.VR in ("DA", "DT") and self.table.get(tag) in ("D", "Z", "X")
+              and el.value):
+            el.value = _shift(el.value, el.VR, self.offset)
+            self.count(el.keyword, "dates_shifted")
+        else:
+            return False
+        return True
+
+    def _by_table(self, d, el, act: str | None) -> None:
+        if act is None:
+            if el.VR == "UI" and el.value and _is_instance_uid(el.keyword):
+                el.value = _remap(self.secret, el.value)
+                self.count(el.keyword, "uids_remapped")
+            elif el.VR == "SQ":
+                self._items(el)
+        elif act == "X":
+            del d[el.tag]
+            self.count(el.keyword, "removed")
+        elif act == "Z" or (act == "D" and el.VR in ("OB", "OW", "UN")):
+            el.value = [] if el.VR == "SQ" else (b"" if el.VR in ("OB", "OW", "UN") else
+                                                 (None if el.VR in _NUMERIC else ""))
+            self.count(el.keyword, "emptied")
+        elif act == "U":
+            self._keep(el)
+        elif act == "D":
+            self._dummy(el)
+
+    def _keep(self, el) -> None:
+        """U: a UID replaced consistently; a sequence's items cleaned, any other value emptied."""
+        if el.VR == "UI" and el.value:
+            el.value = _remap(self.secret, el.value)
+            self.count(el.keyword, "uids_remapped")
+        elif el.VR == "SQ":
+            self._items(el)
+        else:
+            el.value = ""
+            self.count(el.keyword, "emptied")
+
+    def _dummy(self, el) -> None:
+        """D: a dummy value of the same VR."""
+        if el.VR == "SQ":  # a dummy sequence: keep items, each cleaned by the same table
+            self._items(el)
+            self.count(el.keyword, "dummied")
+        elif el.VR == "UI":
+            el.value = _remap(self.secret, el.value) if el.value else el.value
+            self.count(el.keyword, "uids_remapped")
+        else:
+            el.value = 0 if el.VR in _NUMERIC else _DUMMY.get(el.VR, "ANONYMIZED")
+            self.count(el.keyword, "dummied")
 
 
 def _is_instance_uid(keyword: str) -> bool:

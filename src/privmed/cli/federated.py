@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from privmed.errors import PrivmedError
+from privmed.training.recipe import add_train_arguments, set_path, train_config
 
 
 def federated_config(a):
-    from privmed.cli import _set_path, train_config
     from privmed.federated.config import FederatedConfig
 
     tc = train_config(a).model_dump(mode="json")
@@ -27,7 +27,7 @@ def federated_config(a):
     for item in a.fed_set or []:
         if "=" not in item:
             raise PrivmedError(f"--fed-set takes KEY=VALUE (for example secagg.clipping_range=4), got '{item}'")
-        _set_path(over, *item.split("=", 1))
+        set_path(over, *item.split("=", 1))
     return FederatedConfig(**over)
 
 
@@ -63,8 +63,6 @@ def cmd_federate(a):
 
 
 def register(sub, privacy_sub) -> None:
-    from privmed.cli import add_train_arguments
-
     f = sub.add_parser("federate", help="federated training across hospitals (Flower; DP inside each hospital, "
                                         "SecAgg+)")
     add_train_arguments(f, with_no_dp=False)

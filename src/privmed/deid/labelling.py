@@ -67,7 +67,7 @@ def match(words: list[tuple[str, float]], classes: list[str]) -> tuple[str, floa
 
 def read_words(img: np.ndarray, lang: str = "eng") -> list[tuple[str, float]]:
     """Words on the image in reading order, from the plain image and both stroke views."""
-    from privmed.data.ocr import ocr, stroke_views, to_uint8
+    from privmed.deid.ocr import ocr, stroke_views, to_uint8
 
     gray = to_uint8(img)
     views, _ = stroke_views(gray)

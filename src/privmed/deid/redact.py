@@ -1,4 +1,4 @@
-"""Burned-in text: find it by OCR (``data.ocr``) and fill its boxes, in DICOM pixel data or in a
+"""Burned-in text: find it by OCR (``deid.ocr``) and fill its boxes, in DICOM pixel data or in a
 PNG/JPEG image. The report says how many boxes and where, never what they said."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import warnings
 
 import numpy as np
 
-from privmed.data.deid import DeidError
-from privmed.data import text_detect
-from privmed.data.ocr import find_text, line_boxes, to_uint8
-from privmed.data.text_regions import confirmed, extend, hidden_ends, text_regions
+from privmed.deid import text_detect
+from privmed.deid.header import DeidError
+from privmed.deid.ocr import find_text, line_boxes, to_uint8
+from privmed.deid.text_regions import confirmed, extend, hidden_ends, text_regions
 
 # each end of a box widens by this share of its height, about one glyph's width in these fonts: an end
 # glyph drawn on a background of its own value (dark text running onto black) cannot be seen, only assumed

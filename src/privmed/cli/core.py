@@ -1,59 +1,15 @@
-"""``privmed``: one entry point, subcommands mirroring the layers.
-
-Errors a user can fix print one line (``error: ...``) and exit 2; no traceback.
-"""
+"""The core subcommands: ``data``, ``cache``, ``bundle``, ``train``, ``evaluate``, ``predict``,
+``calibrate``, ``models``, ``privacy account|budget``. Each command imports what it runs when it runs,
+so that ``privmed --help`` starts without loading torch."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from privmed.errors import PrivmedError
-
-# Accountants that state a guarantee. Not gdp: its CLT approximation understates epsilon at few steps
-# (sigma 1, q 0.25, 20 steps: 6.86 against PRV's 8.09; issue 29).
-ACCOUNTANTS = ["prv", "rdp"]
-
-
-def _print(obj, as_json: bool, text: str | None = None) -> None:
-    print(json.dumps(obj, indent=2, default=str) if as_json or text is None else text)
-
-
-def _set_path(d: dict, dotted: str, value: str) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    try:
-        d[keys[-1]] = json.loads(value)
-    except json.JSONDecodeError:
-        d[keys[-1]] = value
-
-
-def train_config(a: argparse.Namespace):
-    from privmed.config import TrainConfig
-
-    over: dict = {"dataset": a.dataset, "privacy": {"enabled": not a.no_dp}, "augment": {}, "preprocess": {}}
-    pairs = {"model": a.model, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
-             "data_root": a.data_root, "patience": a.patience, "device": getattr(a, "device", None)}
-    over.update({k: v for k, v in pairs.items() if v is not None})
-    for k, v in {"epsilon": a.epsilon, "delta": a.delta, "max_grad_norm": a.max_grad_norm,
-                 "accountant": a.accountant, "unit": a.privacy_unit}.items():
-        if v is not None:
-            over["privacy"][k] = v
-    if a.no_augment:
-        over["augment"]["enabled"] = False
-    if a.clahe:
-        over["preprocess"]["clahe"] = True
-    if a.denoise:
-        over["preprocess"]["denoise"] = True
-    for item in a.set or []:
-        if "=" not in item:
-            raise PrivmedError(f"--set takes KEY=VALUE (for example augment.rotate_degrees=5), got '{item}'")
-        _set_path(over, *item.split("=", 1))
-    return TrainConfig(**over)
+from privmed.cli.common import print_result
+from privmed.errors import ImageReadError, PrivmedError
+from privmed.training.recipe import ACCOUNTANTS, add_device_argument, add_train_arguments, train_config
 
 
 def cmd_train(a):
@@ -61,14 +17,13 @@ def cmd_train(a):
 
     cfg = train_config(a)
     out = train_bundle(cfg, a.out, progress=not a.quiet)
-    from privmed.inference.bundle import read_metadata
-    from privmed.inference.bundle import read_run_log, run_dir
+    from privmed.inference.bundle import read_metadata, read_run_log, run_dir
 
     meta, run = read_metadata(out), read_run_log(out)
     summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta["model_id"],
                "privacy": meta["privacy"], "validation_accuracy": run["validation"]["accuracy"],
                "training_seconds": run["training_seconds"]}
-    _print(summary, a.json, f"bundle written to {out}\n" + json.dumps(summary["privacy"], indent=2))
+    print_result(summary, a.json, f"bundle written to {out}\n" + json.dumps(summary["privacy"], indent=2))
 
 
 def cmd_evaluate(a):
@@ -87,7 +42,7 @@ def cmd_evaluate(a):
                      [f"  {k}: {r[k]:.4f}" for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro",
                                                     "auc", "ece", "sensitivity", "specificity") if k in r] +
                      [f"  confusion matrix (rows true, cols predicted): {r['confusion_matrix']}"])
-    _print(r, a.json, text)
+    print_result(r, a.json, text)
 
 
 def _record(a, r: dict) -> None:
@@ -109,7 +64,6 @@ def _record(a, r: dict) -> None:
 
 
 def cmd_predict(a):
-    from privmed.errors import ImageReadError
     from privmed.inference import load_model
 
     model = load_model(a.bundle)
@@ -128,7 +82,7 @@ def cmd_predict(a):
             failed += 1
             results.append({"file": f, "error": str(e)})
     if a.json:
-        _print(results, True)
+        print_result(results, True)
     else:
         for r in results:
             if "error" in r:
@@ -155,7 +109,7 @@ def cmd_calibrate(a):
                           progress=not a.json)
     doc = json.loads(path.read_text())
     if a.json:
-        _print({"site_calibration": str(path), **summary(doc)}, True)
+        print_result({"site_calibration": str(path), **summary(doc)}, True)
         return 0
     print(f"wrote {path} (every face loading {bundle} now uses it; remove the folder to stop)")
     print(summary(doc)["statement"])
@@ -175,35 +129,34 @@ def cmd_models(a):
                          "dataset": m.get("dataset"), "classes": m.get("classes"),
                          "epsilon": (m.get("privacy") or {}).get("epsilon"),
                          "delta": (m.get("privacy") or {}).get("delta")})
-    _print(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['classes']}"
-                                   for r in rows) or f"no bundles in {root}")
+    print_result(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['classes']}"
+                                         for r in rows) or f"no bundles in {root}")
 
 
 def cmd_data_inspect(a):
     from privmed.data.datasets import open_dataset
     from privmed.data.inspect import format_report, inspect_dataset
-
     from privmed.data.patients import shared_patient_evidence
 
     ds = open_dataset(a.dataset, a.data_root)
     report = inspect_dataset(ds, near_duplicates=not a.exact_only, show_paths=a.show_paths)
     if a.patient_evidence and report["patients"]["available"] and {"train", "test"} <= set(ds.splits):
         report["patients"]["shared_id_evidence"] = shared_patient_evidence(ds.records("train"), ds.records("test"))
-    _print(report, a.json, format_report(report))
+    print_result(report, a.json, format_report(report))
 
 
 def cmd_cache(a):
-    from privmed import cache
+    import privmed.cache as cache
 
     if a.cache_cmd == "clear":
         n = cache.clear()
         print(f"removed {n} cached file(s) from {cache.cache_dir()}")
         return 0
     r = cache.info()
-    _print(r, a.json, f"{r['path']}: {r['files']} file(s), {r['bytes'] / 2**20:.1f} MiB of {r['max_bytes'] / 2**20:.0f} "
-                      f"MiB cap, mode {r['mode']}; holds {r['holds']}"
-                      + (f"\nan old cache is inside the checkout at {r['legacy_in_checkout']}: "
-                         "`privmed cache clear` deletes it" if r["legacy_in_checkout"] else ""))
+    size = f"{r['bytes'] / 2**20:.1f} MiB of {r['max_bytes'] / 2**20:.0f} MiB cap"
+    print_result(r, a.json, f"{r['path']}: {r['files']} file(s), {size}, mode {r['mode']}; holds {r['holds']}"
+                            + (f"\nan old cache is inside the checkout at {r['legacy_in_checkout']}: "
+                               "`privmed cache clear` deletes it" if r["legacy_in_checkout"] else ""))
     return 0
 
 
@@ -227,8 +180,8 @@ def cmd_privacy_account(a):
     eps = epsilon_for(a.sigma, a.sample_rate, a.steps, a.delta, a.accountant)
     r = {"epsilon": eps, "delta": a.delta, "noise_multiplier": a.sigma, "sample_rate": a.sample_rate,
          "steps": a.steps, "accountant": a.accountant}
-    _print(r, a.json, f"epsilon = {eps:.4f} at delta = {a.delta:g} (sigma={a.sigma}, q={a.sample_rate}, "
-                      f"steps={a.steps}, accountant={a.accountant})")
+    print_result(r, a.json, f"epsilon = {eps:.4f} at delta = {a.delta:g} (sigma={a.sigma}, q={a.sample_rate}, "
+                            f"steps={a.steps}, accountant={a.accountant})")
 
 
 def cmd_privacy_budget(a):
@@ -243,35 +196,7 @@ def cmd_privacy_budget(a):
     if a.limit is not None:
         reg.set_limit(key, a.limit, a.delta)
     s = reg.summary(key, a.delta, a.accountant)
-    _print(s, a.json, format_summary(s))
-
-
-def add_train_arguments(t: argparse.ArgumentParser, with_no_dp: bool = True) -> None:
-    """The model-recipe flags `privmed train` and `privmed federate` share."""
-    t.add_argument("--dataset", default="chest_xray_pneumonia",
-                   help="chest_xray_pneumonia, brain_tumor_mri, covid19_xray, covid19_ct, a folder or an .npz")
-    t.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>)")
-    t.add_argument("--model")
-    t.add_argument("--epsilon", type=float)
-    t.add_argument("--delta", type=float)
-    t.add_argument("--max-grad-norm", type=float)
-    t.add_argument("--accountant", choices=ACCOUNTANTS)
-    t.add_argument("--privacy-unit", choices=["auto", "patient", "image"],
-                   help="unit of privacy (default auto: the patient where the data carry patient ids)")
-    if with_no_dp:
-        t.add_argument("--no-dp", action="store_true", help="train the non-private twin")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--patience", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--data-root", type=Path)
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--clahe", action="store_true")
-    t.add_argument("--denoise", action="store_true")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. augment.zoom=0.2")
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--json", action="store_true")
+    print_result(s, a.json, format_summary(s))
 
 
 def _calibrate_parser(sub) -> None:
@@ -290,10 +215,25 @@ def _calibrate_parser(sub) -> None:
     c.set_defaults(fn=cmd_calibrate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="privmed", description="Privacy-aware medical image analysis")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def register(sub) -> object:
+    """Add the core subcommands to ``sub``; returns the ``privacy`` subparsers, which faces extend."""
+    _tool_parsers(sub)
+    _model_parsers(sub)
+    _calibrate_parser(sub)
 
+    m = sub.add_parser("models", help="list known bundles")
+    m.add_argument("--dir")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_models)
+
+    pv = sub.add_parser("privacy", help="privacy accounting and audits").add_subparsers(dest="privacy_cmd",
+                                                                                        required=True)
+    _privacy_parsers(pv)
+    return pv
+
+
+def _tool_parsers(sub) -> None:
+    """``privmed data inspect``, ``privmed cache info|clear``, ``privmed bundle keygen|sign|verify``."""
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd", required=True)
     di = d.add_parser("inspect", help="counts, sizes, unreadable files, duplicates and leakage")
     di.add_argument("dataset")
@@ -327,9 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     for x in (bk, bs, bv):
         x.set_defaults(fn=cmd_bundle)
 
+
+def _model_parsers(sub) -> None:
+    """``privmed train``, ``privmed evaluate``, ``privmed predict``."""
     t = sub.add_parser("train", help="train a model and write a bundle (DP-SGD unless --no-dp)")
     add_train_arguments(t)
-    t.add_argument("--device", help="where the trainable part trains: cpu (default), cuda, cuda:N or auto")
+    add_device_argument(t)
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a bundle on a dataset split")
@@ -358,21 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(fn=cmd_predict)
 
-    _calibrate_parser(sub)
-
-    m = sub.add_parser("models", help="list known bundles")
-    m.add_argument("--dir")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(fn=cmd_models)
-
-    pv = sub.add_parser("privacy", help="privacy accounting and audits").add_subparsers(dest="privacy_cmd", required=True)
-    _privacy_parsers(pv)
-    _extensions(sub, pv)
-    return p
-
 
 def _privacy_parsers(pv) -> None:
-    """``privmed privacy account`` and ``privmed privacy budget`` (the audit registers itself)."""
+    """``privmed privacy account`` and ``privmed privacy budget`` (``privmed privacy audit`` comes from ``cli/evaluation.py``)."""
     pa = pv.add_parser("account", help="epsilon from noise multiplier, sample rate, steps and delta")
     pa.add_argument("--sigma", type=float, required=True)
     pa.add_argument("--sample-rate", type=float, required=True)
@@ -390,39 +321,3 @@ def _privacy_parsers(pv) -> None:
     pb.add_argument("--accountant", default="prv", choices=ACCOUNTANTS)
     pb.add_argument("--json", action="store_true")
     pb.set_defaults(fn=cmd_privacy_budget)
-
-
-def _extensions(sub, privacy_sub) -> None:
-    """Subcommands that live in the faces and evaluation layers register themselves here."""
-    import importlib
-
-    for mod in ("privmed.evaluation.cli", "privmed.bench.cli", "privmed.federated.cli", "privmed.api.cli",
-                "privmed.app.cli", "privmed.hospital.cli"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        m.register(sub, privacy_sub)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except PrivmedError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        print(f"error: invalid setting: {msgs}", file=sys.stderr)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("interrupted; a resumable checkpoint is kept beside the output", file=sys.stderr)
-        return 130
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""Text lines found by a learned detector: PP-OCRv4's DB (differentiable binarisation) network, the ONNX
-graph that the ``rapidocr-onnxruntime`` wheel ships, run by onnxruntime alone (no OpenCV). It sees thin
+"""Text lines found by a learned detector: PP-OCRv6's small DB (differentiable binarisation) network, the
+ONNX graph that the ``rapidocr`` wheel ships, run by onnxruntime alone (no OpenCV). It sees thin
 serif strokes on bone that Tesseract and the glyph detector miss; it also sees rib stripes as text
 lines, so its boxes are kept only when shaped like a line of burned-in text (``line_shaped``).
 Optional: without the wheel ``detect`` returns no boxes and ``available()`` says so."""
@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-MODEL = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
+DIST, MODEL = "rapidocr", "rapidocr/models/PP-OCRv6_det_small.onnx"
 
 
 @functools.cache
@@ -19,7 +19,7 @@ def _session():
         from importlib.metadata import PackageNotFoundError, distribution
 
         import onnxruntime as ort
-        path = distribution("rapidocr-onnxruntime").locate_file(MODEL)
+        path = distribution(DIST).locate_file(MODEL)
     except (ImportError, PackageNotFoundError):
         return None
     if not path.is_file():
@@ -86,8 +86,8 @@ def line_shaped(box: tuple, shape: tuple, max_height: float = 0.15, min_aspect: 
 def text_lines(gray: np.ndarray) -> list[tuple]:
     """The detector's boxes that look like lines of burned-in text."""
     if not available():
-        warnings.warn("rapidocr-onnxruntime is not installed: burned-in text is searched by Tesseract and the glyph "
-                      "detector only, which miss more (docs/HOSPITAL.md); `make setup` installs it, or "
-                      "pip install --no-deps rapidocr-onnxruntime==1.4.4", stacklevel=2)
+        warnings.warn("rapidocr is not installed: burned-in text is searched by Tesseract and the glyph detector "
+                      "only, which miss more (docs/HOSPITAL.md); `make setup` installs it (the serve extra), or "
+                      "pip install rapidocr==3.10.0", stacklevel=2)
         return []
     return [b for b in detect(gray) if line_shaped(b, gray.shape)]

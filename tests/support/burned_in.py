@@ -110,8 +110,8 @@ def measure(images: list[Path], seed: int = 0, progress: bool = False) -> dict:
     """Redaction recall over ``images`` with burned-in PHI; counts only."""
     from PIL import Image
 
-    from privmed.data.ocr import find_text, to_uint8
-    from privmed.data.redact import covered_fraction, redact_array, text_boxes
+    from privmed.deid.ocr import find_text, to_uint8
+    from privmed.deid.redact import covered_fraction, redact_array, text_boxes
 
     rng = random.Random(seed)
     n_strings = n_redacted = n_read_after = clean_fp = 0

@@ -1,7 +1,6 @@
-"""``privmed deid``, ``privmed label``, ``privmed pacs``: registered by ``privmed.cli._extensions``.
+"""``privmed deid``, ``privmed label``, ``privmed pacs``: registered by ``privmed.cli``.
 Every message and JSON report is counts, output names and UIDs: no patient value."""
 from __future__ import annotations
-
 
 import json
 from pathlib import Path
@@ -12,14 +11,14 @@ def _out(obj, as_json: bool, text: str) -> None:
 
 
 def _options(a):
-    from privmed.data.deid import Options
+    from privmed.deid.header import Options
 
     return Options(dates=a.dates, clean_descriptors=a.clean_descriptors)
 
 
 def cmd_deid(a):
-    from privmed.data.deid import load_secret
-    from privmed.data.deid_files import deid_path
+    from privmed.deid.files import deid_path
+    from privmed.deid.header import load_secret
 
     secret = load_secret(a.secret_file, a.out)
     r = deid_path(a.input, a.out, secret, _options(a), a.pixels)
@@ -31,7 +30,7 @@ def cmd_deid(a):
 
 
 def cmd_label(a):
-    from privmed.data.labelling import apply, propose
+    from privmed.deid.labelling import apply, propose
     from privmed.errors import PrivmedError
 
     if a.target and a.target[0] == "apply":
@@ -56,7 +55,7 @@ def cmd_pacs(a):
     from privmed.hospital import flows
 
     if a.pacs_cmd == "pull":
-        from privmed.data.deid import load_secret
+        from privmed.deid.header import load_secret
 
         secret = None if a.keep_identifiers else load_secret(a.secret_file, a.out)
         r = flows.pull(a.url, a.study, a.out, secret, _options(a), a.pixels, a.keep_identifiers)

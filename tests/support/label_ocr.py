@@ -43,9 +43,10 @@ def measure(dataset_dir: Path, split: str, per_class: int, seed: int = 0, upper:
     """Print each true class name on ``per_class`` real images per class, read it back."""
     from PIL import Image
 
-    from privmed.data.labelling import match, read_words
-    from privmed.data.ocr import to_uint8
-    from privmed.evaluation.burned_in import fonts
+    from privmed.deid.labelling import match, read_words
+    from privmed.deid.ocr import to_uint8
+
+    from .burned_in import fonts
 
     rng = random.Random(seed)
     classes = sorted(p.name for p in (Path(dataset_dir) / split).iterdir() if p.is_dir())

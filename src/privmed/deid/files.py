@@ -13,7 +13,7 @@ import io
 import warnings
 from pathlib import Path
 
-from privmed.data.deid import DeidError, Options, deidentify
+from privmed.deid.header import DeidError, Options, deidentify
 from privmed.errors import ImageReadError
 from privmed.files import atomic_write_bytes
 
@@ -39,7 +39,7 @@ def read_dicom_dataset(data: bytes):
 
 def deid_dataset(ds, secret: bytes, options: Options, pixels: str = "ocr") -> dict:
     """De-identify one Dataset in place: burned-in text first (it needs the original pixels), then the header."""
-    from privmed.data.redact import redact_dataset
+    from privmed.deid.redact import redact_dataset
 
     if pixels not in PIXEL_MODES:
         raise DeidError(f"pixels must be one of {', '.join(PIXEL_MODES)}")
@@ -75,7 +75,7 @@ def deid_one(src: Path, out_dir: Path, secret: bytes, options: Options, pixels: 
     if src.suffix.lower() in IMAGE_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
 
-        from privmed.data.redact import redact_pil
+        from privmed.deid.redact import redact_pil
 
         try:
             img = Image.open(io.BytesIO(data))

@@ -1,6 +1,6 @@
 """Drive the app's live camera mode in a real headless Chromium with a fake camera (a .y4m file made
-from real images): used by the browser test and ``benchmarks/bench_live.py``. Needs Chromium and
-the playwright package; nothing in privmed imports this module."""
+from real images): used by the browser tests and ``benchmarks/bench_live.py``. Needs Chromium and
+the playwright package."""
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-CHROMIUM = os.environ.get("PRIVMED_CHROMIUM", "/usr/bin/chromium")
+from privmed.config import settings
+
+CHROMIUM = settings().chromium  # PRIVMED_CHROMIUM
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
