@@ -19,9 +19,10 @@ from PIL import Image as PILImage
 
 from privmed.config import default_data_root
 from privmed.data.read import load_image
+from privmed.errors import PrivmedError
 from privmed.evaluation.camera_sim import phone_photo, scene_photo
 from privmed.inference.predictor import load_model
-from privmed.inference.service import InputError, analyse
+from privmed.inference.service import analyse
 
 
 def pick(folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
@@ -32,8 +33,8 @@ def pick(folder: Path, n: int, rng: np.random.Generator) -> list[Path]:
 def served(model, data: bytes, source: str) -> dict:
     try:
         return analyse(model, data, source=source)[0]
-    except InputError as e:  # refused before the network: counts as not accepted
-        return {"abstain": True, "label": None, "abstain_reasons": [e.detail], "image": {}}
+    except PrivmedError as e:  # refused before the network: counts as not accepted
+        return {"abstain": True, "label": None, "abstain_reasons": [str(e)], "image": {}}
 
 
 def corner_error(res: dict, truth: np.ndarray) -> float | None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import default_bundle, require_dataset
 from PIL import Image as PILImage
 
-from conftest import default_bundle, require_dataset
 from privmed.data.read import load_image
 from privmed.data.rectify import rectify
 from privmed.evaluation.camera_sim import phone_photo
@@ -101,22 +101,26 @@ def noise_png() -> bytes:
 
 @pytest.mark.parametrize("make", [grace_hopper, noise_png], ids=["grace_hopper", "noise"])
 def test_non_xray_photos_stay_refused_as_camera(chest_model, make):
-    from privmed.inference.service import InputError, analyse
+    from privmed.api.status import status_for
+    from privmed.errors import PrivmedError
+    from privmed.inference.service import analyse
 
     try:
         res = analyse(chest_model, make(), source="camera")[0]
-    except InputError as e:
-        assert e.status == 422
+    except PrivmedError as e:
+        assert status_for(e) == 422
         return
     assert res["abstain"] and res["abstain_reasons"]
 
 
 def test_bad_source_is_a_clear_error(chest_model, data_root):
-    from privmed.inference.service import InputError, analyse
+    from privmed.api.status import status_for
+    from privmed.errors import ImageReadError
+    from privmed.inference.service import analyse
 
-    with pytest.raises(InputError) as e:
+    with pytest.raises(ImageReadError) as e:
         analyse(chest_model, chest_films(data_root, 1)[0].read_bytes(), source="webcam")
-    assert e.value.status == 422 and "camera" in e.value.detail
+    assert status_for(e.value) == 422 and "camera" in str(e.value)
 
 
 def test_api_source_camera_and_bad_value(chest_model, data_root, tmp_path):

@@ -22,21 +22,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from privmed.api.openapi_docs import SITE_BODY, V1, errors
+from privmed.api.status import as_http
 from privmed.calibrate import calibrate_site, site_records
-from privmed.errors import PrivacyBudgetError, PrivmedError
+from privmed.errors import ArchiveError, ArchiveTooLarge, PrivmedError
 from privmed.inference.registry import UnknownModel
 from privmed.inference.site import summary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 MAX_MEMBERS = 20_000
-
-
-class ArchiveError(PrivmedError, ValueError):
-    """The upload is not a usable site archive (HTTP 400); ``too_large`` marks 413."""
-
-    def __init__(self, message: str, too_large: bool = False):
-        super().__init__(message)
-        self.too_large = too_large
 
 
 def check_name(name: str) -> str:
@@ -61,7 +54,7 @@ def _members(z: zipfile.ZipFile, classes: list[str]) -> list[tuple[zipfile.ZipIn
                                f"({', '.join(classes)}); found an entry outside that layout")
         out.append((info, p[0], p[1]))
     if len(out) > MAX_MEMBERS:
-        raise ArchiveError(f"{len(out)} files in the archive; the limit is {MAX_MEMBERS}", too_large=True)
+        raise ArchiveTooLarge(f"{len(out)} files in the archive; the limit is {MAX_MEMBERS}")
     return out
 
 
@@ -80,8 +73,7 @@ def unpack(archive: IO[bytes], dest: Path, classes: list[str], max_bytes: int) -
                 while chunk := src.read(1 << 20):
                     total += len(chunk)
                     if total > max_bytes:
-                        raise ArchiveError(f"the archive unpacks to more than {max_bytes / 2**20:.0f} MiB",
-                                           too_large=True)
+                        raise ArchiveTooLarge(f"the archive unpacks to more than {max_bytes / 2**20:.0f} MiB")
                     out.write(chunk)
     return len(members)
 
@@ -130,12 +122,8 @@ def router(registry, max_bytes: int, admin) -> APIRouter:
             try:
                 out = await run_in_threadpool(calibrate_upload, Path(entry["path"]), entry["metadata"]["classes"],
                                               archive, name=name, epsilon=epsilon, max_bytes=4 * max_bytes)
-            except ArchiveError as e:
-                raise HTTPException(413 if e.too_large else 400, str(e)) from None
-            except PrivacyBudgetError as e:
-                raise HTTPException(409, str(e)) from None
-            except PrivmedError as e:
-                raise HTTPException(422, str(e)) from None
+            except PrivmedError as e:  # ArchiveError 400, ArchiveTooLarge 413, PrivacyBudgetError 409, else 422
+                raise as_http(e) from None
             finally:
                 archive.close()
         request.state.audit["output"] = {"site": out["site"], "epsilon": out["epsilon"]}

@@ -40,24 +40,29 @@ class LocalBackend:
         return [model_card(e["metadata"], e["name"], self.registry.site(e)) for e in self.registry.entries()]
 
     def analyse(self, model_id: str, data: bytes, filename: str, explain: bool, source: str = "file") -> dict:
+        return self.analyse_for_display(model_id, data, filename, explain, source)[0]
+
+    def analyse_for_display(self, model_id: str, data: bytes, filename: str, explain: bool,
+                            source: str = "file") -> tuple[dict, np.ndarray | None]:
+        """The result and the decoded image as the model saw it before preprocessing (windowed,
+        rectified), from the one decode of the upload: nothing is decoded a second time to show it."""
+        from privmed.errors import BundleError, PrivmedError
         from privmed.inference.registry import UnknownModel
-        from privmed.inference.service import InputError, analyse
+        from privmed.inference.service import analyse
 
         try:
             entry = self.registry.find(model_id)
         except UnknownModel as e:
             raise BackendError(str(e)) from None
-        from privmed.errors import BundleError
-
         try:
             model = self.registry.model(entry)
         except BundleError as e:
             raise BackendError(f"model '{model_id}' is unavailable: {e}") from None
         try:
-            result, _ = analyse(model, data, filename=filename, explain=explain, source=source)
-        except InputError as e:
-            raise BackendError(e.detail) from None
-        return result
+            result, img = analyse(model, data, filename=filename, explain=explain, source=source, keep_decoded=True)
+        except PrivmedError as e:  # the typed upload errors: their message says what was wrong and what to do
+            raise BackendError(str(e)) from None
+        return result, img.pixels
 
 
 class RemoteBackend:
@@ -96,6 +101,12 @@ class RemoteBackend:
         if r.status_code >= 400:
             raise BackendError(_detail(r))
         return r.json()["results"][0]
+
+    def analyse_for_display(self, model_id: str, data: bytes, filename: str, explain: bool,
+                            source: str = "file") -> tuple[dict, np.ndarray | None]:
+        """The server's result; the image to show is decoded here (the server sends no pixels)."""
+        res = self.analyse(model_id, data, filename, explain, source)
+        return res, display_pixels(data, res.get("image"))
 
 
 def _detail(r) -> str:

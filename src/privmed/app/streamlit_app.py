@@ -11,7 +11,7 @@ import json
 
 import streamlit as st
 
-from privmed.app.backend import TASK_LABELS, BackendError, display_pixels, make_backend, task_label
+from privmed.app.backend import TASK_LABELS, BackendError, make_backend, task_label
 from privmed.app.launch import check_address
 from privmed.config import settings
 from privmed.errors import PrivmedError
@@ -91,10 +91,10 @@ def show_card(card: dict) -> None:
     st.caption(card.get("use", ""))
 
 
-def show_result(name: str, data: bytes, res: dict, card: dict, show_cam: bool) -> None:
+def show_result(name: str, pixels, res: dict, card: dict, show_cam: bool) -> None:
+    """``pixels``: the decoded image the backend returned with the result (None: nothing to show)."""
     st.markdown(f"### {name}")
     left, right = st.columns([1, 1])
-    pixels = display_pixels(data, res.get("image"))
     with left:
         if pixels is not None:
             if show_cam and res.get("heatmap") is not None:
@@ -180,11 +180,11 @@ def main() -> None:
     for name, data, source in items:
         try:
             with st.spinner(f"analysing {name}"):
-                res = be.analyse(card["id"], data, name, explain=show_cam, source=source)
+                res, pixels = be.analyse_for_display(card["id"], data, name, explain=show_cam, source=source)
         except BackendError as e:
             st.error(f"{name}: {e}")
             continue
-        show_result(name, data, res, card, show_cam)
+        show_result(name, pixels, res, card, show_cam)
     if follow_live is not None:
         follow_live()  # last: it keeps the live readout current until the stream stops
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.errors import ImageReadError
+from privmed.errors import ImageReadError, UploadTooLarge
 
 # named CT windows in Hounsfield units: (centre, width)
 CT_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0)}
@@ -72,7 +72,7 @@ def _read(ds, max_pixels: int, window: str, default_window: str | None, frame: i
     if rows <= 0 or cols <= 0:
         raise ImageReadError("the DICOM header has no valid Rows/Columns; the file is corrupt")
     if rows * cols > max_pixels:
-        raise ImageReadError(
+        raise UploadTooLarge(
             f"DICOM image is {cols}x{rows} = {rows * cols:,} pixels, over the {max_pixels:,} limit; downscale it"
         )
     frames = int(ds.get("NumberOfFrames") or 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from privmed.errors import ImageReadError
+from privmed.errors import EmptyUpload, ImageReadError, Undecodable, UnsupportedFormat, UploadTooLarge
 
 MAX_PIXELS = 50_000_000  # decompression-bomb cap (a 7000x7000 image passes)
 MAX_BYTES = 64 * 1024 * 1024
@@ -61,7 +61,7 @@ def sniff_format(data: bytes) -> str:
     return "unknown"
 
 
-def load_image(source, *, max_pixels: int = MAX_PIXELS, **dicom) -> Image:
+def load_image(source, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES, **dicom) -> Image:
     """Read a path, bytes, numpy array or PIL image into an ``Image``.
 
     ``dicom``: ``window``, ``default_window``, ``frame`` for DICOM input (see ``data.dicom``).
@@ -82,16 +82,40 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, **dicom) -> Image:
         data = bytes(source)
     else:
         raise ImageReadError(f"cannot read an image from {type(source).__name__}; pass a path, bytes or an array")
-    return decode_bytes(data, max_pixels=max_pixels, **dicom)
+    return decode_bytes(data, max_bytes=max_bytes, max_pixels=max_pixels, **dicom)
 
 
-def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, window: str | None = None,
+IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
+_NOT_IMAGES = {"gif": "a GIF", "zip": "a ZIP archive", "pdf": "a PDF", "html": "an HTML page", "text": "plain text",
+               "unknown": "not a recognised image"}
+
+
+def decode_bytes(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, window: str | None = None,
                  default_window: str | None = None, frame: int | None = None) -> Image:
+    """The one decoder of uploaded bytes. Raises a typed ``ImageReadError``: ``EmptyUpload``,
+    ``UploadTooLarge`` (over ``max_bytes`` or ``max_pixels``), ``UnsupportedFormat`` (sniffed from the
+    bytes, never the name), ``Undecodable`` (damaged data), or ``ImageReadError`` itself (a usable
+    format asked for something it does not hold)."""
     if not data:
-        raise ImageReadError("the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
-    if len(data) > MAX_BYTES:
-        raise ImageReadError(f"the file is {len(data) // 2**20} MiB, over the {MAX_BYTES // 2**20} MiB limit")
+        raise EmptyUpload("the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
+    if len(data) > max_bytes:
+        raise UploadTooLarge(f"the file is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
     kind = sniff_format(data)
+    if kind not in IMAGE_KINDS:
+        raise UnsupportedFormat(f"the content is {_NOT_IMAGES.get(kind, kind)}, not an image privmed reads (the type "
+                                "is sniffed from the bytes, not the file name); upload a PNG, JPEG or DICOM file")
+    try:
+        return _decode_kind(data, kind, max_pixels, window, default_window, frame)
+    except ImageReadError:
+        raise
+    except (MemoryError, OverflowError):
+        raise UploadTooLarge("the image is too large to decode; downscale it before upload") from None
+    except Exception as e:  # a decoder failure we did not foresee is still the file's fault
+        raise Undecodable(f"could not decode the {kind.upper()} file ({type(e).__name__}); "
+                          "it may be damaged; re-export it") from None
+
+
+def _decode_kind(data: bytes, kind: str, max_pixels: int, window, default_window, frame) -> Image:
     if kind == "dicom":
         from privmed.data.dicom import read_dicom
 
@@ -101,17 +125,11 @@ def decode_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, window: str | Non
     if frame not in (None, 0):  # PNG/JPEG hold one picture: frame 0 is the only one
         raise ImageReadError(f"frame {frame} was asked for but a {kind.upper()} file holds one image; frames "
                              "are for multi-frame DICOM")
-    if kind in ("png", "jpeg", "bmp", "tiff"):
-        try:
-            pil = PILImage.open(io.BytesIO(data))
-        except Exception as e:  # PIL raises many types for bad headers
-            raise ImageReadError(f"could not decode the {kind.upper()} header ({e}); the file may be damaged") from None
-        return _from_pil(pil, kind, max_pixels)
-    if kind == "gif":
-        raise ImageReadError("GIF is not a medical image format; export the study as PNG, JPEG or DICOM")
-    raise ImageReadError(
-        f"this is not an image privmed reads (content looks like {kind}); upload a PNG, JPEG or DICOM file"
-    )
+    try:
+        pil = PILImage.open(io.BytesIO(data))
+    except Exception as e:  # PIL raises many types for bad headers
+        raise Undecodable(f"could not decode the {kind.upper()} header ({e}); the file may be damaged") from None
+    return _from_pil(pil, kind, max_pixels)
 
 
 _EIGHT_BIT = {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "RGBX"}
@@ -120,7 +138,7 @@ _EIGHT_BIT = {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr", "RGBX"}
 def _from_pil(pil: PILImage.Image, kind: str, max_pixels: int) -> Image:
     w, h = pil.size
     if w * h > max_pixels:
-        raise ImageReadError(
+        raise UploadTooLarge(
             f"image is {w}x{h} = {w * h:,} pixels, over the {max_pixels:,} limit; downscale it before upload"
         )
     if getattr(pil, "n_frames", 1) > 1:
@@ -136,7 +154,7 @@ def _from_pil(pil: PILImage.Image, kind: str, max_pixels: int) -> Image:
             k = math.ceil(math.sqrt(pil.width * pil.height / MAX_WORKING_PIXELS))
             pil = pil.reduce(k) if k > 1 else pil
     except Exception as e:
-        raise ImageReadError(f"the {kind.upper()} data is truncated or corrupt ({e}); re-export the image") from None
+        raise Undecodable(f"the {kind.upper()} data is truncated or corrupt ({e}); re-export the image") from None
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(pil, dtype=np.float32)
         peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from privmed.config import settings
+from privmed.errors import Unavailable
 
 
-class Busy(Exception):
+class Busy(Unavailable):
     """The batch queue is full: the caller should answer 503 and let the client retry."""
 
 

@@ -5,7 +5,8 @@ abstain decision (bad quality, out of distribution, low confidence).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import privmed.inference.intended_use as intended_use
 import privmed.inference.site as site_calibration
 from privmed.config import PreprocessConfig, bundle_search_dirs
-from privmed.data.read import Image, load_image
+from privmed.data.read import MAX_BYTES, Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
 from privmed.inference.bundle import load_bundle
@@ -33,8 +34,13 @@ class Prediction:
     heatmap: np.ndarray | None = None
     dicom: dict | None = None  # DICOM input only: modality, window used (HU for CT), frame
 
-    def to_dict(self, heatmap: bool = False) -> dict:
-        d = asdict(self)
+    def to_dict(self, heatmap: bool = False, model: bool = True) -> dict:
+        """``model=False``: without the model's summary (the served result carries the card instead;
+        deep-copying the summary for every image cost more than the rest of the dict)."""
+        if not model:
+            d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
+        else:
+            d = asdict(self)
         d["heatmap"] = self.heatmap.round(3).tolist() if heatmap and self.heatmap is not None else None
         return d
 
@@ -71,16 +77,32 @@ class Model:
 
     @property
     def info(self) -> dict:
+        """The model's summary in every prediction; built once per site calibration in use."""
         from privmed.privacy.ledger import statement
 
+        cached = self.__dict__.get("_info")
+        if cached is not None and cached[0] is self.site:
+            return cached[1]
         p = self.metadata.get("privacy") or {"mechanism": "none (non-private)"}
-        return {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
+        info = {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
                 "dataset": self.metadata.get("dataset"), "weights_sha256": self.metadata.get("weights_sha256"),
                 "intended_use": self.intended,
                 "privacy": {**{k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")},
                             "statement": statement(self.metadata)},
                 "site_calibration": site_calibration.summary(self.site) if self.site else None,
                 "runtime": self.backend}
+        self._info = (self.site, info)
+        return info
+
+    def card(self, name: str | None = None) -> dict:
+        """``report.model_card`` for this model and the site calibration it serves with, built once
+        (a site calibrated later loads a new ``Model``: the registry re-verifies changed bundles)."""
+        from privmed.inference.report import model_card
+
+        cached = self.__dict__.get("_card")
+        if cached is None or cached[0] != name or cached[1] is not self.site:
+            cached = self._card = (name, self.site, model_card(self.metadata, name, self.site))
+        return cached[2]
 
     def label_index(self, probs: np.ndarray) -> np.ndarray:
         """Predicted class per row of probabilities: the operating point for two classes, else argmax."""
@@ -150,14 +172,28 @@ class Model:
         probs, ood = (scores or self.scores)(x)
         return self.finish(img.meta, verdict, x, probs, ood, explain=explain)
 
-    def prepare(self, image, *, check_quality: bool = True, window: str | None = None,
-                frame: int | None = None, source: str = "file") -> tuple[Image, dict, torch.Tensor]:
-        """Decode, modality check, (camera: rectify), quality gate, preprocess: everything before the network."""
-        from privmed.data.quality import assess
+    def decode(self, image, *, window: str | None = None, frame: int | None = None,
+               max_bytes: int = MAX_BYTES) -> Image:
+        """Decode (``data.read``, typed errors, ``max_bytes`` the upload limit) and refuse what this model
+        cannot read: a DICOM of another modality (``WrongModality``), an image under 2 px."""
         from privmed.inference.report import check_modality
 
-        img = load_image(image, **self.dicom_options(window, frame))
+        img = load_image(image, max_bytes=max_bytes, **self.dicom_options(window, frame))
         check_modality(img.meta, self.metadata)
+        if min(img.pixels.shape) < 2:
+            raise ImageReadError(f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
+        return img
+
+    def prepare(self, image, *, check_quality: bool = True, window: str | None = None,
+                frame: int | None = None, source: str = "file", max_bytes: int = MAX_BYTES,
+                edit=None) -> tuple[Image, dict, torch.Tensor]:
+        """Decode, modality check, ``edit`` (e.g. redaction, on the decoded image), (camera: rectify),
+        quality gate, preprocess: everything before the network, once per upload."""
+        from privmed.data.quality import assess
+
+        img = self.decode(image, window=window, frame=frame, max_bytes=max_bytes)
+        if edit is not None:
+            img = edit(img)
         img = camera_input(img, source)
         verdict = assess(img).to_dict() if check_quality else {"ok": True, "reasons": [], "metrics": {}}
         return img, verdict, self.tensor(img)

@@ -14,7 +14,7 @@ import datetime as dt
 import uuid
 
 import privmed.inference.site as site_calibration
-from privmed.errors import ImageReadError
+from privmed.errors import WrongModality
 from privmed.inference.intended_use import describe, for_bundle
 
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
@@ -38,7 +38,7 @@ def check_modality(image_meta: dict, model_metadata: dict) -> None:
     if not modality or not allowed or modality in allowed or modality == "OT":
         return
     name = _MODALITY_NAMES.get(modality, modality)
-    raise ImageReadError(
+    raise WrongModality(
         f"the DICOM Modality is {modality} ({name}) but this model reads {'/'.join(allowed)} images "
         f"({model_metadata.get('task')}); choose a model for this modality"
     )
@@ -92,8 +92,7 @@ def model_card(metadata: dict, name: str | None = None, site: dict | None = None
 
 def result_dict(pred, *, filename: str | None, input_sha256: str, image_meta: dict | None = None,
                 heatmap: bool = False) -> dict:
-    d = pred.to_dict(heatmap=heatmap)
-    d.pop("model", None)
+    d = pred.to_dict(heatmap=heatmap, model=False)
     if not heatmap:
         d.pop("heatmap", None)
     out = {"filename": filename, "input_sha256": input_sha256, **d,

@@ -1,19 +1,20 @@
 """Bytes in, result out: the prediction step shared by the REST API and the in-process app.
-No web framework here. Every way an upload can be wrong becomes an ``InputError`` with an HTTP
-status (413 too large, 415 not an image type, 422 an image that cannot be used) and a message."""
+No web framework here and no HTTP statuses: an upload that cannot be used raises the typed
+``ImageReadError`` of ``data.read`` / ``Model.decode`` (``EmptyUpload``, ``UploadTooLarge``,
+``UnsupportedFormat``, ``Undecodable``, ``WrongModality``), a missing server part ``Unavailable``;
+``api/`` maps each type to its status."""
 from __future__ import annotations
 
 import os
 import threading
 
 from privmed.config import settings
-from privmed.data.read import MAX_BYTES, MAX_PIXELS, Image, load_image, sniff_format
-from privmed.errors import ImageReadError
+from privmed.data.read import MAX_BYTES, Image
+from privmed.errors import ImageReadError, Unavailable
 from privmed.files import sha256_bytes
 from privmed.inference.predictor import SOURCES
-from privmed.inference.report import check_modality, result_dict
+from privmed.inference.report import result_dict
 
-IMAGE_KINDS = ("png", "jpeg", "dicom", "bmp", "tiff")
 _PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
 _BATCHERS_LOCK = threading.Lock()
 
@@ -34,62 +35,27 @@ def _decode_slots() -> int:
 _DECODE_SLOTS = threading.BoundedSemaphore(_decode_slots())
 
 
-class InputError(Exception):
-    def __init__(self, status: int, detail: str):
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def decode_upload(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, **dicom) -> Image:
-    if not data:
-        raise InputError(400, "the file is empty (0 bytes); upload a PNG, JPEG or DICOM image")
-    if len(data) > max_bytes:
-        raise InputError(413, f"the file is {len(data) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
-    kind = sniff_format(data)
-    if kind not in IMAGE_KINDS:
-        what = {"gif": "a GIF", "zip": "a ZIP archive", "pdf": "a PDF", "html": "an HTML page", "text": "plain text",
-                "unknown": "not a recognised image"}.get(kind, kind)
-        raise InputError(415, f"the content is {what}, not an image privmed reads (the type is sniffed from the "
-                              "bytes, not the file name); upload a PNG, JPEG or DICOM file")
-    try:
-        return load_image(data, max_pixels=max_pixels, **dicom)
-    except ImageReadError as e:
-        msg = str(e)
-        raise InputError(413 if "limit" in msg and "pixels" in msg else 422, msg) from None
-    except (MemoryError, OverflowError):
-        raise InputError(413, "the image is too large to decode; downscale it before upload") from None
-    except Exception as e:  # a decoder failure we did not foresee is still the upload's fault
-        raise InputError(422, f"could not decode the {kind.upper()} file ({type(e).__name__}); "
-                              "it may be damaged; re-export it") from None
-
-
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
             max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None,
-            source: str = "file", redact: bool = False) -> tuple[dict, Image]:
-    """Decode (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file),
-    check modality, predict. ``source="camera"``: a phone photo of a film or monitor, rectified
-    before the quality gate (the result's ``image.rectified`` says whether a film was found).
-    ``redact``: black out burned-in text first; the result says how many regions, never what they
-    said. Returns the JSON-able result and the image as the model saw it (preprocessed; the decoded
-    upload is released before the network runs). One call per image or per camera frame."""
+            source: str = "file", redact: bool = False, input_sha256: str | None = None,
+            keep_decoded: bool = False) -> tuple[dict, Image]:
+    """Decode once (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file;
+    refused past ``max_bytes``), check modality, predict. ``source="camera"``: a phone photo of a film
+    or monitor, rectified before the quality gate (the result's ``image.rectified`` says whether a
+    film was found). ``redact``: black out burned-in text first; the result says how many regions,
+    never what they said. ``input_sha256``: the caller's digest of ``data`` (not computed twice).
+    Returns the JSON-able result and the image as the model saw it: preprocessed (small; the decoded
+    upload is released before the network runs), or with ``keep_decoded`` the decoded (windowed,
+    rectified) image, for display. One call per image or per camera frame."""
     if source not in SOURCES:
-        raise InputError(422, f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    digest = sha256_bytes(data or b"")
-    return _analyse(model, data, digest, filename, explain, max_bytes, window, frame, source, redact)
-
-
-def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes: int, window, frame,
-             source: str = "file", redact: bool = False) -> tuple[dict, Image]:
+        raise ImageReadError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    digest = input_sha256 or sha256_bytes(data or b"")
     batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
     with batcher.coming() if batcher is not None else _NO_LOCK:
-        meta, verdict, x, regions = _prepare(model, data, max_bytes, window, frame, source, redact)
+        meta, verdict, x, regions, decoded = _prepare(model, data, max_bytes, window, frame, source, redact,
+                                                      keep_decoded)
     if batcher is not None:
-        from privmed.inference.batcher import Busy
-
-        try:
-            probs, ood = batcher.scores(x)
-        except Busy as e:
-            raise InputError(503, str(e)) from None
+        probs, ood = batcher.scores(x)  # a full queue raises Busy (an ``Unavailable``)
         pred = model.finish(meta, verdict, x, probs, ood)
     else:
         with _PREDICT_LOCK:
@@ -98,8 +64,7 @@ def _analyse(model, data: bytes, digest: str, filename, explain: bool, max_bytes
     res = result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain)
     if redact:
         res["redacted_regions"] = regions
-    # the image as the model saw it (preprocessed, small), not the decoded upload
-    return res, Image(x[0, 0].numpy(), meta)
+    return res, decoded if keep_decoded else Image(x[0, 0].numpy(), meta)
 
 
 def redact_image(img: Image) -> tuple[Image, int]:
@@ -111,33 +76,26 @@ def redact_image(img: Image) -> tuple[Image, int]:
     try:
         _, boxes = text_boxes(img.pixels)
     except OCRError as e:
-        raise InputError(503, f"redaction is unavailable on this server: {e}") from None
+        raise Unavailable(f"redaction is unavailable on this server: {e}") from None
     if not boxes:
         return img, 0
     return Image(redact_array(img.pixels, boxes, img.pixels.min()), img.meta), len(boxes)
 
 
-def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str = "file",
-             redact: bool = False):
-    """Decode, modality check, quality gate, preprocess; the decoded upload (the big allocation) is
-    released before the slot is, so at most ``_DECODE_SLOTS`` of them exist at once."""
-    options = model.dicom_options(window, frame) if hasattr(model, "dicom_options") else {}
+def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str, redact: bool, keep_decoded: bool):
+    """``Model.prepare`` (decode, modality check, redaction, quality gate, preprocess) inside a decode
+    slot; the decoded upload (the big allocation) is dropped before the slot is released, unless the
+    caller keeps it for display, so at most ``_DECODE_SLOTS`` of them exist at once."""
+    regions = [0]
+
+    def redact_step(img: Image) -> Image:
+        img, regions[0] = redact_image(img)
+        return img
+
     with _DECODE_SLOTS:
-        img = decode_upload(data, max_bytes=max_bytes, **options)
-        try:
-            check_modality(img.meta, model.metadata)
-        except ImageReadError as e:
-            raise InputError(422, str(e)) from None
-        if min(img.pixels.shape) < 2:
-            raise InputError(422, f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
-        regions = 0
-        if redact:
-            img, regions = redact_image(img)
-        try:
-            img, verdict, x = model.prepare(img, source=source)  # decoded: the window is already applied
-        except ImageReadError as e:
-            raise InputError(422, str(e)) from None
-        return img.meta, verdict, x, regions
+        img, verdict, x = model.prepare(data, window=window, frame=frame, source=source, max_bytes=max_bytes,
+                                        edit=redact_step if redact else None)
+        return img.meta, verdict, x, regions[0], img if keep_decoded else None
 
 
 class _NoLock:

@@ -1,0 +1,113 @@
+"""The audit log as middleware: every request under ``/v1`` (and every refusal) gets its row in the
+hash-chained log before its answer leaves; a row that cannot be written (or a signed checkpoint
+that is due and cannot be) turns the answer into a 503. Handlers add what the row should say to
+``request.state.audit`` (model, input hashes, output, detail). Anonymous refusals are rate-limited
+into aggregated rows (``refusals.py``). Also: request metrics, and the loopback-only answer when
+auth is off."""
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from privmed.api.refusals import RefusalLimiter
+from privmed.api.store import AuditWriteError, Store
+from privmed.api.translog import Checkpointer
+
+log = logging.getLogger("privmed.api")
+
+
+def is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def install(app: FastAPI) -> None:
+    app.middleware("http")(audit_middleware)
+
+
+async def audit_middleware(request: Request, call_next):
+    state = request.app.state
+    t0 = time.perf_counter()
+    request.state.audit = {}
+    client = request.client.host if request.client else None
+    if not state.settings.auth and not is_loopback(client):  # defence in depth behind the bind check
+        return JSONResponse({"detail": "this server runs without authentication and answers loopback "
+                                       "clients only"}, status_code=403)
+    try:
+        response = await call_next(request)
+        status = response.status_code
+    except Exception:  # pragma: no cover - last resort; handlers map every known error
+        log.exception("unhandled error")
+        response = JSONResponse({"detail": "internal error; the request was logged"}, status_code=500)
+        status = 500
+    seconds = time.perf_counter() - t0
+    route_path = getattr(request.scope.get("route"), "path", None) or "unmatched"
+    refused = None
+    if request.url.path.startswith("/v1") or status >= 400:
+        refused = await write_row(state.store, state.checkpointer, state.refusals, request, status, seconds,
+                                  route_path)
+    status = refused.status_code if refused else status  # metrics count what the client got
+    state.metrics.observe_request(request.method, route_path, status, seconds)
+    if 400 <= status < 500 and route_path == "/v1/predict":
+        state.metrics.observe_input_error(status)
+    return refused or response
+
+
+async def write_row(store: Store, checkpointer: Checkpointer | None, refusals: RefusalLimiter, request: Request,
+                    status: int, seconds: float, route_path: str) -> JSONResponse | None:
+    """Write the request's audit row (and a signed checkpoint when one is due). None when written; else
+    the 503 that replaces the answer, saying why: nothing is served without its row."""
+    a = getattr(request.state, "audit", {}) or {}
+    p = getattr(request.state, "principal", None)
+    log_it, held = (True, refusals.due()) if p or status < 400 else refusals.admit(status)
+    try:
+        if held:
+            await run_in_threadpool(append_held, store, held)
+        if log_it:
+            row = await run_in_threadpool(
+                store.append, key_id=p.key_id if p else None, role=p.role if p else None, method=request.method,
+                path=route_path if route_path != "unmatched" else request.url.path[:200], status=status,
+                latency_ms=seconds * 1000, model_id=a.get("model_id"), model_version=a.get("model_version"),
+                epsilon=a.get("epsilon"), input_sha256=a.get("input_sha256"), output=a.get("output"),
+                detail=a.get("detail"))
+    except AuditWriteError as e:
+        log.error("%s", e)
+        return JSONResponse({"detail": f"{e}; request refused"}, 503)
+    except Exception:
+        log.exception("audit log append failed")
+        return JSONResponse({"detail": "the audit log could not be written; request refused"}, 503)
+    if checkpointer and log_it and not await _checkpoint(checkpointer, row["seq"]):
+        return JSONResponse({"detail": "the audit log's signed checkpoint could not be written (checkpoint sink, "
+                                       "witness, timestamp authority or key unavailable); request refused"}, 503)
+    return None
+
+
+async def _checkpoint(checkpointer: Checkpointer, seq: int) -> bool:
+    """Sign a checkpoint when one is due after row ``seq``; False when it could not be written. The
+    caller then fails closed: the row is written but the answer is not served unsigned, and every
+    later request retries the checkpoint until the sink takes it."""
+    try:
+        await run_in_threadpool(checkpointer.after_append, seq)
+        return True
+    except Exception:
+        log.exception("signed audit checkpoint failed")
+        return False
+
+
+def append_held(store: Store, held: dict) -> None:
+    for status, n in sorted(held.items()):
+        store.append(method="*", path="(anonymous refusals, aggregated)", status=status, latency_ms=0.0,
+                     detail=f"{n} further anonymous refusals with status {status} in the last interval, "
+                            "counted rather than logged one by one")
