@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from privmed.api.server import Settings, create_app  # noqa: E402
 from privmed.api.store import Store  # noqa: E402
+from privmed.cli import main  # noqa: E402
 from privmed.privacy.ledger import statement  # noqa: E402
 
 
@@ -79,6 +80,17 @@ def test_models_and_card(api, small_bundle):
     assert api.get(f"/v1/models/{small_bundle.name}", headers=auth(api, "auditor")).status_code == 200
     r = api.get("/v1/models/nope", headers=auth(api, "clinician"))
     assert r.status_code == 404 and "unknown model" in r.json()["detail"]
+
+
+def test_cli_models_says_what_the_api_says(api, small_bundle, capsys):
+    """One summary behind both views: ``privmed models --json`` lists the same facts as ``/v1/models``
+    (unit of privacy and neighbouring relation included), plus where the bundle lies."""
+    (served,) = api.get("/v1/models", headers=auth(api, "clinician")).json()["models"]
+    assert main(["models", "--dir", str(small_bundle.parent), "--json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if r["name"] == small_bundle.name]
+    assert len(rows) == 1 and rows[0].pop("path") == str(small_bundle)
+    assert rows[0] == served
+    assert served["unit_of_privacy"] and served["neighbouring_relation"]
 
 
 def test_predict_json_several_files_and_explain(api, data_root):

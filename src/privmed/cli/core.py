@@ -117,21 +117,18 @@ def cmd_calibrate(a):
 
 
 def cmd_models(a):
-    from privmed.config import bundles_dir
-    from privmed.inference.bundle import read_metadata
-    from privmed.inference.runtime import expected
+    from privmed.inference.registry import Registry
 
-    rows = []
-    root = Path(a.dir) if a.dir else bundles_dir()
-    for d in sorted(root.glob("*")) if root.is_dir() else []:
-        if (d / "metadata.json").is_file():
-            m = read_metadata(d)
-            rows.append({"name": d.name, "path": str(d), "model_id": m.get("model_id"), "task": m.get("task"),
-                         "dataset": m.get("dataset"), "classes": m.get("classes"),
-                         "epsilon": (m.get("privacy") or {}).get("epsilon"),
-                         "delta": (m.get("privacy") or {}).get("delta"), "runtime": expected(d, m)})
+    if a.dir:  # every bundle under DIR, instead of the default folders
+        root = Path(a.dir)
+        found = sorted(d for d in root.glob("*") if (d / "metadata.json").is_file()) if root.is_dir() else []
+        registry = Registry(found, scan_default=False)
+    else:
+        registry = Registry()
+    rows = [dict(s, path=str(e["path"])) for e in registry.entries() for s in [registry.summary(e)]]
     print_result(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['runtime']:12} "
-                                         f"{r['classes']}" for r in rows) or f"no bundles in {root}")
+                                         f"{r['classes']}" for r in rows) or "no bundles found (set PRIVMED_BUNDLES "
+                                         "or pass --dir)")
 
 
 def cmd_data_inspect(a):
@@ -304,7 +301,8 @@ def _model_parsers(sub) -> None:
 
 
 def _privacy_parsers(pv) -> None:
-    """``privmed privacy account`` and ``privmed privacy budget`` (``privmed privacy audit`` comes from ``cli/evaluation.py``)."""
+    """``privmed privacy account`` and ``privmed privacy budget`` (``privmed privacy audit`` comes from
+    ``cli/evaluation.py``)."""
     pa = pv.add_parser("account", help="epsilon from noise multiplier, sample rate, steps and delta")
     pa.add_argument("--sigma", type=float, required=True)
     pa.add_argument("--sample-rate", type=float, required=True)

@@ -9,8 +9,10 @@ from privmed.config import bundle_search_dirs
 from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
 from privmed.inference.bundle import read_metadata
+from privmed.inference.intended_use import for_bundle
 from privmed.inference.predictor import Model
 from privmed.inference.runtime import expected
+from privmed.privacy.ledger import statement
 
 
 class UnknownModel(LookupError):
@@ -110,7 +112,8 @@ class Registry:
         for e in entries:
             if ref in (e["id"], e["name"]):
                 return e
-        raise UnknownModel(f"unknown model '{ref}'; available: " + ", ".join(f"{e['id']} ({e['name']})" for e in entries))
+        available = ", ".join(f"{e['id']} ({e['name']})" for e in entries)
+        raise UnknownModel(f"unknown model '{ref}'; available: {available}")
 
     def model(self, entry: dict):
         """The loaded model; re-verified (checksum, signature) whenever a bundle file changed on disk.
@@ -156,6 +159,24 @@ class Registry:
         if cached:
             return cached[1].backend
         return expected(Path(entry["path"]), entry["metadata"], local_graphs=not self.pubkey)
+
+    def summaries(self) -> list[dict]:
+        """One summary per bundle: what ``/v1/models`` and ``privmed models`` both show."""
+        return [self.summary(e) for e in self.entries()]
+
+    def summary(self, e: dict) -> dict:
+        m, site = e["metadata"], self.site(e)
+        p = m.get("privacy") or {}
+        return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
+                "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
+                "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
+                "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
+                "privacy_statement": statement(m), "intended_use": for_bundle(m),
+                "site_calibration": site_calibration.summary(site) if site else None,
+                "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
+                "runtime": self.runtime(e),
+                # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
+                "available": not e.get("broken")}
 
     @property
     def loaded(self) -> int:
