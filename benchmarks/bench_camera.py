@@ -1,6 +1,7 @@
 """Phone photos of chest films through the served prediction path, as a file and as a camera frame.
 
-    python benchmarks/bench_camera.py [--bundle chest_xray_pneumonia] [--n 40] [--seed 0] [--glare 1] [--moire 1] [--json OUT]
+    python benchmarks/bench_camera.py [--bundle chest_xray_pneumonia] [--n 40] [--seed 0] [--glare 1]
+        [--moire 1] [--json OUT]
 
 Simulated photos (``privmed.evaluation.camera_sim``) of films from the official chest_xray_pneumonia
 test split, half of each class. For each: accepted (not refused by quality or OOD) and label agreement

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import default_bundle, require_dataset
 from PIL import Image as PILImage
 
+from conftest import default_bundle, require_dataset
 from privmed.data.read import load_image
 from privmed.data.rectify import rectify
 from privmed.evaluation.camera_sim import phone_photo

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privmed.inference import load_model
-from privmed.inference import ood
+from privmed.inference import load_model, ood
 from privmed.inference.ood import ood_score, ood_scores
 
 

@@ -1,8 +1,8 @@
 """privmed clinician app (Streamlit). Run with ``privmed app``.
 
-Choose a task, upload PNG/JPEG/DICOM images (or take a camera frame, or stream the camera live), and see the quality verdict,
-the calibrated prediction, the abstain message, an optional Grad-CAM overlay, the model card with
-its privacy ledger, and download the report as JSON or FHIR R4.
+Choose a task, upload PNG/JPEG/DICOM images (or take a camera frame, or stream the camera live), and see the
+quality verdict, the calibrated prediction, the abstain message, an optional Grad-CAM overlay, the model card
+with its privacy ledger, and download the report as JSON or FHIR R4.
 """
 from __future__ import annotations
 

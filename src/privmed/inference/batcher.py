@@ -4,8 +4,8 @@ The first image to arrive opens a batch; the batch closes when ``max_batch`` ima
 ``max_wait_s`` (<= 5 ms by default) has passed, and one worker thread runs it with
 ``Model.scores``. So the network still runs one call at a time (the cores are shared with decoding),
 but N waiting images cost one call instead of N. A batch waits only while other requests are on their
-way (``coming()``: decoding, quality gate): a lone request is never delayed. The queue is bounded: when it is full, ``scores``
-raises ``Busy`` at once instead of letting requests pile up without limit.
+way (``coming()``: decoding, quality gate): a lone request is never delayed. The queue is bounded: when it
+is full, ``scores`` raises ``Busy`` at once instead of letting requests pile up without limit.
 """
 from __future__ import annotations
 

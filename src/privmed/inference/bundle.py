@@ -123,7 +123,8 @@ def load_bundle(path: Path) -> tuple[SplitModel, dict]:
     try:
         model.trainable.load_state_dict(load_file(wpath))
     except RuntimeError as e:
-        raise BundleError(f"weights do not fit model '{arch['name']}' with {len(meta['classes'])} classes: {e}") from None
+        n = len(meta["classes"])
+        raise BundleError(f"weights do not fit model '{arch['name']}' with {n} classes: {e}") from None
     return model.eval(), meta
 
 
