@@ -80,9 +80,8 @@ def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from support.browser_check import CHROMIUM, write_y4m
-
     from privmed.config import bundles_dir, default_data_root
+    from support.browser_check import CHROMIUM, write_y4m
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")

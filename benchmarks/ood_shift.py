@@ -284,7 +284,7 @@ def main() -> None:
                 cells.append("")
             rows.append(f"| {name} @ {tname} thr. | " + " | ".join(cells) + " |")
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     called_pn = 100 * np.mean(pred["covid_new"] != normal) if len(c_new) else float("nan")
     lines = [

@@ -30,8 +30,8 @@ from scipy.stats import rankdata
 from privmed.data.datasets import Record
 from privmed.data.patients import format_images_per_patient, images_per_patient
 from privmed.data.read import MAX_PIXELS, decode_bytes, sniff_format
-from privmed.files import sha256_bytes
 from privmed.errors import PrivmedError
+from privmed.files import sha256_bytes
 
 HASH_SIDE = 64  # decode to 64x64, keep the 16x16 lowest DCT frequencies minus DC: the lowest
 HASH_FREQS = 16  # quarter of the band, so sampling phase after a resize barely flips bits
