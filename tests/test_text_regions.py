@@ -86,7 +86,8 @@ def test_text_regions_rejects_bad_input():
         text_regions(np.zeros((10, 10, 3), np.uint8))
 
 
-needs_ocr = pytest.mark.skipif(tesseract_path() is None, reason="Tesseract 5 is not installed (apt-get install tesseract-ocr)")
+needs_ocr = pytest.mark.skipif(tesseract_path() is None,
+                               reason="Tesseract 5 is not installed (apt-get install tesseract-ocr)")
 
 
 @needs_ocr
@@ -115,7 +116,8 @@ def test_api_redact_true_round_trip(small_bundle, tmp_path, data_root, caplog):
     b = burn(g, random.Random(9), n=2)
     buf = io.BytesIO()
     Image.fromarray(b.image).save(buf, format="PNG")
-    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle], scan_default_bundles=False))
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle], scan_default_bundles=False)
+    app = create_app(settings)
     key = app.state.store.create_key("clinician")[1]
     hdr = {"Authorization": f"Bearer {key}"}
     files = {"file": ("x.png", buf.getvalue(), "image/png")}

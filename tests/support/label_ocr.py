@@ -70,7 +70,8 @@ def measure(dataset_dir: Path, split: str, per_class: int, seed: int = 0, upper:
     for r in rows:
         by_font.setdefault(r["font"], []).append(r["true"] == r["pred"])
         by_size.setdefault(f"{r['size']:.2f}", []).append(r["true"] == r["pred"])
-    return {"dataset": str(dataset_dir), "split": split, "images": n, "correct": correct, "accuracy": correct / max(n, 1),
+    return {"dataset": str(dataset_dir), "split": split, "images": n, "correct": correct,
+            "accuracy": correct / max(n, 1),
             "auto_accepted": len(auto),
             "auto_accepted_accuracy": sum(r["true"] == r["pred"] for r in auto) / max(len(auto), 1),
             "sent_to_review": n - len(auto),

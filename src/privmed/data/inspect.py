@@ -483,7 +483,8 @@ def format_report(report: dict, max_files: int = 10) -> str:
         if near:
             row += [w["near_pairs"], w["near_groups"], w["near_label_conflicts"]]
         rows.append(row)
-    lines.append("Duplicates within each split" + (f" (near = pHash distance <= {near['max_distance']})" if near else ""))
+    lines.append("Duplicates within each split"
+                 + (f" (near = pHash distance <= {near['max_distance']})" if near else ""))
     lines += _table(head, rows)
     pairs = [(s, "train", leak) for s, leak in report["leakage"].items()]
     pairs += [(*k.split(" -> "), leak) for k, leak in (report.get("leakage_between") or {}).items()]

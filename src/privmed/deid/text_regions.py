@@ -35,7 +35,8 @@ def glyphs(gray: np.ndarray, bright: bool, min_h: int, max_h: int, levels: tuple
     k = max(7, max_h | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     hat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT if bright else cv2.MORPH_BLACKHAT, kernel)
-    grad = cv2.dilate(np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)), np.ones((3, 3))).ravel()
+    grad = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    grad = cv2.dilate(grad, np.ones((3, 3))).ravel()
     flat_hat, flat_gray = hat.ravel(), gray.ravel()
     out: list[_Glyph] = []
     for level in levels:
@@ -247,4 +248,5 @@ def confirmed(img: np.ndarray, boxes, need: int = 2, work: int = 800) -> list[tu
     gs = [x for bright in (True, False) for x in glyphs(g, bright, min_h, max_h, levels=(25, 40, 70, 110), strong=30)]
     e = 1 if k < 1 else 0  # rounding slack on the smaller copy
     return [(left, t, r, b) for left, t, r, b in boxes
-            if sum(x.left >= left * k - e and x.r <= r * k + e and x.t >= t * k - e and x.b <= b * k + e for x in gs) >= need]
+            if sum(x.left >= left * k - e and x.r <= r * k + e and x.t >= t * k - e and x.b <= b * k + e
+                   for x in gs) >= need]
