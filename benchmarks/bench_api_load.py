@@ -91,7 +91,8 @@ def main(argv=None):
 
         def client(i):
             rng = random.Random(i)
-            with httpx.Client(base_url=bases[i % len(bases)], headers={"Authorization": f"Bearer {key}"}, timeout=120) as c:
+            auth = {"Authorization": f"Bearer {key}"}
+            with httpx.Client(base_url=bases[i % len(bases)], headers=auth, timeout=120) as c:
                 while time.time() < stop:
                     name, data = rng.choice(blobs)
                     t = time.perf_counter()
@@ -127,6 +128,8 @@ def main(argv=None):
     ok = status.get(200, 0)
     errors = sum(v for k, v in status.items() if k != 200)
     ms = np.asarray(lat) * 1000
+    torch_threads = os.environ.get("PRIVMED_TORCH_THREADS")
+    torch_threads = f" (PRIVMED_TORCH_THREADS={torch_threads})" if torch_threads else ""
     text = "\n".join([
         f"### REST API load ({a.clients} concurrent clients, {a.duration:.0f} s), {time.strftime('%Y-%m-%d')}",
         "",
@@ -135,11 +138,14 @@ def main(argv=None):
         f"{f' --replicas {a.replicas}' if a.replicas > 1 else ''}{' --postgres' if a.postgres else ''}`"
         f"{' with PRIVMED_BATCH=off' if os.environ.get('PRIVMED_BATCH') == 'off' else ''}  ",
         f"Machine: {os.cpu_count()}-core CPU ({platform.machine()}), no GPU, shared with other work (load average "
-        f"{os.getloadavg()[0]:.1f} at the end); server and clients on the same cores. uvicorn, {a.replicas} process(es), auth on, "
-        f"every request appended to the {'PostgreSQL' if a.postgres else 'SQLite'} audit log (chain verified after the run: {verify['ok']}, "
+        f"{os.getloadavg()[0]:.1f} at the end); server and clients on the same cores. uvicorn, "
+        f"{a.replicas} process(es), auth on, "
+        f"every request appended to the {'PostgreSQL' if a.postgres else 'SQLite'} audit log "
+        f"(chain verified after the run: {verify['ok']}, "
         f"{verify['rows']} rows).  ",
         f"Bundle: `{meta.get('model_id')}` (model `{(meta.get('model') or {}).get('name')}`), backend "
-        f"{'onnxruntime' if (meta.get('onnx') or {}).get('faster') else 'torch'}{' (PRIVMED_TORCH_THREADS=' + os.environ['PRIVMED_TORCH_THREADS'] + ')' if os.environ.get('PRIVMED_TORCH_THREADS') else ''}; {len(blobs)} real 224x224 "
+        f"{'onnxruntime' if (meta.get('onnx') or {}).get('faster') else 'torch'}"
+        f"{torch_threads}; {len(blobs)} real 224x224 "
         "chest X-ray JPEGs, one per request.",
         "",
         "| clients | requests | images/s | p50 (ms) | p99 (ms) | errors |",

@@ -124,10 +124,9 @@ def one_round(a, bundle: Path, body: Path, ctype: str, signed: bool, tsa) -> dic
 
 
 def main(argv=None):
-    from tsa import LocalTSA
-
     from privmed.config import bundles_dir, default_data_root
     from privmed.inference.onnx_export import export
+    from tsa import LocalTSA
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")

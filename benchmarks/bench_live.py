@@ -76,13 +76,13 @@ def browser_run(bundle: Path, video: Path, seconds: float, work: Path) -> dict:
     return {"fps": (b["predicted"] - a["predicted"]) / r["seconds"], "camera_fps": got / r["seconds"],
             "dropped_share": (b["dropped"] - a["dropped"]) / got if got else None,
             "latency_ms": statistics.median(lat) if lat else None,
-            "latency_max_ms": max(lat) if lat else None, "predict_ms": statistics.median(busy) if busy else None, "predicted": b["predicted"], "seconds": r["seconds"]}
+            "latency_max_ms": max(lat) if lat else None, "predict_ms": statistics.median(busy) if busy else None,
+            "predicted": b["predicted"], "seconds": r["seconds"]}
 
 
 def main(argv=None) -> int:
-    from support.browser_check import CHROMIUM, write_y4m
-
     from privmed.config import bundles_dir, default_data_root
+    from support.browser_check import CHROMIUM, write_y4m
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
              f"Command: `{cmd.strip()}`  ",
              f"Machine: 2-core CPU (x86_64), no GPU, shared with other work (load average "
              f"{os.getloadavg()[0]:.1f} at the end); headless Chromium with a fake camera (640x480, 30 FPS .y4m of "
-             f"{len(files)} real {meta['dataset']} test images, streamed over WebRTC on localhost), the app in-process; "
+             f"{len(files)} real {meta['dataset']} test images, streamed over WebRTC on localhost), "
+             "the app in-process; "
              f"torch {torch.__version__}.  ",
              f"Bundle: `{meta.get('model_id')}`; {a.seconds:g} s sampled after the first predicted frames.", "",
              "| back end | predicted FPS | camera FPS at the server | frames dropped | latency median (ms) | "

@@ -99,12 +99,14 @@ def main() -> None:
     f_old, l_old = pooled_and_logits(old, x8)
     f_new, l_new = pooled_and_logits(new, x8)
     print(f"8 chest X-rays ({', '.join(ds.classes)}: 4 each, official test split)")
-    print(f"  old vs new: pooled features rel L2 {rel(f_old, f_new):.3f}, ImageNet logits rel L2 {rel(l_old, l_new):.3f}")
+    print(f"  old vs new: pooled features rel L2 {rel(f_old, f_new):.3f}, "
+          f"ImageNet logits rel L2 {rel(l_old, l_new):.3f}")
     saved = old_effl.MEAN, old_effl.STD  # the padding alone: old code with the new (exact) normalisation
     old_effl.MEAN, old_effl.STD = new_effl.MEAN, new_effl.STD
     f_pad, l_pad = pooled_and_logits(old, x8)
     old_effl.MEAN, old_effl.STD = saved
-    print(f"  of which padding alone (old code, new mean/std): features {rel(f_pad, f_new):.3f}, logits {rel(l_pad, l_new):.3f}")
+    print(f"  of which padding alone (old code, new mean/std): features {rel(f_pad, f_new):.3f}, "
+          f"logits {rel(l_pad, l_new):.3f}")
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -115,7 +117,8 @@ def main() -> None:
             xr = (x8.expand(-1, 3, -1, -1) - new_effl.MEAN) / new_effl.STD
             f_ref, l_ref = ref.extract_features(xr).mean((2, 3)), ref(xr)
         for name, f, lg in (("old", f_old, l_old), ("new", f_new, l_new)):
-            print(f"  {name} vs reference: pooled features rel L2 {rel(f, f_ref):.2e}, logits rel L2 {rel(lg, l_ref):.2e}, "
+            print(f"  {name} vs reference: pooled features rel L2 {rel(f, f_ref):.2e}, "
+                  f"logits rel L2 {rel(lg, l_ref):.2e}, "
                   f"logits max abs diff {float((lg - l_ref).abs().max()):.2e}")
 
     if a.probe_train <= 0:

@@ -1,6 +1,7 @@
 """Federated vs centralised vs each hospital alone, same per-hospital epsilon (docs/FEDERATED.md).
 
-    python benchmarks/federated.py --dataset chest_xray_pneumonia --model effnet_lite0_multi --rounds 10 --local-epochs 4
+    python benchmarks/federated.py --dataset chest_xray_pneumonia --model effnet_lite0_multi \\
+        --rounds 10 --local-epochs 4
 
 Every setting runs through the same code (privmed.federated.run.Federation): "centralised" is one
 hospital holding every training patient (privmed train's DP-SGD recipe, rounds x local epochs
@@ -76,10 +77,13 @@ def main() -> None:
     ap.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal strength (0: FedAvg)")
     ap.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM server momentum (0: FedAvg)")
     ap.add_argument("--server-lr", type=float, default=1.0, help="server step on the (momentum) averaged update")
-    ap.add_argument("--local-momentum", choices=["keep", "reset"], default="keep", help="hospital SGD momentum across rounds")
+    ap.add_argument("--local-momentum", choices=["keep", "reset"], default="keep",
+                    help="hospital SGD momentum across rounds")
     ap.add_argument("--max-grad-norm", type=float, default=None, help="default: privmed train's clip C")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: privmed train's (each hospital: min(this, units / 4))")
-    ap.add_argument("--repeat", type=int, default=1, help="run every chosen setting this many times (fresh DP noise each)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="default: privmed train's (each hospital: min(this, units / 4))")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every chosen setting this many times (fresh DP noise each)")
     ap.add_argument("--only", nargs="*", default=None, help="settings to run (default all)")
     a = ap.parse_args()
     train = {"dataset": a.dataset, "model": a.model, **({"lr": a.lr} if a.lr else {}),

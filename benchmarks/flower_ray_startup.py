@@ -6,14 +6,16 @@
     /tmp/rayenv/bin/python benchmarks/flower_ray_startup.py
 """
 import time
+
 t0 = time.time()
-import numpy as np
-from flwr.client import NumPyClient
-from flwr.clientapp import ClientApp
-from flwr.common import Context, ndarrays_to_parameters
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
-from flwr.server.strategy import FedAvg
-from flwr.simulation import run_simulation
+import numpy as np  # noqa: E402
+from flwr.client import NumPyClient  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.common import Context, ndarrays_to_parameters  # noqa: E402
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig  # noqa: E402
+from flwr.server.strategy import FedAvg  # noqa: E402
+from flwr.simulation import run_simulation  # noqa: E402
+
 t_import = time.time() - t0
 
 class C(NumPyClient):

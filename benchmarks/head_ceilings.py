@@ -67,7 +67,8 @@ def main():
     splits = split_records(cfg)
     test, _ = test_records(cfg)
     model = get_model(cfg.model, len(splits.classes))
-    x_tr, x_va, x_te = (model_inputs(model, load_pixels(r, cfg, False), False) for r in (splits.train, splits.val, test))
+    x_tr, x_va, x_te = (model_inputs(model, load_pixels(r, cfg, False), False)
+                        for r in (splits.train, splits.val, test))
     y_tr, y_va, y_te = (torch.tensor([r.label for r in recs]) for recs in (splits.train, splits.val, test))
     units, unit = unit_ids(splits.train, cfg.privacy.unit)
     n_units = int(units.max()) + 1

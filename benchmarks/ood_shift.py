@@ -243,10 +243,12 @@ def main() -> None:
         "neg. max logit": lambda lo, em, h: -lo.max(1),
         "energy -T logsumexp(z/T)": lambda lo, em, h: -T * logsumexp(lo / T, 1),
         "Mahalanobis full 3264-d, Kermany train (non-DP)": lambda lo, em, h: maha_full(em),
-        **{f"Mahalanobis tap {n} ({d}-d), Kermany train (non-DP)": (lambda i: lambda lo, em, h: maha_taps[i](taps(em)[i]))(i)
+        **{f"Mahalanobis tap {n} ({d}-d), Kermany train (non-DP)":
+           (lambda i: lambda lo, em, h: maha_taps[i](taps(em)[i]))(i)
            for i, (n, d) in enumerate(zip(TAP_NAMES, TAP_DIMS))},
         "Mahalanobis all taps, mean d^2/dim, Kermany train (non-DP)":
-            lambda lo, em, h: np.mean([maha_taps[i](t) ** 2 / d for i, (t, d) in enumerate(zip(taps(em), TAP_DIMS))], 0),
+            lambda lo, em, h: np.mean([maha_taps[i](t) ** 2 / d
+                                       for i, (t, d) in enumerate(zip(taps(em), TAP_DIMS))], 0),
         f"kNN k={K_NN} cosine, Kermany train (non-DP)": lambda lo, em, h: knn_train(em),
         f"kNN k={K_NN} cosine, public ref. = Kermany test half": lambda lo, em, h: public(pub_knn, em, h),
         "Mahalanobis full, public ref. = Kermany test half": lambda lo, em, h: public(pub_maha, em, h),
@@ -254,7 +256,8 @@ def main() -> None:
     shifts = [("covid_new", f"covid19_xray not Kermany (n={len(c_new)})"),
               ("covid_copy", f"covid19_xray Kermany copies (n={len(c_copy)}, sanity)"),
               ("ct", f"covid19_ct (n={len(ct)})"), ("mri", f"brain MRI (n={len(mri)})"),
-              ("rot90", f"rot90 (n={len(test)})"), ("crop50", f"crop 50 % (n={len(test)})"), ("flip", f"flip (n={len(test)}, sanity)")]
+              ("rot90", f"rot90 (n={len(test)})"), ("crop50", f"crop 50 % (n={len(test)})"),
+              ("flip", f"flip (n={len(test)}, sanity)")]
     shifts = [(k, n) for k, n in shifts if feats[k] is not None]
     pred = {k: model.label_index(softmax(feats[k][0] / T, 1)) for k in feats if feats[k] is not None}
     normal = model.classes.index("normal")
@@ -284,21 +287,24 @@ def main() -> None:
                 cells.append("")
             rows.append(f"| {name} @ {tname} thr. | " + " | ".join(cells) + " |")
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     called_pn = 100 * np.mean(pred["covid_new"] != normal) if len(c_new) else float("nan")
     lines = [
         f"### OOD detectors under shift: bundle `{args.bundle}` ({model.metadata.get('model_id')})", "",
-        f"Command: `.venv/bin/python benchmarks/ood_shift.py{' --bundle ' + args.bundle if args.bundle != 'chest_xray_pneumonia' else ''}`  ",
+        "Command: `.venv/bin/python benchmarks/ood_shift.py"
+        f"{' --bundle ' + args.bundle if args.bundle != 'chest_xray_pneumonia' else ''}`  ",
         f"Date: {time.strftime('%Y-%m-%d')}; machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), backend {model.backend}; run {time.time() - t0:.0f} s.", "",
-        f"ID = Kermany chest test split (n={len(test)}). Cells: AUROC (ID vs shift) / share of the shift refused at the "
+        f"ID = Kermany chest test split (n={len(test)}). Cells: AUROC (ID vs shift) / share of the shift refused "
+        "at the "
         "threshold. '5 % ID' thresholds are the 95th percentile of the ID test scores (a measurement device, "
         "not a deployable rule); 'bundle DP' is the bundle's shipped threshold "
         f"{model.ood['threshold']:.3f}. Last column: covid19_xray non-copies refused or answered normal "
         f"(the issue's goal metric; the bundle calls {called_pn:.0f} % of them pneumonia when nothing is refused). "
         "Final column: AUROC of covid19_xray Kermany copies vs non-copies, which share one re-processing (640x640 "
-        "files, contrast-enhanced): a population signal with the processing held fixed, unlike the ID-vs-shift AUROC.", "",
+        "files, contrast-enhanced): a population signal with the processing held fixed, "
+        "unlike the ID-vs-shift AUROC.", "",
         "| detector @ threshold | thr. | ID refused | " + " | ".join(n for _, n in shifts)
         + " | goal: refused or normal | AUROC copies vs non-copies |",
         "|---" * (len(shifts) + 5) + "|",

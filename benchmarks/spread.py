@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from privmed.training.recipe import set_path  # the CLI's own --set KEY=VALUE rule
 from privmed.config import TrainConfig
 from privmed.evaluation.evaluate import evaluate
 from privmed.pipeline import train_bundle
+from privmed.training.recipe import set_path  # the CLI's own --set KEY=VALUE rule
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,8 @@ def row(name: str) -> str:
     extra = (f"{r['sensitivity']:.3f} / {r['specificity']:.3f}" if "sensitivity" in r else "-")
     leaked = r.get("private", r).get("leaked_test_images_removed", 0)  # flat in runs from before issue 29
     return (f"| {name} | {r['n']} ({leaked} with copies in train removed) | {r['accuracy']:.4f} | "
-            f"{r['auc']:.4f} | {r['f1_macro']:.4f} | {extra} | {r['ece']:.3f} | {r['majority_baseline_accuracy']:.4f} | "
+            f"{r['auc']:.4f} | {r['f1_macro']:.4f} | {extra} | {r['ece']:.3f} | "
+            f"{r['majority_baseline_accuracy']:.4f} | "
             f"{eps} | {t['training_seconds']} |")
 
 
@@ -54,7 +55,8 @@ def ledger(name: str) -> str:
             f"{p.get('n_units_validation_dp')}, validation releases "
             f"{sum(r['on'] == 'validation' for r in p['releases'])}, dataset total "
             f"{budget.get('epsilon_all_runs')} over {budget.get('runs')} run(s) in this machine's registry, "
-            f"Opacus {p['opacus_version']}, randomness ChaCha20 ({'256-bit' if '256-bit' in p['randomness'] else '?'} key)")
+            f"Opacus {p['opacus_version']}, "
+            f"randomness ChaCha20 ({'256-bit' if '256-bit' in p['randomness'] else '?'} key)")
 
 
 def audit(name: str) -> str:
@@ -65,7 +67,8 @@ def audit(name: str) -> str:
     cells = []
     for k in ("loss", "lira_offline"):
         x = att.get(k)
-        cells.append("-" if not x else f"{x['auc']:.3f} / {x.get('tpr_at_1pct_fpr', x.get('tpr_at_fpr', {}).get('0.01', float('nan'))):.3f}")
+        tpr = None if not x else x.get("tpr_at_1pct_fpr", x.get("tpr_at_fpr", {}).get("0.01", float("nan")))
+        cells.append("-" if not x else f"{x['auc']:.3f} / {tpr:.3f}")
     canary = a.get("canary_audit") or (_load(name, "canary") or {}).get("canary_audit") or {}  # --k 0 run
     can = (f"{canary['correct']}/{canary['guesses']} guesses right, {canary['canaries']} canaries: p = "
            f"{canary['p_value']:.3g}, {'FAILED' if canary.get('failed') else 'passed'}"
@@ -76,9 +79,11 @@ def audit(name: str) -> str:
 
 def markdown() -> str:
     names = [ds for ds in DATASETS if _load(ds, "test") and _load(ds, "train")]
-    lines = ["| bundle | test images | accuracy | AUC | F1 macro | sens / spec | ECE | majority baseline | epsilon | train s |",
+    lines = ["| bundle | test images | accuracy | AUC | F1 macro | sens / spec | ECE | majority baseline | epsilon "
+             "| train s |",
              "|---|---|---|---|---|---|---|---|---|---|", *map(row, names), "", *map(ledger, names), "",
-             "| bundle | audit members / non-members | loss AUC / TPR@1%FPR | LiRA AUC / TPR@1%FPR | heuristic eps | one-run canary check |",
+             "| bundle | audit members / non-members | loss AUC / TPR@1%FPR | LiRA AUC / TPR@1%FPR | heuristic eps "
+             "| one-run canary check |",
              "|---|---|---|---|---|---|", *map(audit, names)]
     return "\n".join(lines)
 

@@ -15,9 +15,9 @@ import os
 
 import torch
 
-from privmed.training.recipe import set_path
 from privmed.config import TrainConfig
 from privmed.models.batched import batched_forward
+from privmed.training.recipe import set_path
 from privmed.training.trainer import train
 
 

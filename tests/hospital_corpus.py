@@ -98,9 +98,8 @@ def fill_phi(ds, seed: int = 0) -> list[str]:
 def burn_into_dicom(ds, seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """Draw fake identifiers into the pixel data with a real font (bright on MONOCHROME2, the
     displayed-bright value on MONOCHROME1); returns (string, ink mask) pairs."""
-    from support.burned_in import burn
-
     from privmed.deid.ocr import to_uint8
+    from support.burned_in import burn
 
     arr = ds.pixel_array
     b = burn(to_uint8(arr), random.Random(seed), n=3)

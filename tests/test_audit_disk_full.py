@@ -37,13 +37,13 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
-from fastapi.testclient import TestClient
-from sqlalchemy import event
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import event  # noqa: E402
 
-from privmed.api import translog
-from privmed.api.server import Settings, create_app
-from privmed.api.store import Store
-from privmed.cli import main
+from privmed.api import translog  # noqa: E402
+from privmed.api.server import Settings, create_app  # noqa: E402
+from privmed.api.store import Store  # noqa: E402
+from privmed.cli import main  # noqa: E402
 
 CLIENTS = 4
 HEADROOM_PAGES = 3  # page-cap: ~20 prediction rows of ~600 bytes still fit

@@ -75,8 +75,8 @@ def test_full_queue_is_busy_and_errors_reach_the_caller():
 
 
 def test_api_service_batches_and_matches_single_predictions(small_bundle, data_root):
-    from privmed.inference.service import analyse
     from privmed.inference.predictor import load_model
+    from privmed.inference.service import analyse
 
     m = load_model(small_bundle)
     files = sorted((data_root / "covid19_xray" / "test").glob("*/*"))[:12]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import require_dataset
 from support.browser_check import ARGS, CHROMIUM, running_app
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import require_dataset
 from support.browser_check import CHROMIUM, live_session, running_app, write_y4m
 

@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pydicom
 import pytest
-from hospital_corpus import burn_into_dicom, real_dicom
-from support.burned_in import burn, covered, tokens
 
+from hospital_corpus import burn_into_dicom, real_dicom
 from privmed.deid.header import Options
 from privmed.deid.ocr import find_text, parse_tsv, tesseract_path
+from support.burned_in import burn, covered, tokens
 
 pytestmark = pytest.mark.skipif(tesseract_path() is None,
                                 reason="Tesseract 5 is not installed (apt-get install tesseract-ocr; .ci/run does)")
@@ -96,7 +96,6 @@ def test_png_upload_is_redacted(tmp_path, data_root):
 def test_prediction_barely_moves_after_deid(tmp_path):
     """The de-identified chest radiograph predicts as the original (|dp| <= 0.02) with the default model."""
     from conftest import default_bundle
-
     from privmed.deid.files import deid_path
     from privmed.inference import load_model
 

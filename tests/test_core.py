@@ -38,7 +38,8 @@ def test_patient_ids_and_grouped_split(data_root):
     assert train_val_split(train, 0.1, seed=0)[1] == va  # seeded
     # one patient's side depends on that patient alone: removing others moves no one
     others_removed = [r for r in train if r.patient_id != train[0].patient_id]
-    assert {id(r) for r in train_val_split(others_removed, 0.1, seed=0)[1]} == {id(r) for r in va if r in others_removed}
+    val_ids = {id(r) for r in train_val_split(others_removed, 0.1, seed=0)[1]}
+    assert val_ids == {id(r) for r in va if r in others_removed}
 
 
 def test_split_and_units_do_not_depend_on_where_the_dataset_lives(tmp_path, data_root):
@@ -243,8 +244,8 @@ def test_bundle_roundtrip_tamper_and_evaluate(small_bundle, tmp_path, data_root)
 def test_record_keeps_private_counts_out_of_the_bundle(small_bundle, tmp_path, data_root, capsys):
     """`privmed evaluate --record` writes only public test metrics into the bundle (the whole official
     test split); the leak-free subset, a function of the training images, goes to the private run log,
-    or nowhere for a copy without one. Failed before issue 29: `leaked_test_images_removed` (covid19_xray: 8) went into metadata.json, and `--record
-    --split val` wrote exact validation metrics into the released bundle."""
+    or nowhere for a copy without one. Failed before issue 29: `leaked_test_images_removed` (covid19_xray: 8)
+    went into metadata.json, and `--record --split val` wrote exact validation metrics into the released bundle."""
     from privmed.inference.bundle import PRIVATE_METRICS, read_metadata, read_run_log, run_dir, update_metadata
 
     bundle = Path(shutil.copytree(small_bundle, tmp_path / "b"))

@@ -209,7 +209,8 @@ def test_no_copy_group_straddles_train_and_validation():
     side = {r.path.name: "train" for r in s.train} | {r.path.name: "val" for r in s.val}
     assert side["Covid_1173.jpg"] == side["Covid_1135.jpg"] == "val"  # a 1:1 tie: 1173 holds the smaller hash
     moved = next(r for r in s.val if r.path.name == "Covid_1135.jpg")
-    assert moved.block == "covid-029" and moved.copies == next(r.copies for r in s.val if r.path.name == "Covid_1173.jpg")
+    assert moved.block == "covid-029"
+    assert moved.copies == next(r.copies for r in s.val if r.path.name == "Covid_1173.jpg")
     assert s.fingerprint["copies_moved"] == 1
     units, name = unit_ids(s.val, "image")  # copies inside validation: one unit
     index = {r.path.name: int(u) for r, u in zip(s.val, units)}
@@ -246,7 +247,8 @@ def test_a_copy_group_goes_to_the_side_holding_most_of_it(tmp_path):
         for cls in ("a", "b"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(4):
-                PILImage.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+                PILImage.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
                 rows.append(f"{split}/{cls}/{i}.png,{split},{cls},{split}-{cls}")
     for f in ("train/a/copy.png", "val/a/copy.png"):
         shutil.copy(tmp_path / "train/a/0.png", tmp_path / f)

@@ -7,8 +7,8 @@ import json
 
 import pydicom
 import pytest
-from hospital_corpus import fill_phi, real_dicom
 
+from hospital_corpus import fill_phi, real_dicom
 from privmed.cli import main
 from privmed.deid.files import deid_path
 from privmed.deid.header import (

@@ -138,7 +138,10 @@ def test_one_run_p_value_pays_delta_per_canary():
 
     m, r, v, eps, delta = 1000, 100, 70, 0.5, 1e-5
     q = math.exp(eps) / (1 + math.exp(eps))
-    f = lambda k: binom.sf(k - 1, r, q)
+
+    def f(k):
+        return binom.sf(k - 1, r, q)
+
     brute = f(v) + 2 * m * delta * max((f(v - i) - f(v)) / i for i in range(1, v + 1))
     assert B.one_run_p_value(v, r, m, eps, delta) == pytest.approx(brute, rel=1e-9)
     assert B.one_run_p_value(v, r, m, eps, 0.0) == pytest.approx(f(v), rel=1e-9)

@@ -146,9 +146,9 @@ def test_federate_cli_writes_a_loadable_bundle(data_root, tmp_path, capsys):
 
 
 def test_partitions_are_patient_disjoint_and_reproducible():
+    from conftest import require_dataset
     from privmed.config import TrainConfig, default_data_root
     from privmed.training.data import split_records, unit_ids
-    from conftest import require_dataset
 
     require_dataset(default_data_root(), "chest_xray_pneumonia")
     s = split_records(TrainConfig(dataset="chest_xray_pneumonia"))

@@ -9,9 +9,9 @@ import warnings
 
 import pydicom
 import pytest
-from conftest import default_bundle
 from pydicom.data import get_testdata_file
 
+from conftest import default_bundle
 from privmed.config import settings
 from privmed.data.read import load_image
 from privmed.inference import intended_use

@@ -24,10 +24,10 @@ def test_match_is_fuzzy_and_spans_words():
 
 def test_label_folder_propose_review_apply(tmp_path, data_root, capsys):
     from PIL import Image
-    from support.burned_in import fonts
-    from support.label_ocr import print_label
 
     from privmed.data.datasets import open_dataset
+    from support.burned_in import fonts
+    from support.label_ocr import print_label
 
     rng = random.Random(3)
     folder = tmp_path / "scans"

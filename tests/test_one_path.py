@@ -40,7 +40,8 @@ def test_evaluate_probabilities_equal_the_apis(small_bundle, data_root, tmp_path
             served_labels.append(model.classes.index(served["label"]))
     report = evaluate(small_bundle, data_root=data_root, progress=False)
     assert report["n"] == len(records)
-    assert report["accuracy"] == pytest.approx(np.mean(np.array(served_labels) == [r.label for r in records]), abs=1e-12)
+    served_accuracy = np.mean(np.array(served_labels) == [r.label for r in records])
+    assert report["accuracy"] == pytest.approx(served_accuracy, abs=1e-12)
 
 
 def test_robustness_clean_accuracy_is_evaluates(small_bundle, data_root):

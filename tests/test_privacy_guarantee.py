@@ -26,7 +26,7 @@ from conftest import default_bundle
 from privmed.config import TrainConfig, bundles_dir
 from privmed.evaluation.metrics import roc_auc
 from privmed.models import MODELS, get_model
-from privmed.privacy import DPPlan, DPSGD
+from privmed.privacy import DPSGD, DPPlan
 from privmed.privacy.ledger import recompute, statement
 from privmed.privacy.randomness import SecretStream
 from privmed.training.trainer import per_sample_loss
@@ -594,9 +594,9 @@ def test_a_simulated_camera_photo_depends_on_its_own_image_alone(data_root):
     """The camera threshold's histogram takes one simulated phone photo per validation image: its
     randomness comes from the image's own bytes, so removing another unit leaves it unchanged (a shared
     generator would shift every later photo, and one unit would move the others' rows)."""
+    from conftest import require_dataset
     from privmed.data.datasets import open_dataset
     from privmed.pipeline import camera_photos
-    from conftest import require_dataset
 
     require_dataset(data_root, "chest_xray_pneumonia")
     r1, r2 = open_dataset("chest_xray_pneumonia", data_root).records("test")[:2]

@@ -18,7 +18,6 @@ from privmed.inference.bundle import load_bundle, save_bundle
 from privmed.models import get_model
 from privmed.models.registry import public_basis, with_public_basis
 from privmed.training.public import fit_public_basis, principal_directions
-
 from test_privacy_guarantee import C, _engine, _max_change
 
 ROOT = default_data_root()

@@ -17,8 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from privmed.privacy import DPPlan, DPSGD
-from privmed.privacy import randomness
+from privmed.privacy import DPSGD, DPPlan, randomness
 from privmed.privacy.randomness import KEY_BITS, SOURCE, SecretStream
 from privmed.privacy.releases import gaussian_sum
 

@@ -126,6 +126,7 @@ def test_each_entry_trains_exactly_the_command_its_row_prints():
         ("scatter_cnn", 15, 4.0, 0.9, 0.1)
     assert "--set privacy.max_grad_norm=0.1" in paper.train_command(by_id["chest-scatter-eps2"], "b")
     best = by_id["chest-best-eps2"]
-    assert paper.entry_config(best).model_dump() == TrainConfig(model=best["model"], privacy={"epsilon": 2.0}).model_dump()
+    expected = TrainConfig(model=best["model"], privacy={"epsilon": 2.0}).model_dump()
+    assert paper.entry_config(best).model_dump() == expected
     assert paper.entry_config(by_id["covid19-ct-best-eps2"]).privacy.unit == "image"
     assert paper.entry_config(by_id["chest-cnn-nodp"]).privacy.enabled is False

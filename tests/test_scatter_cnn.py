@@ -13,7 +13,7 @@ from privmed.config import TrainConfig
 from privmed.evaluation.metrics import roc_auc
 from privmed.models import get_model
 from privmed.models.scattering import Scattering2D, filter_bank, padding
-from privmed.privacy import DPPlan, DPSGD
+from privmed.privacy import DPSGD, DPPlan
 from privmed.training import data as tdata
 from privmed.training.data import load_pixels, model_inputs, pixels_to_tensor, split_records
 from privmed.training.trainer import per_sample_loss

@@ -71,8 +71,9 @@ def test_postgres_several_processes_append_concurrently(postgres_url):
 
 
 def test_postgres_keys_and_log_verify_cli(postgres_url, capsys):
-    from privmed.cli import main
     from sqlalchemy.engine import make_url
+
+    from privmed.cli import main
 
     store = Store(postgres_url)
     key_id, key = store.create_key("auditor", "pg test")

@@ -6,9 +6,9 @@ import random
 
 import numpy as np
 import pytest
-from support.burned_in import burn, covered
 
 from privmed.deid import text_detect
+from support.burned_in import burn, covered
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,6 +45,7 @@ def test_detector_box_geometry_matches_the_image():
     """A synthetic line of text on a flat background: the box lands on it, in the input's pixels,
     for a small and a large image (the network sees the shorter side at 736 px)."""
     from PIL import Image, ImageDraw, ImageFont
+
     from support.burned_in import fonts
 
     for size in (224, 1400):
@@ -54,7 +55,7 @@ def test_detector_box_geometry_matches_the_image():
         ink = np.asarray(img) > 100
         boxes = text_detect.text_lines(np.asarray(img))
         assert covered(ink, boxes) >= 0.98
-        area = sum((r - l) * (b - t) for l, t, r, b in boxes)
+        area = sum((r - left) * (b - t) for left, t, r, b in boxes)
         assert area < 4 * ink.any(1).sum() * ink.any(0).sum()  # a line's box, not the whole image
 
 

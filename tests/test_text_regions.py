@@ -8,10 +8,10 @@ import random
 
 import numpy as np
 import pytest
-from support.burned_in import burn, covered, tokens
 
 from privmed.deid.ocr import tesseract_path
 from privmed.deid.text_regions import extend, hidden_ends, text_regions
+from support.burned_in import burn, covered, tokens
 
 
 def real_gray(data_root, ds: str, n: int, offset: int = 0) -> list[np.ndarray]:
@@ -41,6 +41,7 @@ def test_detector_covers_burned_strings_and_nothing_on_clean_images(data_root):
 def test_extend_reaches_faint_glyphs_of_the_same_value():
     """A box over the first half of a flat-valued string grows over the rest, not over the background."""
     from PIL import Image, ImageDraw, ImageFont
+
     from support.burned_in import fonts
 
     mask = Image.new("L", (400, 200), 0)
@@ -49,15 +50,16 @@ def test_extend_reaches_faint_glyphs_of_the_same_value():
     a[np.asarray(mask) > 127] = 200  # faint text, one value (as burn() draws it)
     ys, xs = np.nonzero(np.asarray(mask) > 127)
     half = (xs.min() - 2, ys.min() - 2, (xs.min() + xs.max()) // 2, ys.max() + 3)
-    (l, t, r, b), = extend(a, [half])
-    assert l <= xs.min() and r > xs.max() and (t, b) == (half[1], half[3])
-    assert r - l < 1.3 * (xs.max() - xs.min())
+    (left, t, r, b), = extend(a, [half])
+    assert left <= xs.min() and r > xs.max() and (t, b) == (half[1], half[3])
+    assert r - left < 1.3 * (xs.max() - xs.min())
 
 
 def test_hidden_ends_cover_text_on_a_background_of_its_own_value():
     """Bright text on black that runs onto bone of its own value: the box of the visible part grows over
     the bone where glyphs can hide (across the space), and not over plain bone of another value."""
     from PIL import Image, ImageDraw, ImageFont
+
     from support.burned_in import fonts
 
     mask = Image.new("L", (480, 120), 0)
@@ -71,10 +73,10 @@ def test_hidden_ends_cover_text_on_a_background_of_its_own_value():
         if grows:
             a[:, 130:][ink[:, 130:]] = 228  # the digits, drawn at the value of the bone
         visible = (xs.min() - 2, ys.min() - 3, 128, ys.max() + 4)  # "MRN" on black
-        (l, t, r, b), = hidden_ends(a, [visible])
-        assert (l, t, b) == visible[:2] + (visible[3],)
+        (left, t, r, b), = hidden_ends(a, [visible])
+        assert (left, t, b) == visible[:2] + (visible[3],)
         if grows:
-            assert r >= xs.max() and r - l < 1.5 * (xs.max() - xs.min())
+            assert r >= xs.max() and r - left < 1.5 * (xs.max() - xs.min())
         else:
             assert r == visible[2]
 
@@ -84,7 +86,8 @@ def test_text_regions_rejects_bad_input():
         text_regions(np.zeros((10, 10, 3), np.uint8))
 
 
-needs_ocr = pytest.mark.skipif(tesseract_path() is None, reason="Tesseract 5 is not installed (apt-get install tesseract-ocr)")
+needs_ocr = pytest.mark.skipif(tesseract_path() is None,
+                               reason="Tesseract 5 is not installed (apt-get install tesseract-ocr)")
 
 
 @needs_ocr
@@ -95,8 +98,8 @@ def test_lungs_of_clean_chest_xrays_are_not_blacked_out(data_root):
         _, boxes = text_boxes(g)
         h, w = g.shape
         black = np.zeros(g.shape, bool)
-        for l, t, r, b in boxes:
-            black[max(0, t):b, max(0, l):r] = True
+        for left, t, r, b in boxes:
+            black[max(0, t):b, max(0, left):r] = True
         assert black.mean() < 0.03
         assert black[h // 4:3 * h // 4, w // 8:7 * w // 8].mean() < 0.01  # the lung fields
 
@@ -113,7 +116,8 @@ def test_api_redact_true_round_trip(small_bundle, tmp_path, data_root, caplog):
     b = burn(g, random.Random(9), n=2)
     buf = io.BytesIO()
     Image.fromarray(b.image).save(buf, format="PNG")
-    app = create_app(Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle], scan_default_bundles=False))
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'a.db'}", bundles=[small_bundle], scan_default_bundles=False)
+    app = create_app(settings)
     key = app.state.store.create_key("clinician")[1]
     hdr = {"Authorization": f"Bearer {key}"}
     files = {"file": ("x.png", buf.getvalue(), "image/png")}

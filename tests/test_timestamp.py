@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 from rfc3161_client import decode_timestamp_response
-from tsa import OPENSSL, LocalTSA, openssl, openssl_available
 
 from privmed.api.timestamp import request_token, token_from_text, token_to_text, verify_token
 from privmed.errors import PrivmedError
+from tsa import OPENSSL, LocalTSA, openssl, openssl_available
 
 pytestmark = pytest.mark.skipif(not openssl_available(), reason=f"{OPENSSL} not found: the local TSA needs openssl")
 

@@ -14,12 +14,11 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("httpx")
-from test_translog import make_log, rechain, verify_args
-
 from privmed.api import merkle, witness
 from privmed.api import translog as t
 from privmed.cli import main
 from privmed.errors import PrivmedError
+from test_translog import make_log, rechain, verify_args
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 FAKE_CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 READOUT = re.compile(r"Frames predicted: (\d+) · dropped: (\d+) of (\d+) · ([\d.]+) FPS predicted "
-                     r"\(camera ([\d.]+) FPS\) · latency (n/a|[\d.]+ ms) \(median; of which prediction (n/a|[\d.]+ ms)\)")
+                     r"\(camera ([\d.]+) FPS\) · latency (n/a|[\d.]+ ms) "
+                     r"\(median; of which prediction (n/a|[\d.]+ ms)\)")
 
 
 def write_y4m(path: Path, images: list, *, width: int = 640, height: int = 480, fps: int = 30,

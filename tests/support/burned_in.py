@@ -62,8 +62,8 @@ def burn(gray: np.ndarray, rng: random.Random, n: int | None = None, font_files:
         text = fake_phi(rng)
         size = max(10, round(h * rng.uniform(0.045, 0.085)))
         font = ImageFont.truetype(str(rng.choice(font_files)), size)
-        l, t, r, b = font.getbbox(text)
-        tw, th = r - l, b - t
+        left, t, r, b = font.getbbox(text)
+        tw, th = r - left, b - t
         if tw >= w - 4:
             continue
         for _try in range(20):
@@ -76,7 +76,7 @@ def burn(gray: np.ndarray, rng: random.Random, n: int | None = None, font_files:
             continue
         used_rows.append((y, y + th))
         mask = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(mask).text((x - l, y - t), text, fill=255, font=font)
+        ImageDraw.Draw(mask).text((x - left, y - t), text, fill=255, font=font)
         m = np.asarray(mask) > 127
         region = out.image[m]
         bright = region.mean() < 150 if region.size else True
@@ -94,8 +94,8 @@ def covered(mask: np.ndarray, boxes) -> float:
     """Fraction of the ink in ``mask`` inside the union of boxes (left, top, right, bottom)."""
     cover = np.zeros_like(mask)
     h, w = mask.shape
-    for l, t, r, b in boxes:
-        cover[max(0, t):min(h, b), max(0, l):min(w, r)] = True
+    for left, t, r, b in boxes:
+        cover[max(0, t):min(h, b), max(0, left):min(w, r)] = True
     ink = mask.sum()
     return float((mask & cover).sum() / ink) if ink else 1.0
 

@@ -16,21 +16,21 @@ def print_label(gray: np.ndarray, text: str, rng: random.Random, font_files: lis
     size_frac = rng.choice([0.06, 0.08, 0.11])
     font_file = rng.choice(font_files)
     font = ImageFont.truetype(str(font_file), max(10, round(h * size_frac)))
-    l, t, r, b = font.getbbox(text)
-    while r - l > w - 6 and font.size > 8:
+    left, t, r, b = font.getbbox(text)
+    while r - left > w - 6 and font.size > 8:
         font = ImageFont.truetype(str(font_file), font.size - 2)
-        l, t, r, b = font.getbbox(text)
-    x = rng.choice([4, (w - (r - l)) // 2, w - (r - l) - 4])
+        left, t, r, b = font.getbbox(text)
+    x = rng.choice([4, (w - (r - left)) // 2, w - (r - left) - 4])
     y = rng.choice([4, h - (b - t) - 6, rng.randint(4, h - (b - t) - 6)])
     box = rng.random() < 0.3  # a label on a white or black patch, like a printed sticker
     d = ImageDraw.Draw(img)
     if box:
         bg = rng.choice([0, 255])
-        d.rectangle([x - 3, y - 3, x + (r - l) + 3, y + (b - t) + 3], fill=bg)
+        d.rectangle([x - 3, y - 3, x + (r - left) + 3, y + (b - t) + 3], fill=bg)
         fill = 255 - bg
     else:
         fill = rng.choice([255, 230])
-    d.text((x - l, y - t), text, fill=fill, font=font)
+    d.text((x - left, y - t), text, fill=fill, font=font)
     out = np.asarray(img).copy()
     noisy = rng.random() < 0.3
     if noisy:
@@ -70,7 +70,8 @@ def measure(dataset_dir: Path, split: str, per_class: int, seed: int = 0, upper:
     for r in rows:
         by_font.setdefault(r["font"], []).append(r["true"] == r["pred"])
         by_size.setdefault(f"{r['size']:.2f}", []).append(r["true"] == r["pred"])
-    return {"dataset": str(dataset_dir), "split": split, "images": n, "correct": correct, "accuracy": correct / max(n, 1),
+    return {"dataset": str(dataset_dir), "split": split, "images": n, "correct": correct,
+            "accuracy": correct / max(n, 1),
             "auto_accepted": len(auto),
             "auto_accepted_accuracy": sum(r["true"] == r["pred"] for r in auto) / max(len(auto), 1),
             "sent_to_review": n - len(auto),

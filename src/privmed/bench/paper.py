@@ -45,7 +45,8 @@ BEST = {"epochs": None, "batch_size": None}
 BEST_MODEL = {CHEST: "effnet_lite0_multi", BRAIN: "effnet_lite0_multi", CT: "effnet_lite0_multi",
               COVID: "effnet_lite0_head"}
 # Tramer & Boneh's ScatterNet + small DP CNN, the recipe of docs/notebook/RESULTS.md ("A DP CNN that learns")
-SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0, "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
+SCATTER = {"epochs": 15, "batch_size": None, "lr": 4, "audit_k": 0,
+           "overrides": {"privacy.max_grad_norm": 0.1, "ema": 0.9}}
 
 
 def _e(id, table, label, dataset, model, epsilon, *, epochs=30, batch_size=256, size=None, augment=True,
@@ -372,7 +373,8 @@ def run_paper(quick: bool = False, out: Path | str = "docs/PAPER.md", run_dir: P
               only: list[str] | None = None, progress: bool = True) -> dict:
     run_dir = Path(run_dir) if run_dir else REPO_ROOT / "runs" / ("paper-quick" if quick else "paper")  # git-ignored
     run_dir.mkdir(parents=True, exist_ok=True)
-    plan = [e for e in entries() if (e["quick"] or not quick) and (not only or any(e["id"].startswith(o) for o in only))]
+    plan = [e for e in entries()
+            if (e["quick"] or not quick) and (not only or any(e["id"].startswith(o) for o in only))]
     if quick:  # robustness on a test subset: every degradation re-runs the frozen backbone
         plan = [{**e, "robustness": min(e["robustness"], QUICK_ROBUSTNESS_IMAGES) if e["robustness"] else None}
                 for e in plan]

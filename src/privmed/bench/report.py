@@ -18,7 +18,8 @@ def run_report(run_dir: Path, out: Path) -> Doc:
     doc.h("Results")
     main = [r for r in results if r.get("table") == "main"]
     if main:
-        doc.table(["model", "dataset", "accuracy", "precision", "recall", "F1", "AUC", "images/s", "epsilon", "MIA AUC"],
+        doc.table(["model", "dataset", "accuracy", "precision", "recall", "F1", "AUC", "images/s", "epsilon",
+                   "MIA AUC"],
                   [[r["label"], r["dataset"], r["test"]["accuracy"], r["test"]["precision_macro"],
                     r["test"]["recall_macro"], r["test"]["f1_macro"], r["test"]["auc"], r.get("images_per_s"),
                     r.get("epsilon"), (r.get("audit") or {}).get("max_auc")] for r in main])

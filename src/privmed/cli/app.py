@@ -17,7 +17,8 @@ def cmd_app(a) -> int:
     if a.api_url:
         env["PRIVMED_API_URL"] = a.api_url
     cmd = streamlit_command(a.port, a.address)
-    print(f"privmed app on http://{a.address}:{a.port} ({'REST API ' + env['PRIVMED_API_URL'] if env.get('PRIVMED_API_URL') else 'in-process'})",
+    via = "REST API " + env["PRIVMED_API_URL"] if env.get("PRIVMED_API_URL") else "in-process"
+    print(f"privmed app on http://{a.address}:{a.port} ({via})",
           file=sys.stderr)
     try:
         return subprocess.call(cmd, env=env)

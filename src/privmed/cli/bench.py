@@ -18,9 +18,11 @@ def cmd_bench_paper(a) -> int:
 def register(sub, privacy_sub) -> None:
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True)
     bp = b.add_parser("paper", help="the paper's comparison tables, ablation, robustness, privacy-utility curve")
-    bp.add_argument("--quick", action="store_true", help="the cheap subset (privmed's best model, its privacy-utility curve, COVID-19 X-ray)")
+    bp.add_argument("--quick", action="store_true",
+                    help="the cheap subset (privmed's best model, its privacy-utility curve, COVID-19 X-ray)")
     bp.add_argument("--out", type=Path, default=Path("docs/PAPER.md"), help="the generated tables (overwritten)")
-    bp.add_argument("--run-dir", type=Path, help="where bundles and raw results go (default runs/paper[-quick], git-ignored)")
+    bp.add_argument("--run-dir", type=Path,
+                    help="where bundles and raw results go (default runs/paper[-quick], git-ignored)")
     bp.add_argument("--only", action="append", help="run only entries whose id starts with this (repeatable)")
     bp.add_argument("--quiet", action="store_true")
     bp.set_defaults(fn=cmd_bench_paper)

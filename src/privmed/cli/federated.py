@@ -57,7 +57,8 @@ def cmd_federate(a):
         print(f"bundle written to {out} (private run log: {summary['run_log']})")
         print(p["guarantee"])
         for h in summary["hospitals"]:
-            print(f"  hospital {h['hospital']}: {h['n_units_dp']} units (DP estimate), sigma {h['noise_multiplier']:.4g}, "
+            print(f"  hospital {h['hospital']}: {h['n_units_dp']} units (DP estimate), "
+                  f"sigma {h['noise_multiplier']:.4g}, "
                   f"q {h['sample_rate']:.4g}, {h['steps']} steps, epsilon {h['epsilon']:.4g}")
     return 0
 
@@ -68,7 +69,8 @@ def register(sub, privacy_sub) -> None:
     add_train_arguments(f, with_no_dp=False)
     f.add_argument("--hospitals", type=int, help="number of hospitals (default 3)")
     f.add_argument("--rounds", type=int, help="federated rounds (default 10)")
-    f.add_argument("--local-epochs", type=int, help="epochs over its own units each hospital runs per round (default 3)")
+    f.add_argument("--local-epochs", type=int,
+                   help="epochs over its own units each hospital runs per round (default 3)")
     f.add_argument("--local-steps", type=int,
                    help="DP-SGD steps per round in each hospital instead of --local-epochs (1: FedSGD, no local drift)")
     f.add_argument("--partition", choices=["iid", "label-skew"], help="how patients are dealt to hospitals")

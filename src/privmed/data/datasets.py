@@ -41,7 +41,8 @@ def dicom_patient_key(path: Path) -> str | None:
     try:
         import pydicom
 
-        pid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "") or "")
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        pid = str(header.get("PatientID", "") or "")
     except Exception:
         return None
     return "dicom-" + sha256_bytes(b"privmed-dicom-patient\x00" + pid.encode())[:16] if pid.strip() else None

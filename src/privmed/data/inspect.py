@@ -30,8 +30,8 @@ from scipy.stats import rankdata
 from privmed.data.datasets import Record
 from privmed.data.patients import format_images_per_patient, images_per_patient
 from privmed.data.read import MAX_PIXELS, decode_bytes, sniff_format
-from privmed.files import sha256_bytes
 from privmed.errors import PrivmedError
+from privmed.files import sha256_bytes
 
 HASH_SIDE = 64  # decode to 64x64, keep the 16x16 lowest DCT frequencies minus DC: the lowest
 HASH_FREQS = 16  # quarter of the band, so sampling phase after a resize barely flips bits
@@ -483,7 +483,8 @@ def format_report(report: dict, max_files: int = 10) -> str:
         if near:
             row += [w["near_pairs"], w["near_groups"], w["near_label_conflicts"]]
         rows.append(row)
-    lines.append("Duplicates within each split" + (f" (near = pHash distance <= {near['max_distance']})" if near else ""))
+    lines.append("Duplicates within each split"
+                 + (f" (near = pHash distance <= {near['max_distance']})" if near else ""))
     lines += _table(head, rows)
     pairs = [(s, "train", leak) for s, leak in report["leakage"].items()]
     pairs += [(*k.split(" -> "), leak) for k, leak in (report.get("leakage_between") or {}).items()]

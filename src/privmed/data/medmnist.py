@@ -35,7 +35,8 @@ def download(name: str, root: Path) -> Path:
         try:
             urllib.request.urlretrieve(f"{RECORD}/{fname}?download=1", tmp)
         except OSError as e:
-            raise DatasetError(f"could not download {fname} ({e}); download it by hand and pass the .npz path") from None
+            raise DatasetError(f"could not download {fname} ({e}); "
+                               "download it by hand and pass the .npz path") from None
         if md5(tmp) != want:
             raise DatasetError(f"{fname} downloaded with a wrong MD5 (truncated or an error page); try again")
     return dest

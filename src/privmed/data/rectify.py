@@ -26,7 +26,8 @@ MARGIN = 0.005  # cropped from each side after the warp: the outline's blur. Mor
 class Rectified:
     pixels: np.ndarray  # grey [0, 1]; the input itself when nothing was found
     found: bool
-    corners: np.ndarray | None = None  # 4x2 float, (x, y) in input pixels: top-left, top-right, bottom-right, bottom-left
+    # 4x2 float, (x, y) in input pixels: top-left, top-right, bottom-right, bottom-left
+    corners: np.ndarray | None = None
     method: str = "none"  # "quadrilateral", "min_area_rect" or "none"
 
     def to_dict(self) -> dict:
@@ -63,7 +64,8 @@ def find_film(pixels: np.ndarray, *, min_area: float = MIN_AREA) -> tuple[np.nda
                 continue
             quad = _refine(c.reshape(-1, 2).astype(np.float64), quad)
             qa = cv2.contourArea(quad.astype(np.float32))
-            if qa <= MAX_AREA * frame_area and MIN_FILL * qa <= area <= MAX_FILL * qa and not _on_border(quad, u8.shape):
+            if (qa <= MAX_AREA * frame_area and MIN_FILL * qa <= area <= MAX_FILL * qa
+                    and not _on_border(quad, u8.shape)):
                 best, best_area = quad, area
     if best is not None:
         return order_corners(best / scale), "quadrilateral"

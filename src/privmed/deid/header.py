@@ -63,7 +63,8 @@ def _action_table() -> dict[int, str]:
     try:
         from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as t
     except ModuleNotFoundError as e:  # pragma: no cover - declared in the 'hospital' extra
-        raise DeidError("de-identification needs the 'dicom-anonymizer' package: pip install 'privmed[hospital]'") from e
+        raise DeidError("de-identification needs the 'dicom-anonymizer' package: "
+                        "pip install 'privmed[hospital]'") from e
     out: dict[int, str] = {}
     for name, act in (("X_TAGS", "X"), ("Z_TAGS", "Z"), ("D_TAGS", "D"), ("U_TAGS", "U"),
                       ("X_Z_TAGS", "Z"), ("X_Z_D_TAGS", "Z"), ("Z_D_TAGS", "D"), ("X_D_TAGS", "D"),

@@ -165,26 +165,26 @@ def _grow(view: np.ndarray, seeds: list[TextBox]) -> list[TextBox]:
     comps = [tuple(int(x) for x in stats[i][:4]) for i in range(1, n)]
     out = []
     for s in seeds:
-        l, t, r, b = s.left, s.top, s.right, s.bottom
+        left, t, r, b = s.left, s.top, s.right, s.bottom
         h = b - t
         changed = True
         while changed:
             changed = False
             for cl, ct, cw, ch in comps:
                 cr, cb = cl + cw, ct + ch
-                if cl >= l and cr <= r and ct >= t and cb <= b:
+                if cl >= left and cr <= r and ct >= t and cb <= b:
                     continue
                 if ch > 1.6 * h or cw > 4 * h:
                     continue
                 overlap = min(b, cb) - max(t, ct)
-                gap = max(cl - r, l - cr)
+                gap = max(cl - r, left - cr)
                 # the line may not grow taller than 1.5 seed heights: chained anatomy blobs grew
                 # single words into boxes over the whole lung field
                 if overlap > 0.3 * min(h, ch) and gap < 2.0 * h and max(b, cb) - min(t, ct) <= 1.5 * h:
-                    l, t, r, b = min(l, cl), min(t, ct), max(r, cr), max(b, cb)
+                    left, t, r, b = min(left, cl), min(t, ct), max(r, cr), max(b, cb)
                     changed = True
-        if (l, t, r, b) != (s.left, s.top, s.right, s.bottom):
-            out.append(TextBox(l, t, r - l, b - t, s.conf, ""))
+        if (left, t, r, b) != (s.left, s.top, s.right, s.bottom):
+            out.append(TextBox(left, t, r - left, b - t, s.conf, ""))
     return out
 
 
@@ -228,8 +228,8 @@ def line_boxes(words: list[TextBox], pad: float = 0.25) -> list[tuple[int, int, 
                 out.append(list(b))
         boxes = out
     res = []
-    for l, t, r, b in boxes:
+    for left, t, r, b in boxes:
         p = max(2, round(pad * (b - t)))
         px = max(2, round(2.4 * pad * (b - t)))  # ~ one glyph sideways: OCR often drops the first/last one
-        res.append((l - px, t - p, r + px, b + p))
+        res.append((left - px, t - p, r + px, b + p))
     return res

@@ -21,10 +21,10 @@ def redact_array(arr: np.ndarray, boxes, fill) -> np.ndarray:
     """Copy of ``arr`` (H, W[, C]) with each (left, top, right, bottom) box set to ``fill``."""
     out = np.array(arr, copy=True)
     h, w = out.shape[:2]
-    for l, t, r, b in boxes:
-        l, t, r, b = max(0, l), max(0, t), min(w, r), min(h, b)
-        if r > l and b > t:
-            out[t:b, l:r] = fill
+    for left, t, r, b in boxes:
+        left, t, r, b = max(0, left), max(0, t), min(w, r), min(h, b)
+        if r > left and b > t:
+            out[t:b, left:r] = fill
     return out
 
 
@@ -38,7 +38,7 @@ def text_boxes(display: np.ndarray, min_conf: float = 30.0) -> tuple[list, list]
     gray = to_uint8(display)
     boxes = extend(gray, confirmed(gray, line_boxes(grown) + text_detect.text_lines(gray)) + text_regions(gray))
     boxes = hidden_ends(gray, boxes)
-    return words, [(l - round(WIDEN * (b - t)), t, r + round(WIDEN * (b - t)), b) for l, t, r, b in boxes]
+    return words, [(left - round(WIDEN * (b - t)), t, r + round(WIDEN * (b - t)), b) for left, t, r, b in boxes]
 
 
 def covered_fraction(boxes, shape) -> float:

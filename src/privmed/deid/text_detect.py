@@ -68,10 +68,10 @@ def detect(gray: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, uncli
         comp = labels[sl] == i
         if prob[sl][comp].mean() < box_thresh:
             continue
-        t, b, l, r = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        bw, bh = r - l, b - t
+        t, b, left, r = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        bw, bh = r - left, b - t
         d = bw * bh * unclip / (2 * (bw + bh))
-        out.append((int(np.floor((l - d) * sx)), int(np.floor((t - d) * sy)),
+        out.append((int(np.floor((left - d) * sx)), int(np.floor((t - d) * sy)),
                     int(np.ceil((r + d) * sx)), int(np.ceil((b + d) * sy))))
     return out
 
@@ -79,8 +79,8 @@ def detect(gray: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, uncli
 def line_shaped(box: tuple, shape: tuple, max_height: float = 0.15, min_aspect: float = 1.0) -> bool:
     """A burned-in text line is short and at least as wide as tall; anatomy boxed as text (rib
     stripes, a clavicle) is tall, or narrow."""
-    l, t, r, b = box
-    return (b - t) <= max_height * shape[0] and (r - l) >= min_aspect * (b - t)
+    left, t, r, b = box
+    return (b - t) <= max_height * shape[0] and (r - left) >= min_aspect * (b - t)
 
 
 def text_lines(gray: np.ndarray) -> list[tuple]:

@@ -18,7 +18,7 @@ import numpy as np
 
 @dataclass
 class _Glyph:
-    l: int
+    left: int
     t: int
     r: int
     b: int
@@ -35,7 +35,8 @@ def glyphs(gray: np.ndarray, bright: bool, min_h: int, max_h: int, levels: tuple
     k = max(7, max_h | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     hat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT if bright else cv2.MORPH_BLACKHAT, kernel)
-    grad = cv2.dilate(np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)), np.ones((3, 3))).ravel()
+    grad = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    grad = cv2.dilate(grad, np.ones((3, 3))).ravel()
     flat_hat, flat_gray = hat.ravel(), gray.ravel()
     out: list[_Glyph] = []
     for level in levels:
@@ -47,7 +48,7 @@ def glyphs(gray: np.ndarray, bright: bool, min_h: int, max_h: int, levels: tuple
             # a glyph piece: not a speck, not taller than a line, not a long streak
             if h > max_h or w > 3 * max_h or max(w, h) < max(3, min_h // 3) or area < 4:
                 continue
-            if any(g.l <= x and g.t <= y and g.r >= x + w and g.b >= y + h for g in out[-50:]):
+            if any(g.left <= x and g.t <= y and g.r >= x + w and g.b >= y + h for g in out[-50:]):
                 continue  # the same glyph seen at a lower level
             idx = order[starts[i]:starts[i + 1]]
             vals = flat_gray[idx].astype(np.float64)
@@ -64,13 +65,13 @@ def glyphs(gray: np.ndarray, bright: bool, min_h: int, max_h: int, levels: tuple
 
 def lines(gs: list[_Glyph], min_h: int, min_glyphs: int = 3, same_value: float = 12.0) -> list[tuple]:
     """Chains of glyphs that share a row and a value: (left, top, right, bottom, glyph count)."""
-    gs = sorted(gs, key=lambda g: g.l)
+    gs = sorted(gs, key=lambda g: g.left)
     used = [False] * len(gs)
     out = []
     for i, g in enumerate(gs):
         if used[i]:
             continue
-        l, t, r, b, count, vals = g.l, g.t, g.r, g.b, 1, [g.mean]
+        left, t, r, b, count, vals = g.left, g.t, g.r, g.b, 1, [g.mean]
         used[i] = True
         changed = True
         while changed:
@@ -80,16 +81,16 @@ def lines(gs: list[_Glyph], min_h: int, min_glyphs: int = 3, same_value: float =
                     continue
                 h = max(b - t, min_h)
                 overlap = min(b, o.b) - max(t, o.t)
-                gap = max(o.l - r, l - o.r)
+                gap = max(o.left - r, left - o.r)
                 if overlap >= 0.3 * min(h, o.b - o.t) and gap <= 2.5 * h and abs(o.mean - np.mean(vals)) <= same_value \
                         and (o.b - o.t) <= 1.8 * h and max(b, o.b) - min(t, o.t) <= 1.6 * h:
-                    l, t, r, b = min(l, o.l), min(t, o.t), max(r, o.r), max(b, o.b)
+                    left, t, r, b = min(left, o.left), min(t, o.t), max(r, o.r), max(b, o.b)
                     count += 1
                     vals.append(o.mean)
                     used[j] = True
                     changed = True
-        if count >= min_glyphs and b - t >= min_h and r - l >= 1.5 * (b - t):
-            out.append((l, t, r, b, count))
+        if count >= min_glyphs and b - t >= min_h and r - left >= 1.5 * (b - t):
+            out.append((left, t, r, b, count))
     return out
 
 
@@ -110,9 +111,9 @@ def text_regions(img: np.ndarray, min_frac: float = 0.02, max_frac: float = 0.12
     min_h, max_h = max(4, round(min_frac * h)), max(8, round(max_frac * h))
     boxes = []
     for bright in (True, False):
-        for l, t, r, b, _ in lines(glyphs(g, bright, min_h, max_h), min_h):
+        for left, t, r, b, _ in lines(glyphs(g, bright, min_h, max_h), min_h):
             p = max(2, round(pad * (b - t)))
-            boxes.append((int((l - 2 * p) / scale), int((t - p) / scale), int(np.ceil((r + 2 * p) / scale)),
+            boxes.append((int((left - 2 * p) / scale), int((t - p) / scale), int(np.ceil((r + 2 * p) / scale)),
                           int(np.ceil((b + p) / scale))))
     return boxes
 
@@ -128,7 +129,7 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
     import cv2
 
     def grow(box, found, smooth):
-        (l, t, r, b), (v, src, spread), W = box, found[0], smooth.shape[1]
+        (left, t, r, b), (v, src, spread), W = box, found[0], smooth.shape[1]
         band = (np.abs(src[t:b].astype(np.int16) - v) <= tol * spread).astype(np.uint8)
         n, _, stats, _ = cv2.connectedComponentsWithStats(band, connectivity=8)
         h = b - t
@@ -138,11 +139,11 @@ def extend(img: np.ndarray, boxes, tol: int = 3) -> list[tuple[int, int, int, in
         while changed:
             changed = False
             for cl, cr in comps:
-                if cl < l and l - cr <= 1.2 * h:
-                    l, changed = max(0, cl - 2), True
+                if cl < left and left - cr <= 1.2 * h:
+                    left, changed = max(0, cl - 2), True
                 if cr > r and cl - r <= 1.2 * h:
                     r, changed = min(W, cr + 2), True
-        return l, t, r, b
+        return left, t, r, b
 
     return _grow_boxes(img, boxes, grow)
 
@@ -158,12 +159,12 @@ def hidden_ends(img: np.ndarray, boxes, tol: int = 12, frac: float = 0.5, gap: f
     flat black or white background that background is itself the commonest spiky value."""
 
     def grow(box, found, smooth):
-        l, t, r, b = box
-        nl, nr = l, r
+        left, t, r, b = box
+        nl, nr = left, r
         reach, g = int(glyphs * 0.6 * (b - t)), int(gap * (b - t))
         for v, _, _ in found:
             near = (np.abs(smooth[t:b].astype(np.int16) - v) <= tol).mean(0) >= frac
-            nl = min(nl, l - _run_end(near[:l][::-1], reach, g))
+            nl = min(nl, left - _run_end(near[:left][::-1], reach, g))
             nr = max(nr, r + _run_end(near[r:], reach, g))
         return nl, t, nr, b
 
@@ -190,8 +191,8 @@ def _grow_boxes(img: np.ndarray, boxes, grow, k: int = 1) -> list[tuple[int, int
     H, W = gray.shape
     smooth = cv2.medianBlur(gray, 3)
     out = []
-    for l, t, r, b in boxes:
-        box = (max(0, l), max(0, t), min(W, r), min(H, b))
+    for left, t, r, b in boxes:
+        box = (max(0, left), max(0, t), min(W, r), min(H, b))
         found = _box_values(gray, smooth, box, k)
         out.append(grow(box, found, smooth) if found else box)
     return out
@@ -201,12 +202,12 @@ def _box_values(gray: np.ndarray, smooth: np.ndarray, box, k: int) -> list[tuple
     """Up to ``k`` spiky values in a box, each as (value, the image it was read from, its spread): exact
     values first, then after a 3x3 median (``smooth``: noisy text has no exact value); each next value at
     least 8 away from those found; none when the box is too small."""
-    l, t, r, b = box
+    left, t, r, b = box
     out: list = []
-    if r - l < 3 or b - t < 3:
+    if r - left < 3 or b - t < 3:
         return out
     for src, spread in ((gray, 1), (smooth, 2)):
-        px = src[t:b, l:r].ravel()
+        px = src[t:b, left:r].ravel()
         while len(out) < k:
             keep = np.ones(px.shape, bool)
             for v, _, _ in out:
@@ -246,5 +247,6 @@ def confirmed(img: np.ndarray, boxes, need: int = 2, work: int = 800) -> list[tu
     min_h, max_h = max(4, round(0.02 * h)), max(8, round(0.12 * h))
     gs = [x for bright in (True, False) for x in glyphs(g, bright, min_h, max_h, levels=(25, 40, 70, 110), strong=30)]
     e = 1 if k < 1 else 0  # rounding slack on the smaller copy
-    return [(l, t, r, b) for l, t, r, b in boxes
-            if sum(x.l >= l * k - e and x.r <= r * k + e and x.t >= t * k - e and x.b <= b * k + e for x in gs) >= need]
+    return [(left, t, r, b) for left, t, r, b in boxes
+            if sum(x.left >= left * k - e and x.r <= r * k + e and x.t >= t * k - e and x.b <= b * k + e
+                   for x in gs) >= need]

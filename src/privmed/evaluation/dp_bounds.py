@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import beta as _beta
 
-
 # --------------------------------------------------------------------------- ceiling
 
 def _profile(epsilon, delta) -> list[tuple[float, float]]:

@@ -79,7 +79,8 @@ class Doc:
             elif kind == "table":
                 header, rows = v
                 h.append("<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>" +
-                         "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+                         "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>"
+                                 for r in rows)
                          + "</table>")
                 md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                 md += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows] + [""]
@@ -280,7 +281,8 @@ def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progre
         doc.p(f"{len(records)} test images (after removing any with an exact or near copy in train). "
               f"Majority-class baseline accuracy {rep['majority_baseline_accuracy']:.4f}.")
         doc.table(["accuracy", "precision (macro)", "recall (macro)", "F1 (macro)", "AUC", "ECE"],
-                  [[rep["accuracy"], rep["precision_macro"], rep["recall_macro"], rep["f1_macro"], rep["auc"], rep["ece"]]])
+                  [[rep["accuracy"], rep["precision_macro"], rep["recall_macro"], rep["f1_macro"], rep["auc"],
+                    rep["ece"]]])
         doc.fig(plot_confusion(rep["confusion_matrix"], model.classes), "confusion_matrix",
                 "Confusion matrix on the test set (rows true, columns predicted)")
         doc.fig(plot_roc(labels, probs, model.classes), "roc", "ROC on the test set")
@@ -347,5 +349,6 @@ def write_doc(doc: Doc, out: Path) -> dict:
     h, md = doc.render()
     (out / "report.html").write_text(h)
     (out / "report.md").write_text(md)
-    (out / "report.json").write_text(json.dumps({"title": doc.title, "figures": [v[0] for k, v in doc.parts if k == "fig"]}))
+    figures = [v[0] for k, v in doc.parts if k == "fig"]
+    (out / "report.json").write_text(json.dumps({"title": doc.title, "figures": figures}))
     return {"html": out / "report.html", "markdown": out / "report.md"}

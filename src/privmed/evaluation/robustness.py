@@ -69,7 +69,8 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
     if max_images and len(records) > max_images:
         records = [records[i] for i in np.sort(rng.choice(len(records), max_images, replace=False))]
     labels = np.array([r.label for r in records])
-    conds = [("clean", 0, None)] + [(k, sev, lv) for k in kinds or SEVERITIES for sev, lv in enumerate(SEVERITIES[k], 1)]
+    conds = [("clean", 0, None)] + [(k, sev, lv) for k in kinds or SEVERITIES
+                                    for sev, lv in enumerate(SEVERITIES[k], 1)]
     rngs = {(k, sev): np.random.default_rng(seed + sev) for k, sev, _ in conds[1:]}
     probs: dict = {(k, sev): [] for k, sev, _ in conds}
 

@@ -102,7 +102,8 @@ class UpdateFedAvg(FedAvg):
 
     def aggregate_fit(self, server_round, results, failures):
         if not results:
-            raise RuntimeError(f"round {server_round + self.round_offset}: no hospital returned an update ({len(failures)} failures)")
+            raise RuntimeError(f"round {server_round + self.round_offset}: no hospital returned an update "
+                               f"({len(failures)} failures)")
         avg, _ = super().aggregate_fit(server_round, results, failures)
         mean_update = parameters_to_ndarrays(avg)
         self.aggregates.append([a.copy() for a in mean_update])

@@ -24,13 +24,18 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 
-from privmed.files import atomic_path, atomic_write_text
-
-from privmed.federated.apps import (LEDGER_KEYS, UpdateFedAvg, class_weight_of, counts_reply, exchange_counts,
-                                    make_workflow)
 from privmed.data.datasets import Record
 from privmed.errors import PrivacyBudgetError
+from privmed.federated.apps import (
+    LEDGER_KEYS,
+    UpdateFedAvg,
+    class_weight_of,
+    counts_reply,
+    exchange_counts,
+    make_workflow,
+)
 from privmed.federated.config import FederatedConfig, SecAggConfig
+from privmed.files import atomic_path, atomic_write_text
 
 
 def _save_torch(obj, path: Path) -> None:

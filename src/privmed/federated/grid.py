@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=E0611
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.grid import Grid
-from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
 
 
 def _wire(msg: Message) -> tuple[Message, int]:

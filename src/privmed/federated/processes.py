@@ -137,7 +137,8 @@ class Deployment:
         home = root / "flwr-home"
         home.mkdir(exist_ok=True, mode=0o700)
         src = str(Path(__file__).resolve().parents[2])  # privmed's source root, for Flower's processes
-        self.env = dict(os.environ, FLWR_HOME=str(home), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        self.env = dict(os.environ, FLWR_HOME=str(home),
+                        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                         PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                         FLWR_TELEMETRY_ENABLED="0", **{TOKEN_VAR: self.token})
         self.superlink: subprocess.Popen | None = None

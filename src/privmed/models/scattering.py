@@ -54,7 +54,8 @@ def filter_bank(M: int, N: int, J: int, L: int) -> tuple[list[tuple[int, int, np
     psi = []
     for j in range(J):
         for t in range(L):
-            w = morlet_2d(M, N, 0.8 * 2 ** j, (int(L - L / 2 - 1) - t) * math.pi / L, 3.0 / 4.0 * math.pi / 2 ** j, 4.0 / L)
+            w = morlet_2d(M, N, 0.8 * 2 ** j, (int(L - L / 2 - 1) - t) * math.pi / L, 3.0 / 4.0 * math.pi / 2 ** j,
+                          4.0 / L)
             psi.append((j, t, np.real(np.fft.fft2(w))))
     phi = np.real(np.fft.fft2(gabor_2d(M, N, 0.8 * 2 ** (J - 1), 0.0, 0.0)))
     return psi, phi

@@ -101,7 +101,8 @@ class Registry:
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key or ""):
-            raise PrivacyBudgetError(f"not a dataset key: {key!r} (64 hex digits, from `privmed privacy budget DATASET`)")
+            raise PrivacyBudgetError(f"not a dataset key: {key!r} "
+                                     "(64 hex digits, from `privmed privacy budget DATASET`)")
         return self.root / f"{key}.jsonl"
 
     def _lines(self, key: str) -> list[dict]:
@@ -208,7 +209,8 @@ class Registry:
             raise PrivacyBudgetError("no limit is set for this dataset: pass --delta to compose at")
         eps, rule = _compose(runs, d, accountant)
         return {"dataset_key": key, "limit": lim,
-                "limit_note": None if lim else "no limit set: training is not refused (set one with --limit EPS --delta D)",
+                "limit_note": None if lim else ("no limit set: training is not refused "
+                                                "(set one with --limit EPS --delta D)"),
                 "spent": round(eps, 4), "remaining": round(lim["epsilon"] - eps, 4) if lim else None,
                 "delta": d, "delta_from": d_from, "accountant": accountant,
                 "runs": len(runs), "trials": sum(r["what"] == "trial" for r in runs),
