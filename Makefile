@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: setup app api test test-all bundles bench
+.PHONY: setup app api test lint test-all bundles bench
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ app: setup
 api: setup
 	$(VENV)/bin/privmed api --host 127.0.0.1 --port 8000
 
-test: setup
+# lint first: ruff's rules are in pyproject.toml ([tool.ruff])
+test: setup lint
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
 
 # Rebuild the committed default bundles (epsilon = 2) with the project's own command.
 bundles: setup
