@@ -125,7 +125,7 @@ def cmd_models(a):
         registry = Registry(found, scan_default=False)
     else:
         registry = Registry()
-    rows = [dict(s, path=str(e["path"])) for e in registry.entries() for s in [registry.summary(e)]]
+    rows = [dict(registry.summary(e), path=str(e["path"])) for e in registry.entries()]
     print_result(rows, a.json, "\n".join(f"{r['name']:24} {r['task']:12} eps={r['epsilon']}  {r['runtime']:12} "
                                          f"{r['classes']}" for r in rows) or "no bundles found (set PRIVMED_BUNDLES "
                                          "or pass --dir)")
