@@ -21,7 +21,7 @@ EXTRAS = ("fastapi", "uvicorn", "streamlit", "flwr", "onnxruntime", "matplotlib"
 HEAVY = ("torch", "opacus")  # core, but seconds to import: `privmed --help` must not wait for them
 # subcommands of `privmed` and of `privmed privacy`, by the module that registers them
 COMMANDS = {"core": ["data", "cache", "bundle", "train", "evaluate", "predict", "calibrate", "models", "privacy"],
-            "evaluation": ["report"], "bench": ["bench"], "federated": ["federate"],
+            "evaluation": ["report"], "federated": ["federate"],
             "api": ["api", "keys", "log", "onnx", "quantize"], "app": ["app"], "hospital": ["deid", "label", "pacs"]}
 PRIVACY_COMMANDS = ["account", "budget", "audit"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -51,3 +52,37 @@ def test_robustness_clean_accuracy_is_evaluates(small_bundle, data_root):
     assert rob["n"] == report["n"]
     assert rob["clean"]["accuracy"] == pytest.approx(report["accuracy"], abs=1e-12)
     assert rob["clean"]["auc"] == pytest.approx(report["auc"], abs=1e-9)
+
+
+def test_training_and_serving_see_the_same_input_values(data_root, tmp_path, monkeypatch):
+    """The training cache stores 8-bit levels; the served path (bytes -> decode -> quality gate ->
+    preprocess) gives the network bit for bit the same floats, so the DP temperature, threshold and OOD
+    detector fitted on cached inputs see in service what they were fitted on. The real films are stored
+    at 224 x 224 (no resize), so each is also written as a 16-bit 300 x 260 PNG: a hospital's larger,
+    deeper image, where the resize makes values between the levels."""
+    import dataclasses
+
+    from PIL import Image as PILImage
+
+    from conftest import default_bundle
+
+    bundle = default_bundle("chest_xray_pneumonia")
+    if bundle is None:
+        pytest.skip("the default chest bundle is not installed")
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp_path / "cache"))
+    model = load_model(bundle)
+    cfg = TrainConfig(dataset="chest_xray_pneumonia", data_root=data_root,
+                      preprocess=model.metadata.get("preprocessing", {}))
+    films = training_data.test_records(cfg)[0][::150]
+    records = list(films)
+    for i, r in enumerate(films):
+        px = model.decode(r.path.read_bytes()).pixels
+        big = PILImage.fromarray((px * 65535).astype(np.uint16)).resize((300, 260), PILImage.BICUBIC)
+        big.save(tmp_path / f"film{i}.png")
+        records.append(dataclasses.replace(r, path=tmp_path / f"film{i}.png"))
+    trained_on = training_data.pixels_to_tensor(training_data.load_pixels(records, cfg, progress=False))
+    served = [model.prepare(r.path.read_bytes(), check_quality=False)[2] for r in records]
+    assert len(films) >= 4 and model.decode(records[-1].path.read_bytes()).pixels.shape == (260, 300)
+    for i, x in enumerate(served):
+        assert torch.equal(x.reshape(trained_on[i].shape), trained_on[i]), f"image {i} differs"
+    assert torch.equal(torch.round(trained_on * 255), trained_on * 255)  # 256 levels, none in between

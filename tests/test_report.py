@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from privmed.bench import paper
-from privmed.bench.report import write_run_report
 from privmed.config import TrainConfig
 from privmed.evaluation import robustness
 from privmed.evaluation.audit import audit_bundle
 from privmed.evaluation.report import write_report
 from test_audit import make_folder, tiny_bundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import paper  # noqa: E402  (benchmarks/paper.py: the paper's tables)
+from paper_report import write_run_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """``privmed``: one entry point, subcommands mirroring the layers.
 
-The core commands (``core``) and each face (``evaluation``, ``bench``, ``federated``, ``api``, ``app``,
+The core commands (``core``) and each face (``evaluation``, ``federated``, ``api``, ``app``,
 ``hospital``) register their subcommands here, by direct import. Every face imports its optional
 dependencies (Flower, FastAPI, Streamlit, ONNX Runtime) only inside its commands, so ``privmed --help``
 and every other face work in an install without those extras. Nothing inside privmed imports this
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from privmed.cli import api, app, bench, core, evaluation, federated, hospital
+from privmed.cli import api, app, core, evaluation, federated, hospital
 from privmed.cli.common import run
 
-FACES = (evaluation, bench, federated, api, app, hospital)
+FACES = (evaluation, federated, api, app, hospital)
 
 
 def build_parser() -> argparse.ArgumentParser:

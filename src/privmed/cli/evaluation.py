@@ -20,13 +20,14 @@ def cmd_audit(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from privmed.bench.report import is_run_dir, write_run_report  # a face: the CLI may import the harness
     from privmed.evaluation.report import write_report
 
-    if not (Path(a.target) / "metadata.json").is_file() and is_run_dir(Path(a.target)):
-        out = write_run_report(a.target, a.out)
-    else:
-        out = write_report(a.target, a.out, data_root=a.data_root, progress=not a.quiet)
+    target = Path(a.target)
+    if not (target / "metadata.json").is_file() and any(target.glob("*/result.json")):
+        print(f"error: {target} is a run directory of benchmarks/paper.py, not a bundle; its report is "
+              f"`python benchmarks/paper.py --report {target} --out {a.out}`")
+        return 2
+    out = write_report(a.target, a.out, data_root=a.data_root, progress=not a.quiet)
     print(f"report written: {out['html']} and {out['markdown']}")
     return 0
 
@@ -46,8 +47,8 @@ def register(sub, privacy_sub) -> None:
     pa.add_argument("--json", action="store_true")
     pa.set_defaults(fn=cmd_audit)
 
-    r = sub.add_parser("report", help="HTML + Markdown report of a bundle or a bench run directory")
-    r.add_argument("target", help="bundle directory, or a `bench paper` run directory")
+    r = sub.add_parser("report", help="HTML + Markdown report of a bundle")
+    r.add_argument("target", help="bundle directory")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--data-root", type=Path)
     r.add_argument("--quiet", action="store_true")

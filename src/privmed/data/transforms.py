@@ -19,24 +19,36 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), PILImage.BILINEAR), dtype=np.float32)
 
 
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """[0,1] floats -> the nearest of 256 levels, as uint8 (what the training cache stores)."""
+    return np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def from_uint8(u8: np.ndarray) -> np.ndarray:
+    """uint8 levels -> float32 in [0,1]; the same float32 division as the training side's tensor, so
+    the values are bit for bit those a cached training image gives."""
+    return u8.astype(np.float32) / 255
+
+
 def clahe(pixels: np.ndarray, clip: float = 2.0, grid: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation (OpenCV on 8-bit)."""
     import cv2
 
-    u8 = np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.createCLAHE(clipLimit=clip, tileGridSize=(grid, grid)).apply(u8).astype(np.float32) / 255
+    return from_uint8(cv2.createCLAHE(clipLimit=clip, tileGridSize=(grid, grid)).apply(to_uint8(pixels)))
 
 
 def denoise(pixels: np.ndarray, strength: float = 5.0) -> np.ndarray:
     """Non-local means (OpenCV) on 8-bit; mild by default."""
     import cv2
 
-    u8 = np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.fastNlMeansDenoising(u8, None, h=strength).astype(np.float32) / 255
+    return from_uint8(cv2.fastNlMeansDenoising(to_uint8(pixels), None, h=strength))
 
 
 class Preprocess:
-    """Grayscale float [0,1] image of any size -> (size, size) float32 in [0,1]."""
+    """Grayscale float [0,1] image of any size -> (size, size) float32 in [0,1], on 256 levels.
+
+    The last step rounds to 8-bit levels because the training cache stores uint8: training, the
+    validation releases (temperature, threshold, OOD) and serving then see the same input values."""
 
     def __init__(self, cfg: PreprocessConfig | None = None):
         self.cfg = cfg or PreprocessConfig()
@@ -47,7 +59,7 @@ class Preprocess:
             x = denoise(x)
         if self.cfg.clahe:
             x = clahe(x)
-        return np.clip(x, 0.0, 1.0)
+        return from_uint8(to_uint8(x))
 
 
 class SeededDraws:

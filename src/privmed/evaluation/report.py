@@ -4,7 +4,7 @@ same content (plots as PNG files beside it).
 * a bundle: training/validation curves with epsilon per epoch, test confusion matrix, ROC,
   reliability diagram, membership-inference ROC against the theoretical ceiling (from the
   private run log's ``audit.json``; run ``privmed privacy audit`` first), privacy ledger;
-* a ``bench paper`` run directory: ``privmed.bench.report`` (comparison table, privacy-utility curve).
+* a ``benchmarks/paper.py`` run directory: ``benchmarks/paper_report.py`` (comparison table, privacy-utility curve).
 """
 from __future__ import annotations
 

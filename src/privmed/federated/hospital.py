@@ -15,10 +15,10 @@ import torch
 from privmed.data.transforms import Augment
 from privmed.errors import PrivacyBudgetError
 from privmed.models import get_model, spec_of
-from privmed.privacy import DPSGD, DPPlan, check_budget
+from privmed.privacy import DPSGD, DPPlan
 from privmed.privacy.ledger import COUNTS, DP_SGD, dp_sgd_release, release
 from privmed.privacy.randomness import SecretStream
-from privmed.privacy.releases import dp_class_weights, units_estimate
+from privmed.privacy.releases import class_counts_release
 from privmed.training.trainer import make_optimizer, run_steps, unit_weights
 
 
@@ -30,8 +30,6 @@ class Hospital:
         class counts are reused, never released again."""
         tc, pc = cfg.train, cfg.train.privacy
         self.index, self.x, self.y, self.units = index, x, y, units
-        self.n_units = int(units.max()) + 1  # exact: stays in the hospital (refusal check only)
-        check_budget(pc.epsilon, delta, max(self.n_units, len(x)))  # before any DP release
         # public: q from the settings, never from the hospital's exact number of units
         self.local_steps = cfg.local_steps or max(1, round(1 / pc.sample_rate)) * cfg.local_epochs
         self.rounds = cfg.rounds
@@ -41,11 +39,9 @@ class Hospital:
         prefix, weight = [(pc.count_noise, 1.0, 1)], torch.ones(n_classes)
         # the hospital's own DP class counts (a Gaussian release, composed in): its DP number of units
         # (FedAvg weight, gradient scale) and, with class_weights, its class weights
-        if restore is not None:
-            self.counts, w = restore["counts"], restore["class_weight"]
-        else:
-            self.counts, w = dp_class_weights(y.numpy(), units.numpy(), n_classes, pc.count_noise, stream)
-        self.n_units_dp = units_estimate(self.counts)
+        self.counts, w, self.n_units_dp = class_counts_release(
+            y.numpy(), units.numpy(), n_classes, pc.count_noise, pc.epsilon, delta, stream,
+            saved=None if restore is None else restore["counts"])
         if tc.class_weights:
             weight = torch.tensor(w, dtype=torch.float32)
             self._class_weight = w

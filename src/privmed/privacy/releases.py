@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privmed.privacy.accounting import History, sigma_for
+from privmed.privacy.accounting import History, check_budget, sigma_for
 from privmed.privacy.randomness import SecretStream
 
 # Gaussian releases on the validation units: (1) class counts + margin histogram, (2) OOD score
@@ -45,6 +45,17 @@ def dp_class_weights(labels: np.ndarray, units: np.ndarray, num_classes: int, si
     """(noisy per-class unit counts, weights in (0, 1]): inverse noisy frequency, largest = 1."""
     noisy = gaussian_sum(unit_class_rows(labels, units, num_classes), 1.0, sigma, stream)
     return noisy, weights_from_counts(noisy)
+
+
+def class_counts_release(labels: np.ndarray, units: np.ndarray, num_classes: int, sigma: float, epsilon: float,
+                         delta: float, stream: SecretStream, saved=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The first release of every DP-SGD run (``privmed train`` and each federated hospital): (noisy class
+    counts, class weights, DP number of units). A delta of 1/N or more is refused before anything is drawn
+    (the exact N decides only that). ``saved``: the counts of a resumed run, a DP output reused, never redrawn."""
+    check_budget(epsilon, delta, max(int(units.max()) + 1, len(labels)))
+    counts = np.asarray(saved) if saved is not None else dp_class_weights(labels, units, num_classes, sigma,
+                                                                          stream)[0]
+    return counts, weights_from_counts(counts), units_estimate(counts)
 
 
 def weights_from_counts(noisy: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 import privmed.cache as cache
 from privmed.config import TrainConfig, cache_dir
 from privmed.data.datasets import Record, fingerprint, load_record, open_dataset, train_val_split
-from privmed.data.transforms import Preprocess
+from privmed.data.transforms import Preprocess, to_uint8
 from privmed.errors import DatasetError, ImageReadError
 from privmed.files import sha256_bytes
 from privmed.models.batched import batched_forward
@@ -105,7 +105,7 @@ def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) 
             # file names can carry patient ids (person123_...): name the image by class and position only
             raise DatasetError(f"image {i + 1} of {len(records)} (class folder '{r.path.parent.name}') is unreadable: "
                                f"{e}; `privmed data inspect` lists unreadable files by path") from None
-        out[i] = np.clip(pre(img.pixels) * 255 + 0.5, 0, 255).astype(np.uint8)
+        out[i] = to_uint8(pre(img.pixels))
     cache.save(path, out)
     return out
 

@@ -35,12 +35,12 @@ from privmed.data.transforms import Augment, SeededDraws
 from privmed.files import atomic_path
 from privmed.models import MODELS, get_model
 from privmed.models.batched import batched_forward
-from privmed.privacy import DPSGD, DPPlan, check_budget
+from privmed.privacy import DPSGD, DPPlan
 from privmed.privacy.accounting import DEFAULT_DELTA
 from privmed.privacy.budget import Registry, key_of, split_of
 from privmed.privacy.ledger import release, training_ledger
 from privmed.privacy.randomness import SecretStream
-from privmed.privacy.releases import dp_class_weights, units_estimate, validation_history, weights_from_counts
+from privmed.privacy.releases import class_counts_release, validation_history, weights_from_counts
 from privmed.privacy.sampler import UnitBatch, steps_per_epoch
 from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 from privmed.training.public import fit_public_basis
@@ -335,7 +335,7 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     weight = count_weights(y_tr, k) if cfg.class_weights and not dp else torch.ones(k)
     if dp:
         stream = SecretStream()
-        plan, counts = dp_plan(cfg, y_tr, units, k, len(x_tr), stream, state)
+        plan, counts = dp_plan(cfg, y_tr, units, k, stream, state)
         budget = spend_budget(splits, plan, resumed=state is not None)
         if cfg.class_weights:
             weight = torch.tensor(weights_from_counts(counts), dtype=torch.float32)
@@ -358,22 +358,18 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     return result
 
 
-def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, n_images: int, stream: SecretStream,
+def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, stream: SecretStream,
             state: dict | None = None) -> tuple[DPPlan, np.ndarray]:
     """(plan, DP class counts). The counts are the first release (sensitivity 1 per unit); their sum
     is the DP estimate of the number of units that scales the noisy gradient sum. q, steps and delta
-    are public settings; the exact counts only decide a refusal (delta < 1/N)."""
+    are public settings."""
     pc = cfg.privacy
     delta = pc.delta if pc.delta is not None else DEFAULT_DELTA
-    n_units = int(units.max()) + 1
-    check_budget(pc.epsilon, delta, max(n_units, n_images))
-    if state and state.get("dp_class_counts") is not None:  # a DP output: reuse, never redraw
-        counts = np.asarray(state["dp_class_counts"])
-    else:
-        counts, _ = dp_class_weights(y.numpy(), units.numpy(), k, pc.count_noise, stream)
+    counts, _, expected = class_counts_release(y.numpy(), units.numpy(), k, pc.count_noise, pc.epsilon, delta, stream,
+                                               saved=(state or {}).get("dp_class_counts"))
     steps = cfg.epochs * steps_per_epoch(pc.sample_rate)
     plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant,
-                  [(pc.count_noise, 1.0, 1), (pc.ood_noise, 1.0, 1)], expected_units=units_estimate(counts))
+                  [(pc.count_noise, 1.0, 1), (pc.ood_noise, 1.0, 1)], expected_units=expected)
     return plan, counts
 
 

@@ -1,11 +1,14 @@
-"""The report of a ``bench paper`` run directory: comparison table, privacy-utility curve and the
+"""The report of a ``benchmarks/paper.py`` run directory: comparison table, privacy-utility curve and the
 membership-inference audits, rendered by ``privmed.evaluation.report``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from privmed.bench.paper import load_results
 from privmed.evaluation.report import Doc, plot_mia, plot_privacy_utility, write_doc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper import load_results  # noqa: E402
 
 
 def is_run_dir(target: Path) -> bool:
