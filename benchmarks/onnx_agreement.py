@@ -87,22 +87,38 @@ def main(argv=None):
     if a.dump:
         a.dump.write_text(json.dumps(dump))
         return
+    lines = markdown(rows, a, bool(against), time.time() - t0)
+    a.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def markdown(rows: list[dict], a, against: bool, seconds: float) -> list[str]:
+    cmd = "python benchmarks/onnx_agreement.py" + (" --default-only" if a.default_only else "") + \
+        (f" --against {a.against.name}" if against else "")
+    where = f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()} CPU ({os.cpu_count()} cores), " \
+            f"{seconds:.0f} s"
+    old_head = " max probability difference torch / default | labels differing | refusals differing | " \
+               "accuracy old -> new |"
+    if a.default_only:
+        lines = ["# This code's served answers against older code's, on the default bundles' test splits", "",
+                 f"`{cmd}`, {where}. Each image through `Model.predict` (the default runtime) here and in the "
+                 f"older code's `--dump` ({a.against.name if against else 'none'}).", "",
+                 "| bundle | runtime | test images | max abs probability difference | labels differing | refusals "
+                 "differing | accuracy old -> new |", "|---|---|---|---|---|---|---|"]
+        return lines + [f"| {r['bundle']} | {r['runtime']} | {r['images']} | {r['old_default']:.1e} |"
+                        + old_columns(r).split("|", 1)[1] for r in rows]
     lines = ["# ONNX Runtime against torch on the default bundles' test splits", "",
-             f"`python benchmarks/onnx_agreement.py{' --against ' + a.against.name if against else ''}`, "
-             f"{time.strftime('%Y-%m-%d', time.gmtime())}, "
-             f"{platform.machine()} CPU ({os.cpu_count()} cores), {time.time() - t0:.0f} s. Each image through "
-             "`Model.predict` with `PRIVMED_ONNX=0` (torch) and with the default runtime.", "",
+             f"`{cmd}`, {where}. Each image through `Model.predict` with `PRIVMED_ONNX=0` (torch) and with the "
+             "default runtime.", "",
              "| bundle | default runtime | test images | max abs probability difference | labels differing "
-             "| refusals differing |" + (" vs --against: max probability difference torch / default | labels "
-                                         "differing | refusals differing | accuracy old -> new |" if against else ""),
+             "| refusals differing |" + (" vs --against:" + old_head if against else ""),
              "|---|---|---|---|---|---|" + ("---|---|---|---|" if against else "")]
     lines += [f"| {r['bundle']} | {r['runtime']} | {r['images']} | {r['diff']:.1e} | {r['labels']} | {r['refusals']} |"
               + (old_columns(r) if against else "") for r in rows]
     if against:
         lines += ["", f"`--against {a.against.name}`: the torch answers of older code (`--dump`) on the same images; "
                   "labels and refusals differing, and accuracy, are the default runtime's against them."]
-    a.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 def old_columns(r: dict) -> str:
