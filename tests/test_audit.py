@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from privmed.bundle.format import read_metadata
 from privmed.config import TrainConfig
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
@@ -28,7 +29,6 @@ from privmed.evaluation.audit import (
     choose_targets,
     format_audit,
 )
-from privmed.inference.bundle import read_metadata
 from privmed.pipeline import read_run_log, train_bundle, write_run_log
 
 
@@ -92,7 +92,7 @@ def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
     e = block["empirical_epsilon"]
     assert e["heuristic"] is True and 0 <= e["lower_bound"] <= e["max_certifiable_at_this_n"]
     stored = read_run_log(nodp, "audit.json")  # private run log, never the released bundle
-    assert "audit" not in read_metadata(nodp)
+    assert "audit" not in read_metadata(nodp).raw
     assert stored["attacks"]["loss"]["auc"] == block["attacks"]["loss"]["auc"]
     assert stored["recipe"]["dp"] is False
     roc = stored["attacks"]["loss"]["roc"]
@@ -105,7 +105,7 @@ def test_dp_bundle_stays_below_its_ceiling(bundles, monkeypatch, capsys):
     tmp, _, dp = bundles
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
     block = audit_bundle(dp, k_reference=2, n_per_side=48, seed=1)
-    meta = read_metadata(dp)
+    meta = read_metadata(dp).raw
     r = block["recipe"]
     assert r["dp"] and r["epsilon"] == meta["privacy"]["epsilon"] and r["noise_multiplier"] > 0
     assert r["sample_rate"] == meta["privacy"]["sample_rate"] and r["steps"] == meta["privacy"]["steps"]
@@ -263,7 +263,7 @@ def test_patient_level_bundle_is_audited_by_patient(tmp_path, monkeypatch):
     cfg = TrainConfig(dataset=str(data), model="effnet_lite0_head", epochs=3, batch_size=8, lr=2e-2,
                       val_fraction=0.2, augment={"enabled": False}, preprocess={"size": 64})
     bundle = train_bundle(cfg, tmp_path / "patient", progress=False)
-    meta = read_metadata(bundle)
+    meta = read_metadata(bundle).raw
     assert meta["privacy"]["unit_of_privacy"] == "patient"
     block = audit_bundle(bundle, k_reference=1, n_per_side=20, seed=0, store=False)
     assert block["unit"] == "patient" and block["members"]["n"] <= 20

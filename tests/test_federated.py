@@ -125,7 +125,7 @@ def test_hospital_refuses_a_round_past_its_budget(secagg_run):
 def test_federate_cli_writes_a_loadable_bundle(data_root, tmp_path, capsys):
     from privmed.cli import main
     from privmed.inference import load_model
-    from privmed.inference.bundle import run_dir
+    from privmed.bundle.format import run_dir
     from privmed.privacy.ledger import statement
 
     out = tmp_path / "fed"
@@ -425,7 +425,7 @@ def test_simulation_engine_runs_the_same_apps_in_ray_and_keeps_hospital_state(da
 
     from privmed.cli import main
     from privmed.inference import load_model
-    from privmed.inference.bundle import read_run_log, run_dir
+    from privmed.bundle.format import read_run_log, run_dir
 
     out = tmp_path / "sim"
     rc = main(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root), "--rounds", "2",

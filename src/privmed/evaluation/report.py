@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from privmed.bundle.format import read_run_log
 from privmed.config import TrainConfig
 from privmed.errors import PrivmedError
 from privmed.evaluation.attacks import roc_curve
 from privmed.evaluation.dp_bounds import ceiling_auc, ceiling_tpr
 from privmed.evaluation.evaluate import predict_records
 from privmed.evaluation.metrics import classification_report, roc_auc
-from privmed.inference.bundle import read_run_log
 from privmed.inference.predictor import load_model
 from privmed.privacy.ledger import statement
 from privmed.training.data import test_records
