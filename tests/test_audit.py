@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from privmed.bundle.format import read_metadata
+from privmed.bundle.format import read_metadata, read_run_log, write_run_log
 from privmed.config import TrainConfig
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
@@ -29,7 +29,8 @@ from privmed.evaluation.audit import (
     choose_targets,
     format_audit,
 )
-from privmed.pipeline import read_run_log, train_bundle, write_run_log
+from privmed.pipeline import train_bundle
+from support.round_trip import assert_round_trip
 
 
 def make_folder(root, n_train=64, n_test=48, size=32, seed=0, copies=3):
@@ -68,6 +69,16 @@ def bundles(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
         mp.undo()
+
+
+def test_fresh_bundles_round_trip_through_the_schema(bundles):
+    """A non-private and a DP bundle as the pipeline writes them read back through the schema
+    without losing a key or a value."""
+    _, nodp, dp = bundles
+    for b in (nodp, dp):
+        assert_round_trip(b)
+    assert not read_metadata(nodp).ledger.private and read_metadata(nodp).best_epoch is not None
+    assert read_metadata(dp).ledger.private and read_metadata(dp).ledger.releases
 
 
 def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
