@@ -287,6 +287,10 @@ class BundleMetadata(Block):
     def temperature(self) -> float:
         return float(self.calibration.temperature) if self.calibration else 1.0
 
+    def preprocess_args(self) -> dict:
+        """The preprocessing block as ``config.PreprocessConfig`` arguments (none written: its defaults)."""
+        return self.preprocessing.dump() if self.preprocessing else {}
+
     def test_metrics(self) -> Metrics | None:
         """The bundle's own test split's metrics (``privmed evaluate`` on ``<dataset>/test``)."""
         return self.metrics.get(f"{self.dataset}/test")

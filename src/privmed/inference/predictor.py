@@ -59,7 +59,7 @@ class Model:
         self.metadata = self.bundle.raw
         meta = self.bundle
         self.classes: list[str] = list(meta.classes)
-        self.preprocess = Preprocess(PreprocessConfig(**(meta.preprocessing.dump() if meta.preprocessing else {})))
+        self.preprocess = Preprocess(PreprocessConfig(**meta.preprocess_args()))
         self.temperature = float(meta.temperature)
         self.min_confidence = float(meta.abstain.min_confidence if meta.abstain else 0.0)
         self.ood = meta.ood.dump() if meta.ood else None
