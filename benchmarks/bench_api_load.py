@@ -38,8 +38,8 @@ def main(argv=None):
     import httpx
 
     from privmed.api.store import Store
+    from privmed.bundle.format import read_metadata
     from privmed.config import bundles_dir, default_data_root
-    from privmed.inference.bundle import read_metadata
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
@@ -143,8 +143,8 @@ def main(argv=None):
         f"every request appended to the {'PostgreSQL' if a.postgres else 'SQLite'} audit log "
         f"(chain verified after the run: {verify['ok']}, "
         f"{verify['rows']} rows).  ",
-        f"Bundle: `{meta.get('model_id')}` (model `{(meta.get('model') or {}).get('name')}`), backend "
-        f"{'onnxruntime' if (meta.get('onnx') or {}).get('faster') else 'torch'}"
+        f"Bundle: `{meta.model_id}` (model `{meta.model.name}`), backend "
+        f"{'onnxruntime' if meta.onnx and meta.onnx.faster else 'torch'}"
         f"{torch_threads}; {len(blobs)} real 224x224 "
         "chest X-ray JPEGs, one per request.",
         "",

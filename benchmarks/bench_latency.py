@@ -88,9 +88,9 @@ def _ips(fn, x, batch: int, repeats: int) -> float:
 
 
 def main(argv=None):
+    from privmed.bundle.format import read_metadata
     from privmed.config import bundles_dir, default_data_root
     from privmed.data.read import load_image
-    from privmed.inference.bundle import read_metadata
     from privmed.inference.onnx_export import export
     from privmed.inference.predictor import Model
 
@@ -136,8 +136,8 @@ def main(argv=None):
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, shared with "
         f"other work (load average {os.getloadavg()[0]:.1f} at the end); torch {torch.__version__}, onnxruntime "
         f"{block['onnxruntime_version']}.  ",
-        f"Bundle: `{meta.get('model_id')}` (model `{(meta.get('model') or {}).get('name')}`, input "
-        f"{meta['input']['height']}x{meta['input']['width']}); {len(blobs)} real chest X-ray JPEGs of "
+        f"Bundle: `{meta.model_id}` (model `{meta.model.name}`, input "
+        f"{meta.input.height}x{meta.input.width}); {len(blobs)} real chest X-ray JPEGs of "
         f"{sorted(sizes)[0][1]}x{sorted(sizes)[0][0]} px from chest_xray_pneumonia/test, one at a time. ONNX "
         f"export max abs difference to torch: {block['max_abs_diff']:.1e}.",
         "",

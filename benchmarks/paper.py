@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from privmed.bundle.format import read_metadata, read_run_log
 from privmed.config import REPO_ROOT, TrainConfig, default_data_root
 from privmed.data.datasets import load_record, open_dataset
 from privmed.evaluation.evaluate import evaluate
 from privmed.evaluation.robustness import robustness_table
-from privmed.inference.bundle import read_metadata, read_run_log
 from privmed.inference.predictor import load_model
 from privmed.pipeline import train_bundle
 from privmed.training.recipe import train_config, train_parser
@@ -168,8 +168,8 @@ def run_entry(entry: dict, run_dir: Path, progress: bool = True) -> dict:
                                                         "evaluate": f"privmed evaluate {rel} --json"},
            "test": {k: v for k, v in test.items() if k != "per_class"}, "validation_accuracy":
            run["validation"]["accuracy"], "training_seconds": run.get("training_seconds"),
-           "privacy": meta.get("privacy"), "epsilon": (meta.get("privacy") or {}).get("epsilon"),
-           "delta": (meta.get("privacy") or {}).get("delta")}
+           "privacy": meta.privacy.dump() if meta.privacy else None, "epsilon": meta.ledger.epsilon,
+           "delta": meta.ledger.delta}
     res["images_per_s"] = images_per_second(bundle, entry["dataset"])
     if entry["audit_k"] is not None:
         from privmed.evaluation.audit import audit_bundle

@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def row(bundle: Path) -> dict:
     r = evaluate(bundle, progress=False)
-    from privmed.inference.bundle import read_metadata
+    from privmed.bundle.format import read_metadata
 
-    dec = read_metadata(bundle).get("decision") or {}
+    dec = read_metadata(bundle).decision
     return {"bundle": str(bundle), "accuracy": r["accuracy"], "auc": r["auc"], "n": r["n"],
             "sensitivity": r.get("sensitivity"), "specificity": r.get("specificity"),
-            "threshold_margin": dec.get("threshold_margin")}
+            "threshold_margin": dec.threshold_margin if dec else None}
 
 
 def table(rows: list[dict], args) -> str:

@@ -16,8 +16,8 @@ import argparse
 
 import numpy as np
 
+from privmed.bundle.format import load_bundle
 from privmed.config import TrainConfig
-from privmed.inference.bundle import load_bundle
 from privmed.models.batched import batched_forward
 from privmed.privacy import calibration as cal
 from privmed.privacy.validation import W_HIST, per_unit_mean
@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("bundle", nargs="?", default="bundles/chest_xray_pneumonia")
     ap.add_argument("--releases", type=int, default=300)
     a = ap.parse_args()
-    model, meta = load_bundle(a.bundle)
+    model, bundle = load_bundle(a.bundle)
+    meta = bundle.raw
     cfg = TrainConfig(**meta["training"])
     splits = split_records(cfg)
     logits = batched_forward(model.trainable, model_inputs(model, load_pixels(splits.val, cfg, False), False)).numpy()

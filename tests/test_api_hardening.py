@@ -123,9 +123,9 @@ def test_metadata_damaged_after_start_answers_503(tmp_path, bundle_copy, data_ro
 
 def test_signed_bundles(tmp_path, bundle_copy, data_root):
     """The checksum sat in the same unsigned JSON: editing weights and checksum together passed."""
+    from privmed.bundle.signing import verify
     from privmed.cli import main
-    from privmed.inference.bundle import sha256_file
-    from privmed.inference.signing import verify
+    from privmed.files import sha256_file
 
     keys = tmp_path / "keys"
     assert main(["bundle", "keygen", "--out", str(keys)]) == 0
@@ -166,7 +166,7 @@ def test_signed_serving_skips_the_unsigned_int8_graph(tmp_path, bundle_copy, dat
     pytest.importorskip("onnxruntime")
     from privmed.app.backend import LocalBackend
     from privmed.cli import main
-    from privmed.inference.bundle import sha256_file
+    from privmed.files import sha256_file
     from privmed.inference.onnx_export import export
     from privmed.inference.predictor import load_model
     from privmed.inference.quantize import INT8_FILE, RECORD_FILE, local_dir

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from privmed.bundle.format import read_metadata, read_run_log, write_run_log
 from privmed.config import TrainConfig
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
@@ -28,8 +29,8 @@ from privmed.evaluation.audit import (
     choose_targets,
     format_audit,
 )
-from privmed.inference.bundle import read_metadata
-from privmed.pipeline import read_run_log, train_bundle, write_run_log
+from privmed.pipeline import train_bundle
+from support.round_trip import assert_round_trip
 
 
 def make_folder(root, n_train=64, n_test=48, size=32, seed=0, copies=3):
@@ -70,6 +71,16 @@ def bundles(tmp_path_factory):
         mp.undo()
 
 
+def test_fresh_bundles_round_trip_through_the_schema(bundles):
+    """A non-private and a DP bundle as the pipeline writes them read back through the schema
+    without losing a key or a value."""
+    _, nodp, dp = bundles
+    for b in (nodp, dp):
+        assert_round_trip(b)
+    assert not read_metadata(nodp).ledger.private and read_metadata(nodp).best_epoch is not None
+    assert read_metadata(dp).ledger.private and read_metadata(dp).ledger.releases
+
+
 def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
     """Non-members are validation images only. Failed before: 128 asked, so the audit filled up with
     test images (a possibly shifted split: ``source["test"]`` was > 0). Now it audits with the fewer
@@ -92,7 +103,7 @@ def test_non_private_memorising_bundle_is_detected(bundles, monkeypatch):
     e = block["empirical_epsilon"]
     assert e["heuristic"] is True and 0 <= e["lower_bound"] <= e["max_certifiable_at_this_n"]
     stored = read_run_log(nodp, "audit.json")  # private run log, never the released bundle
-    assert "audit" not in read_metadata(nodp)
+    assert "audit" not in read_metadata(nodp).raw
     assert stored["attacks"]["loss"]["auc"] == block["attacks"]["loss"]["auc"]
     assert stored["recipe"]["dp"] is False
     roc = stored["attacks"]["loss"]["roc"]
@@ -105,7 +116,7 @@ def test_dp_bundle_stays_below_its_ceiling(bundles, monkeypatch, capsys):
     tmp, _, dp = bundles
     monkeypatch.setenv("PRIVMED_CACHE", str(tmp / "cache"))
     block = audit_bundle(dp, k_reference=2, n_per_side=48, seed=1)
-    meta = read_metadata(dp)
+    meta = read_metadata(dp).raw
     r = block["recipe"]
     assert r["dp"] and r["epsilon"] == meta["privacy"]["epsilon"] and r["noise_multiplier"] > 0
     assert r["sample_rate"] == meta["privacy"]["sample_rate"] and r["steps"] == meta["privacy"]["steps"]
@@ -263,7 +274,7 @@ def test_patient_level_bundle_is_audited_by_patient(tmp_path, monkeypatch):
     cfg = TrainConfig(dataset=str(data), model="effnet_lite0_head", epochs=3, batch_size=8, lr=2e-2,
                       val_fraction=0.2, augment={"enabled": False}, preprocess={"size": 64})
     bundle = train_bundle(cfg, tmp_path / "patient", progress=False)
-    meta = read_metadata(bundle)
+    meta = read_metadata(bundle).raw
     assert meta["privacy"]["unit_of_privacy"] == "patient"
     block = audit_bundle(bundle, k_reference=1, n_per_side=20, seed=0, store=False)
     assert block["unit"] == "patient" and block["members"]["n"] <= 20

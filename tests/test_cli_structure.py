@@ -149,6 +149,6 @@ def test_train_recipe_parser_is_the_cli_train_parser():
 
 def test_version_comes_from_the_installed_metadata():
     assert privmed.__version__ == importlib.metadata.version("privmed")
-    from privmed.inference.bundle import versions
+    from privmed.bundle.format import versions
 
     assert versions()["privmed"] == privmed.__version__

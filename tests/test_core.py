@@ -165,14 +165,14 @@ def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeyp
     """Killed inside a DP step in the middle of epoch 2 (the last checkpoint is epoch 1's), then
     resumed: the run ends with the steps and epsilon of an uninterrupted run's plan, per patient,
     and the kill left neither a half-written checkpoint nor a bundle."""
-    from privmed.inference.bundle import read_metadata
+    from privmed.bundle.format import read_metadata
     from privmed.pipeline import train_bundle
     from privmed.privacy.engine import DPSGD
 
     folder = _patient_folder(data_root, tmp_path / "data")
     cfg = TrainConfig(dataset=str(folder), model="cnn", epochs=3, batch_size=32, preprocess={"size": 32},
                       augment={"enabled": False}, val_fraction=0.25, seed=1, privacy={"accountant": "rdp"})
-    plan = read_metadata(train_bundle(cfg, tmp_path / "full", progress=False))["privacy"]
+    plan = read_metadata(train_bundle(cfg, tmp_path / "full", progress=False)).raw["privacy"]
     assert plan["unit_of_privacy"] == "patient" and plan["epsilon"] <= 2.0
     per_epoch = round(1 / plan["sample_rate"])
     assert plan["steps"] == 3 * per_epoch and per_epoch >= 3
@@ -197,7 +197,7 @@ def test_patient_unit_resume_after_a_kill_mid_epoch(data_root, tmp_path, monkeyp
     assert ckpt["epoch"] == 0 and sum(n for _, _, n in ckpt["privacy"]["history"]) == per_epoch
 
     monkeypatch.setattr(DPSGD, "step", real_step)
-    resumed = read_metadata(train_bundle(cfg, out, progress=False))["privacy"]
+    resumed = read_metadata(train_bundle(cfg, out, progress=False)).raw["privacy"]
     assert resumed["unit_of_privacy"] == "patient"
     assert resumed["steps"] == plan["steps"]  # the 2 lost steps redone from the checkpoint, none twice
     assert resumed["epsilon"] == plan["epsilon"] and resumed["epochs"] == 3
@@ -246,7 +246,7 @@ def test_record_keeps_private_counts_out_of_the_bundle(small_bundle, tmp_path, d
     test split); the leak-free subset, a function of the training images, goes to the private run log,
     or nowhere for a copy without one. Failed before issue 29: `leaked_test_images_removed` (covid19_xray: 8)
     went into metadata.json, and `--record --split val` wrote exact validation metrics into the released bundle."""
-    from privmed.inference.bundle import PRIVATE_METRICS, read_metadata, read_run_log, run_dir, update_metadata
+    from privmed.bundle.format import PRIVATE_METRICS, read_metadata, read_run_log, run_dir, update_metadata
 
     bundle = Path(shutil.copytree(small_bundle, tmp_path / "b"))
     update_metadata(bundle, metrics={"old/test": {"n": 1, "leaked_test_images_removed": 3}})  # an older record
@@ -255,7 +255,7 @@ def test_record_keeps_private_counts_out_of_the_bundle(small_bundle, tmp_path, d
     def recorded() -> dict:
         text = (bundle / "metadata.json").read_text()
         assert not any(k in text for k in PRIVATE_METRICS)
-        return read_metadata(bundle)["metrics"]
+        return read_metadata(bundle).raw["metrics"]
 
     assert main(args) == 0  # no run log beside the copy: the private counts are not recorded anywhere
     out = capsys.readouterr()

@@ -328,8 +328,8 @@ def test_ct_dicom_predicts_like_its_jpeg(ct_bundle):
 
 
 def test_modality_gate_both_ways(ct_bundle, tmp_path):
+    from privmed.bundle.format import update_metadata
     from privmed.inference import load_model
-    from privmed.inference.bundle import update_metadata
 
     ct = jpeg_as_ct(ct_jpegs(2)[0])
     with pytest.raises(ImageReadError, match="Modality is DX .* reads CT images"):

@@ -35,7 +35,7 @@ def test_train_on_a_missing_gpu_fails_at_once_with_one_line(tmp_path, capsys, da
 
 
 def test_model_args_reach_the_bundle_and_a_misspelt_one_is_refused(tmp_path, data_root):
-    from privmed.inference.bundle import load_bundle, read_metadata
+    from privmed.bundle.format import load_bundle, read_metadata
     from privmed.pipeline import train_bundle
 
     with pytest.raises(ValueError, match="takes no argument dropuot; its model_args: dropout"):
@@ -43,7 +43,7 @@ def test_model_args_reach_the_bundle_and_a_misspelt_one_is_refused(tmp_path, dat
     cfg = TrainConfig(dataset="covid19_xray", data_root=data_root, model="cnn", model_args={"dropout": 0.05},
                       epochs=1, preprocess={"size": 32}, augment={"enabled": False})
     out = train_bundle(cfg, tmp_path / "b", progress=False)
-    meta = read_metadata(out)
+    meta = read_metadata(out).raw
     assert meta["model"]["kwargs"] == {"dropout": 0.05} and meta["training"]["device"] == "cpu"
     model, _ = load_bundle(out)
     drop = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]

@@ -12,6 +12,7 @@ pytest.importorskip("flwr")
 from privmed.errors import DatasetError  # noqa: E402
 from privmed.federated.config import FederatedConfig  # noqa: E402
 from privmed.federated.partition import partition  # noqa: E402
+from support.round_trip import assert_round_trip  # noqa: E402
 
 
 def _cfg(data_root, **kw):
@@ -123,9 +124,9 @@ def test_hospital_refuses_a_round_past_its_budget(secagg_run):
 
 
 def test_federate_cli_writes_a_loadable_bundle(data_root, tmp_path, capsys):
+    from privmed.bundle.format import run_dir
     from privmed.cli import main
     from privmed.inference import load_model
-    from privmed.inference.bundle import run_dir
     from privmed.privacy.ledger import statement
 
     out = tmp_path / "fed"
@@ -143,6 +144,10 @@ def test_federate_cli_writes_a_loadable_bundle(data_root, tmp_path, capsys):
     assert "outside it, the coordinating server included" in statement(meta)
     assert (run_dir(out) / "run.json").is_file() and not (out / "run.json").exists()
     assert "class_counts" not in json.dumps(meta)  # exact per-hospital counts stay in the private run log
+    assert_round_trip(out)  # the federated blocks read through the schema without loss
+    typed = model.bundle
+    assert typed.federated.hospitals == 3 and typed.ledger.federation.participants == [1, 2, 3]
+    assert typed.model_id == "covid19-effnet_lite0_head-fed3-eps2" and typed.intended_use is not None
 
 
 def test_partitions_are_patient_disjoint_and_reproducible():
@@ -423,9 +428,9 @@ def test_simulation_engine_runs_the_same_apps_in_ray_and_keeps_hospital_state(da
     pytest.importorskip("ray")
     from opacus.accountants import create_accountant
 
+    from privmed.bundle.format import read_run_log, run_dir
     from privmed.cli import main
     from privmed.inference import load_model
-    from privmed.inference.bundle import read_run_log, run_dir
 
     out = tmp_path / "sim"
     rc = main(["federate", "--dataset", "covid19_xray", "--data-root", str(data_root), "--rounds", "2",

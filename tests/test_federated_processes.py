@@ -95,13 +95,13 @@ def test_a_checkpoint_is_resumed_only_by_the_same_federation(tmp_path, data_root
 
 @pytest.mark.slow
 def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
+    from privmed.bundle.format import read_metadata, read_run_log
     from privmed.inference import load_model
-    from privmed.inference.bundle import read_metadata, read_run_log
     from privmed.privacy.ledger import recompute
 
     out = tmp_path / "fed"
     dep = _run(_cfg(data_root), out)
-    meta = read_metadata(out)
+    meta = read_metadata(out).raw
     p = meta["privacy"]
     assert recompute(p) == pytest.approx(p["epsilon"], abs=1e-3) and p["epsilon"] <= p["epsilon_target"] + 1e-9
     assert [r["hospitals"] for r in p["federation"]["participation"]] == [[1, 2, 3], [1, 2, 3]]
@@ -135,7 +135,7 @@ def test_processes_mode_trains_a_bundle_over_tls(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
-    from privmed.inference.bundle import read_metadata
+    from privmed.bundle.format import read_metadata
     from privmed.privacy.ledger import recompute
 
     killed = []
@@ -149,7 +149,7 @@ def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
     out = tmp_path / "fed"
     dep = _run(_cfg(data_root, tls=False), out, fault)
     assert killed == [1]
-    p = read_metadata(out)["privacy"]
+    p = read_metadata(out).raw["privacy"]
     assert [r["hospitals"] for r in p["federation"]["participation"]] == [[1, 2, 3], [1, 2]]
     h3 = p["hospitals"][2]
     assert h3["rounds_run"] == [1] and h3["steps"] == h3["local_steps_per_round"]
@@ -159,7 +159,7 @@ def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_superlink_resumes_from_the_checkpoint(data_root, tmp_path):
-    from privmed.inference.bundle import read_metadata, read_run_log
+    from privmed.bundle.format import read_metadata, read_run_log
 
     killed = []
 
@@ -175,7 +175,7 @@ def test_a_killed_superlink_resumes_from_the_checkpoint(data_root, tmp_path):
     dep = _run(_cfg(data_root, tls=False, spare_rounds=1), out, fault)
     assert killed == [1]
     assert read_run_log(out)["processes"]["restarts"] == 1
-    p = read_metadata(out)["privacy"]
+    p = read_metadata(out).raw["privacy"]
     assert [r["round"] for r in p["federation"]["participation"]] == [1, 2]
     h1 = p["hospitals"][0]
     # round 1, round 2 (lost with the SuperLink: counted by the write-ahead ledger), round 2 again

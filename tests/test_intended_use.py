@@ -12,7 +12,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import default_bundle
-from privmed.config import settings
+from privmed.bundle.schema import BundleMetadata
+from privmed.config import DATASETS, settings
 from privmed.data.read import load_image
 from privmed.inference import intended_use
 from privmed.inference.intended_use import PREFIX, TABLE, check, for_bundle
@@ -70,9 +71,9 @@ def model():
 # ---------- the table and the reader of old bundles
 
 def test_table_covers_every_task_and_pneumonia_states_its_population():
-    from privmed.pipeline import TASKS
+    from privmed.bundle.tasks import TASKS
 
-    assert set(TASKS.values()) == set(TABLE)
+    assert {t.task for t in TASKS.values()} == set(TABLE) and set(TASKS) == set(DATASETS)
     chest = TABLE["pneumonia"]
     assert chest["age_years"] == [1, 5] and chest["views"] == ["AP", "PA"] and "CHEST" in chest["body_parts"]
     assert "Guangzhou Women and Children's Medical Center" in chest["source"]
@@ -83,10 +84,11 @@ def test_table_covers_every_task_and_pneumonia_states_its_population():
 def test_old_bundle_gets_the_table_entry_and_a_bundle_block_wins():
     meta = json.loads((BUNDLE / "metadata.json").read_text())
     meta.pop("intended_use", None)  # as written before the block existed (bundles are not rewritten)
-    assert for_bundle(meta) == TABLE["pneumonia"]
+    assert for_bundle(BundleMetadata.parse(meta)) == TABLE["pneumonia"]
     own = {**TABLE["pneumonia"], "age_years": [0, 17], "population": "children, site X"}
-    assert for_bundle({**meta, "intended_use": own}) == own
-    assert for_bundle({"task": "unknown"}) is None and check({"header": {"age_years": 40.0}}, None) == []
+    assert for_bundle(BundleMetadata.parse({**meta, "intended_use": own})) == own
+    assert for_bundle(BundleMetadata.parse({**meta, "task": "unknown"})) is None
+    assert check({"header": {"age_years": 40.0}}, None) == []
 
 
 def test_new_bundles_carry_the_block(small_bundle):

@@ -223,7 +223,7 @@ def test_noise_and_sampling_are_secret(data_root, tmp_path):
 def test_released_bundle_holds_no_exact_private_statistics(small_bundle):
     """The bundle used to hold history[].train_loss, dataset_fingerprint, n_train, exact class
     weights, exact validation metrics and the audit block. They now live in the private run log."""
-    from privmed.pipeline import read_run_log
+    from privmed.bundle.format import read_run_log
 
     meta = json.loads((small_bundle / "metadata.json").read_text())
     assert_no_private_statistics(meta)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
+from privmed.bundle.format import load_bundle, save_bundle
 from privmed.config import TrainConfig, default_data_root
 from privmed.data import inspect as ins
 from privmed.data.datasets import open_dataset
 from privmed.data.public import CORPORA, public_corpus
 from privmed.errors import DatasetError
-from privmed.inference.bundle import load_bundle, save_bundle
 from privmed.models import get_model
 from privmed.models.registry import public_basis, with_public_basis
 from privmed.training.public import fit_public_basis, principal_directions

@@ -91,11 +91,11 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
     ledger = _ledger(releases, epsilon, delta, unit_name, notes["n_units_validation_dp"])
     # the registry's "validation" side; its own split label makes it compose sequentially with any other use
     as_validation = {"releases": [{**r, "on": "validation"} for r in ledger["releases"]]}
-    registry.record(key, as_validation, what=f"site calibration '{name}' of {model.metadata.get('model_id')}",
+    registry.record(key, as_validation, what=f"site calibration '{name}' of {model.bundle.model_id}",
                     split="site calibration", bundle=str(bundle))
     folder = Path(out) if out else site_dir(bundle)
-    doc = {"site": name, "created": dt.date.today().isoformat(), "bundle": model.metadata.get("model_id"),
-           "weights_sha256": model.metadata.get("weights_sha256"), "calibration": calibration,
+    doc = {"site": name, "created": dt.date.today().isoformat(), "bundle": model.bundle.model_id,
+           "weights_sha256": model.bundle.weights_sha256, "calibration": calibration,
            "decision": decision, "ood": block, "privacy": ledger}
     return _write(folder, doc, {"n_images": len(records), "n_units": int(units.max()) + 1,
                                 "images_per_class": np.bincount(y, minlength=len(model.classes)).tolist(),

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privmed.bundle.format import save_bundle, write_run_log
+from privmed.bundle.metadata import build_metadata
 from privmed.config import TrainConfig, bundles_dir
 from privmed.data.datasets import load_record
 from privmed.data.read import load_image
@@ -20,8 +22,6 @@ from privmed.data.transforms import Preprocess
 from privmed.evaluation.camera_sim import photo_of
 from privmed.evaluation.metrics import classification_report
 from privmed.inference import calibration as cal
-from privmed.inference import intended_use
-from privmed.inference.bundle import read_run_log, run_dir, save_bundle, write_run_log  # noqa: F401
 from privmed.inference.predictor import camera_input
 from privmed.models.batched import batched_forward
 from privmed.privacy.budget import Registry
@@ -30,8 +30,7 @@ from privmed.privacy.validation import ood_means_release, validation_releases
 from privmed.training.data import unit_ids
 from privmed.training.trainer import train
 
-TASKS = {"chest_xray_pneumonia": "pneumonia", "brain_tumor_mri": "brain_tumor", "covid19_xray": "covid19",
-         "covid19_ct": "covid19_ct"}
+
 def camera_photos(records, read=load_record, progress: bool = False):
     """Each record's image as the camera path sees a phone photo of it: a simulated capture
     (``evaluation.camera_sim``), then the rectification uploads with ``source="camera"`` get. Each photo's
@@ -86,23 +85,11 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
         privacy["dataset_budget"] = dataset_total(result.budget, privacy)
     if result.public:  # the head's public projection: public images in the clear, no epsilon spent
         privacy = {**privacy, "public_data": result.public}
-    meta = {
-        "model_id": f"{TASKS.get(cfg.dataset, cfg.dataset)}-{cfg.model}-" +
-                    (f"eps{cfg.privacy.epsilon:g}" if cfg.privacy.enabled else "nodp"),
-        "task": TASKS.get(cfg.dataset, cfg.dataset), "dataset": cfg.dataset, "classes": splits.classes,
-        "intended_use": intended_use.for_bundle({"task": TASKS.get(cfg.dataset, cfg.dataset)}),
-        "model": {"name": cfg.model, "kwargs": dict(cfg.model_args)},
-        "input": {"channels": 1, "height": cfg.preprocess.size, "width": cfg.preprocess.size, "range": [0, 1],
-                  "color": "grayscale"},
-        "preprocessing": cfg.preprocess.model_dump(),
-        "training": cfg.model_dump(mode="json"),
-        "released_weights": "last iterate" + (" (EMA)" if cfg.ema else "") if cfg.privacy.enabled
-                            else f"best validation epoch ({result.best_epoch})",
-        "privacy": privacy, "calibration": calibration, "decision": decision, "ood": ood_block,
-        "run_log": "private, beside the bundle (<bundle>.run/), never released",
-    }
-    if not cfg.privacy.enabled:  # a non-private model: its early-stopping epoch is what an audit repeats
-        meta["best_epoch"] = result.best_epoch
+    released = ("last iterate" + (" (EMA)" if cfg.ema else "") if cfg.privacy.enabled
+                else f"best validation epoch ({result.best_epoch})")
+    meta = build_metadata(cfg, splits.classes, released_weights=released, privacy=privacy, calibration=calibration,
+                          decision=decision, ood=ood_block,
+                          best_epoch=None if cfg.privacy.enabled else result.best_epoch)
     save_bundle(out, model, meta)
     probs = torch.softmax(torch.from_numpy(logits) / calibration["temperature"], 1).numpy()
     ece = {"before": cal.expected_calibration_error(torch.softmax(torch.from_numpy(logits), 1).numpy(), y_val),

@@ -11,8 +11,8 @@ import datetime as dt
 import hashlib
 import json
 
+from privmed.bundle import signing
 from privmed.errors import PrivmedError
-from privmed.inference import signing
 
 CHECKPOINT_DOMAIN = b"privmed-audit-checkpoint-v1\n"
 COSIGN_DOMAIN = b"privmed-audit-witness-v1\n"

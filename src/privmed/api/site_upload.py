@@ -110,7 +110,7 @@ def router(registry, max_bytes: int, admin) -> APIRouter:
             entry = registry.find(model_ref)
         except UnknownModel as ex:
             raise HTTPException(404, str(ex)) from None
-        request.state.audit.update(model_id=entry["id"], model_version=entry["metadata"].get("weights_sha256"))
+        request.state.audit.update(model_id=entry["id"], model_version=entry["metadata"].weights_sha256)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("application/zip", "application/x-zip-compressed", "application/octet-stream"):
             raise HTTPException(415, "send the site sample as one zip archive (Content-Type: application/zip), "
@@ -120,7 +120,7 @@ def router(registry, max_bytes: int, admin) -> APIRouter:
         async with lock:
             archive = await _spool(request, max_bytes)
             try:
-                out = await run_in_threadpool(calibrate_upload, Path(entry["path"]), entry["metadata"]["classes"],
+                out = await run_in_threadpool(calibrate_upload, Path(entry["path"]), entry["metadata"].classes,
                                               archive, name=name, epsilon=epsilon, max_bytes=4 * max_bytes)
             except PrivmedError as e:  # ArchiveError 400, ArchiveTooLarge 413, PrivacyBudgetError 409, else 422
                 raise as_http(e) from None

@@ -28,9 +28,9 @@ from pathlib import Path
 from privmed.api import merkle, timestamp, witness
 from privmed.api.merkle import leaf_hash, load_private
 from privmed.api.store import GENESIS, Store, chain_hash
+from privmed.bundle import signing
 from privmed.config import settings
 from privmed.errors import PrivmedError
-from privmed.inference import signing
 
 KEY_NAME = "privmed-log"  # privmed-log.key (private, 0600) and privmed-log.pub
 PAGE = 1000

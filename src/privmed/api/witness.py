@@ -26,8 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from privmed.api import merkle
+from privmed.bundle import signing
 from privmed.errors import PrivmedError
-from privmed.inference import signing
 
 log = logging.getLogger("privmed.witness")
 KEY_NAME = "witness"

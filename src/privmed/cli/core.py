@@ -17,11 +17,11 @@ def cmd_train(a):
 
     cfg = train_config(a)
     out = train_bundle(cfg, a.out, progress=not a.quiet)
-    from privmed.inference.bundle import read_metadata, read_run_log, run_dir
+    from privmed.bundle.format import read_metadata, read_run_log, run_dir
 
     meta, run = read_metadata(out), read_run_log(out)
-    summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta["model_id"],
-               "privacy": meta["privacy"], "validation_accuracy": run["validation"]["accuracy"],
+    summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta.model_id,
+               "privacy": meta.ledger.dump(), "validation_accuracy": run["validation"]["accuracy"],
                "training_seconds": run["training_seconds"]}
     print_result(summary, a.json, f"bundle written to {out}\n" + json.dumps(summary["privacy"], indent=2))
 
@@ -49,8 +49,8 @@ def _record(a, r: dict) -> None:
     """Into the bundle: metrics of the whole official test split, a public benchmark. Which test images
     have copies in the training folder (or share a patient id with it) is a function of the private
     training images, so the leak-free metrics and their counts go to the private run log only."""
+    from privmed.bundle.format import record_metrics, run_dir
     from privmed.evaluation.evaluate import evaluate
-    from privmed.inference.bundle import record_metrics, run_dir
 
     whole = r
     if not a.keep_leaked or a.patient_disjoint:
@@ -98,13 +98,13 @@ def cmd_predict(a):
 
 
 def cmd_calibrate(a):
+    from privmed.bundle.format import read_metadata
     from privmed.calibrate import calibrate_site, site_records
-    from privmed.inference.bundle import read_metadata
     from privmed.inference.predictor import resolve_bundle
     from privmed.inference.site import summary
 
     bundle = resolve_bundle(a.bundle)
-    records = site_records(a.site, read_metadata(bundle)["classes"])
+    records = site_records(a.site, read_metadata(bundle).classes)
     path = calibrate_site(bundle, records, name=a.name, epsilon=a.epsilon, delta=a.delta, unit=a.unit, out=a.out,
                           progress=not a.json)
     doc = json.loads(path.read_text())
@@ -159,7 +159,7 @@ def cmd_cache(a):
 
 
 def cmd_bundle(a):
-    from privmed.inference import signing
+    from privmed.bundle import signing
 
     if a.bundle_cmd == "keygen":
         priv, pub = signing.keygen(a.out)

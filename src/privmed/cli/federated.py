@@ -36,18 +36,18 @@ def cmd_federate(a):
         import flwr  # noqa: F401
     except ModuleNotFoundError:
         raise PrivmedError("privmed federate needs Flower: pip install -e '.[federated]'") from None
+    from privmed.bundle.format import read_metadata, read_run_log, run_dir
     from privmed.federated.run import federate_bundle
-    from privmed.inference.bundle import read_metadata, read_run_log, run_dir
 
     cfg = federated_config(a)
     out = federate_bundle(cfg, a.out, progress=not a.quiet)
     meta, run = read_metadata(out), read_run_log(out)
-    p = meta["privacy"]
-    summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta["model_id"],
-               "epsilon": p["epsilon"], "delta": p["delta"], "guarantee": p["guarantee"],
+    p = meta.ledger
+    summary = {"bundle": str(out), "run_log": str(run_dir(out)), "model_id": meta.model_id,
+               "epsilon": p.epsilon, "delta": p.delta, "guarantee": p.guarantee,
                "hospitals": [{k: h[k] for k in ("hospital", "n_units_dp", "noise_multiplier", "sample_rate", "steps",
-                                                "epsilon")} for h in p["hospitals"]],
-               "secure_aggregation": p["federation"]["secure_aggregation"] is not None,
+                                                "epsilon")} for h in p.hospitals],
+               "secure_aggregation": p.federation.secure_aggregation is not None,
                "training_seconds": run["training_seconds"], "engine": run.get("engine"),
                "processes": run.get("processes"), "bytes_to_server": run["bytes_to_server"],
                "bytes_to_hospitals": run["bytes_to_hospitals"]}
@@ -55,7 +55,7 @@ def cmd_federate(a):
         print(json.dumps(summary, indent=2))
     else:
         print(f"bundle written to {out} (private run log: {summary['run_log']})")
-        print(p["guarantee"])
+        print(p.guarantee)
         for h in summary["hospitals"]:
             print(f"  hospital {h['hospital']}: {h['n_units_dp']} units (DP estimate), "
                   f"sigma {h['noise_multiplier']:.4g}, "

@@ -37,12 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privmed.bundle.format import load_bundle, read_run_log, write_run_log
 from privmed.config import TrainConfig
 from privmed.errors import BundleError
 from privmed.evaluation import attacks as A
 from privmed.evaluation import dp_bounds as B
 from privmed.files import sha256_file
-from privmed.inference.bundle import load_bundle, read_run_log, write_run_log
 from privmed.models import get_model
 from privmed.models.registry import spec_of, with_public_basis
 from privmed.training.data import load_pixels, model_inputs, split_records, test_records
@@ -426,8 +426,8 @@ def audit_bundle(path: str | Path, k_reference: int = 4, n_per_side: int = 500, 
     """Audit one bundle; returns (and, with ``store``, writes into its private run log) the audit block."""
     t0 = time.time()
     path = Path(path)
-    model, meta = load_bundle(path)
-    meta["_run_log"] = read_run_log(path)
+    model, bundle = load_bundle(path)
+    meta = {**bundle.raw, "_run_log": read_run_log(path)}
     cfg = _config(meta, data_root)
     torch.manual_seed(seed)
     t = _targets(meta, model, cfg, n_per_side, np.random.default_rng(seed), progress)

@@ -32,9 +32,9 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
     are the same people). ``report["private"]`` holds the counts of removed images: functions of the
     training images, kept out of the bundle by ``privmed evaluate --record``."""
     model = load_model(bundle)
-    dataset = dataset or model.metadata["dataset"]
+    dataset = dataset or model.bundle.dataset
     cfg_kwargs = {"dataset": dataset, "exclude_leaked_test": exclude_leaked,
-                  "preprocess": model.metadata.get("preprocessing", {})}
+                  "preprocess": model.bundle.preprocess_args()}
     if data_root:
         cfg_kwargs["data_root"] = data_root
     cfg = TrainConfig(**cfg_kwargs)
@@ -54,7 +54,7 @@ def evaluate(bundle: str | Path, dataset: str | None = None, split: str = "test"
     probs = predict_records(model, records, progress)
     report = classification_report(np.array([r.label for r in records]), probs, model.classes,
                                    pred=model.label_index(probs))
-    report.update(bundle=str(bundle), model_id=model.metadata.get("model_id"), dataset=dataset, split=split,
+    report.update(bundle=str(bundle), model_id=model.bundle.model_id, dataset=dataset, split=split,
                   privacy=model.info["privacy"])
     # exact counts that are functions of the training images: for the data owner and the private run
     # log, never the bundle (issue 29)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from privmed.bundle.format import read_run_log
 from privmed.config import TrainConfig
 from privmed.errors import PrivmedError
 from privmed.evaluation.attacks import roc_curve
 from privmed.evaluation.dp_bounds import ceiling_auc, ceiling_tpr
 from privmed.evaluation.evaluate import predict_records
 from privmed.evaluation.metrics import classification_report, roc_auc
-from privmed.inference.bundle import read_run_log
 from privmed.inference.predictor import load_model
 from privmed.privacy.ledger import statement
 from privmed.training.data import test_records
@@ -246,29 +246,29 @@ def plot_privacy_utility(rows: list[dict], metric: str = "accuracy"):
 
 def bundle_report(bundle: Path, out: Path, data_root: Path | None = None, progress: bool = False) -> Doc:
     model = load_model(bundle)
-    meta = model.metadata
-    doc = Doc(f"privmed report: {meta.get('model_id', bundle.name)}", out)
-    priv = meta.get("privacy") or {}
+    meta = model.bundle
+    doc = Doc(f"privmed report: {meta.model_id or bundle.name}", out)
+    priv = meta.ledger
     doc.h("Model")
-    doc.table(["field", "value"], [["bundle", str(bundle)], ["dataset", meta.get("dataset")],
-                                   ["classes", ", ".join(meta["classes"])], ["model", meta["model"]["name"]],
-                                   ["input size", meta["input"]["height"]],
-                                   ["released weights", str(meta.get("released_weights", ""))],
-                                   ["weights sha256", meta.get("weights_sha256", "")[:16] + "…"]])
+    doc.table(["field", "value"], [["bundle", str(bundle)], ["dataset", meta.dataset],
+                                   ["classes", ", ".join(meta.classes)], ["model", meta.model.name],
+                                   ["input size", meta.input.height],
+                                   ["released weights", meta.released_weights or ""],
+                                   ["weights sha256", (meta.weights_sha256 or "")[:16] + "…"]])
     doc.h("Privacy")
-    if priv.get("epsilon") is None:
+    if not priv.private:
         doc.p("Non-private model (no DP guarantee).")
     else:
         doc.table(["epsilon", "delta", "noise multiplier", "clip", "sample rate", "steps", "accountant", "unit"],
-                  [[priv.get("epsilon"), priv.get("delta"), priv.get("noise_multiplier"), priv.get("max_grad_norm"),
-                    priv.get("sample_rate"), priv.get("steps"), priv.get("accountant"), priv.get("unit_of_privacy")]])
-        doc.p(statement(meta) + " See docs/PRIVACY.md.")
+                  [[priv.epsilon, priv.delta, priv.noise_multiplier, priv.max_grad_norm,
+                    priv.sample_rate, priv.steps, priv.accountant, priv.unit_of_privacy]])
+        doc.p(statement(meta.raw) + " See docs/PRIVACY.md.")
     history = read_run_log(bundle).get("history")
     if history:  # from the private run log: this report is for whoever trained the model
         doc.h("Training (private run log)")
         doc.fig(plot_history(history), "training_curves",
                 "Validation accuracy and epsilon spent per epoch (training loss without DP only)")
-    cfg_kw = {"dataset": meta["dataset"], "preprocess": meta.get("preprocessing", {})}
+    cfg_kw = {"dataset": meta.dataset, "preprocess": meta.preprocess_args()}
     if data_root:
         cfg_kw["data_root"] = data_root
     try:

@@ -62,7 +62,7 @@ def robustness(bundle: str | Path, dataset: str | None = None, data_root: Path |
     from privmed.training.data import test_records
 
     model = load_model(bundle)
-    cfg = TrainConfig(dataset=dataset or model.metadata["dataset"], preprocess=model.metadata.get("preprocessing", {}),
+    cfg = TrainConfig(dataset=dataset or model.bundle.dataset, preprocess=model.bundle.preprocess_args(),
                       **({"data_root": data_root} if data_root else {}))
     records, n_leaked = test_records(cfg)
     rng = np.random.default_rng(seed)

@@ -14,6 +14,8 @@ import torch
 from flwr.app import Context, RecordDict
 from tqdm import tqdm
 
+from privmed.bundle.format import run_dir, save_bundle, write_run_log
+from privmed.bundle.metadata import build_metadata
 from privmed.config import bundles_dir
 from privmed.federated.apps import UpdateFedAvg, client_app, quiet_flower, server_app
 from privmed.federated.config import FederatedConfig
@@ -23,9 +25,7 @@ from privmed.federated.ledger import federated_ledger
 from privmed.federated.partition import partition
 from privmed.federated.processes import run_processes
 from privmed.federated.simulation import run_ray
-from privmed.inference.bundle import run_dir, save_bundle, write_run_log
 from privmed.models import MODELS, get_model
-from privmed.pipeline import TASKS
 from privmed.privacy import DEFAULT_DELTA, check_budget
 from privmed.privacy.accounting import epsilon_of
 from privmed.training.data import load_pixels, model_inputs, split_records, unit_ids
@@ -199,20 +199,9 @@ def federate_bundle(cfg: FederatedConfig, out: Path | str | None = None, progres
     privacy = fed.ledger()
     note = ("federated: no validation releases (temperature 1, argmax decision, no out-of-distribution "
             "detector; the quality gate still runs)")
-    meta = {
-        "model_id": f"{TASKS.get(tc.dataset, tc.dataset)}-{tc.model}-fed{len(fed.hospitals)}-eps{tc.privacy.epsilon:g}",
-        "task": TASKS.get(tc.dataset, tc.dataset), "dataset": tc.dataset, "classes": fed.splits.classes,
-        "model": {"name": tc.model, "kwargs": dict(tc.model_args)},
-        "input": {"channels": 1, "height": tc.preprocess.size, "width": tc.preprocess.size, "range": [0, 1],
-                  "color": "grayscale"},
-        "preprocessing": tc.preprocess.model_dump(),
-        "training": tc.model_dump(mode="json"),
-        "federated": cfg.model_dump(mode="json", exclude={"train"}),
-        "released_weights": f"global model after round {cfg.rounds}",
-        "privacy": privacy, "calibration": {"method": "none", "temperature": 1.0, "note": note},
-        "decision": None, "ood": None,
-        "run_log": "private, beside the bundle (<bundle>.run/), never released",
-    }
+    meta = build_metadata(tc, fed.splits.classes, released_weights=f"global model after round {cfg.rounds}",
+                          privacy=privacy, calibration={"method": "none", "temperature": 1.0, "note": note},
+                          federated=cfg.model_dump(mode="json", exclude={"train"}), hospitals=len(fed.hospitals))
     save_bundle(out, model, meta)
     sizes = [{"hospital": h + 1, "images": int(len(p)),
               "class_counts": np.bincount(np.array([fed.splits.train[i].label for i in p]),

@@ -29,7 +29,7 @@ def usable_int8(bundle: Path, meta: dict) -> Path | None:
         record = json.loads((d / RECORD_FILE).read_text())
     except (OSError, ValueError):
         return None
-    from privmed.inference.bundle import sha256_file
+    from privmed.files import sha256_file
     from privmed.inference.onnx_export import ONNX_FILE
 
     path, fp32 = d / INT8_FILE, Path(bundle) / ONNX_FILE

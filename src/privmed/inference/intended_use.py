@@ -1,8 +1,8 @@
 """Intended use as data: who and what each task's model was trained on, and the refusals when a
 DICOM header says the input lies outside it.
 
-The table states only what the dataset sources state (``../shared/datasets/README.md`` and the
-dataset publications); ``None`` means the source does not say, and nothing is then checked.
+The entries live in the table of tasks (``privmed.bundle.tasks``): only what the dataset sources
+state; ``None`` means the source does not say, and nothing is then checked.
 Refusal reasons are categorical: they reach API answers, FHIR reports and the audit log, so they
 never carry the patient's age, a date or an identifier.
 """
@@ -12,57 +12,22 @@ import copy
 import math
 import re
 
+from privmed.bundle.schema import BundleMetadata
+from privmed.bundle.tasks import TASKS
+
 ADULT_YEARS = 18
 PREFIX = "outside intended use: "
-_CHEST = ["CHEST", "THORAX", "LUNG"]
 
-TABLE = {
-    "pneumonia": {
-        "population": "paediatric patients aged 1-5 years, retrospective cohorts from one centre",
-        "age_years": [1, 5],
-        # the source says anterior-posterior; PA is the other frontal projection, lateral views are refused
-        "views": ["AP", "PA"],
-        "body_parts": _CHEST,
-        "acquisition": "frontal chest radiographs (the source describes them as anterior-posterior), "
-                       "taken in routine clinical care",
-        "source": "Kermany, Zhang, Goldbaum et al. 2018, Mendeley Data (CC BY 4.0): Guangzhou Women and "
-                  "Children's Medical Center, Guangzhou, China",
-    },
-    "brain_tumor": {
-        "population": "not stated by the source (a merge of the figshare, SARTAJ and Br35H collections)",
-        "age_years": None,
-        "views": None,
-        "body_parts": ["BRAIN", "HEAD"],
-        "acquisition": "brain MRI slices as 2-D images; sequences not stated by the source",
-        "source": "Brain Tumor MRI Dataset, M. Nickparvar, Kaggle 2021 (figshare, SARTAJ and Br35H)",
-    },
-    "covid19": {
-        "population": "not stated by the source",
-        "age_years": None,
-        "views": None,
-        "body_parts": _CHEST,
-        "acquisition": "chest X-ray images; projection not stated by the source",
-        "source": "Covid-19 Image Dataset, P. Raikote, Kaggle 2020",
-    },
-    "covid19_ct": {
-        "population": "COVID-19 positive and negative patients from hospitals in Sao Paulo, Brazil "
-                      "(about 120 patients)",
-        "age_years": None,
-        "views": None,
-        "body_parts": _CHEST,
-        "acquisition": "2-D lung CT slices (display images, no Hounsfield units)",
-        "source": "SARS-CoV-2 CT-scan dataset, Soares et al. 2020",
-    },
-}
+# task -> intended use, from the one table of tasks
+TABLE = {t.task: t.intended_use for t in TASKS.values()}
 
 
-def for_bundle(metadata: dict) -> dict | None:
+def for_bundle(meta: BundleMetadata) -> dict | None:
     """The bundle's own ``intended_use`` block, else the table entry for its task (bundles made
     before the block existed are not rewritten: their metadata may be signed)."""
-    m = metadata or {}
-    if isinstance(m.get("intended_use"), dict):
-        return copy.deepcopy(m["intended_use"])
-    entry = TABLE.get(m.get("task") or "")
+    if meta.intended_use is not None:
+        return meta.intended_use.dump()
+    entry = TABLE.get(meta.task or "")
     return copy.deepcopy(entry) if entry else None
 
 

@@ -105,10 +105,11 @@ def write_graph(net, meta: dict, out: Path, *, opset: int = 17, check_images: in
 def export(bundle_path: str | Path, *, opset: int = 17, repeats: int = 10, check_images: int = 4,
            seed: int = 0) -> dict:
     """Write ``model.onnx``, verify it against torch, time both, record the ``onnx`` block."""
-    from privmed.inference.bundle import load_bundle, update_metadata
+    from privmed.bundle.format import load_bundle, update_metadata
 
     bundle_path = Path(bundle_path)
-    net, meta = load_bundle(bundle_path)
+    net, bundle = load_bundle(bundle_path)
+    meta = bundle.raw
     h, w = input_size(meta)
     gen = torch.Generator().manual_seed(seed)
     out = bundle_path / ONNX_FILE

@@ -14,12 +14,15 @@ import torch
 
 import privmed.inference.intended_use as intended_use
 import privmed.inference.site as site_calibration
+from privmed.bundle.format import load_bundle
+from privmed.bundle.schema import NON_PRIVATE, PrivacyLedger
 from privmed.config import PreprocessConfig, bundle_search_dirs
 from privmed.data.read import MAX_BYTES, Image, load_image
 from privmed.data.transforms import Preprocess
 from privmed.errors import BundleError, ImageReadError
-from privmed.inference.bundle import load_bundle
+from privmed.inference.report import check_modality, default_window, model_card
 from privmed.inference.runtime import choose as choose_runtime
+from privmed.privacy.ledger import statement
 
 
 @dataclass
@@ -48,18 +51,20 @@ class Prediction:
 class Model:
     """A loaded bundle. ``predict`` takes a path, bytes, numpy array or PIL image. ``local_graphs=False``
     never serves the unsigned int8 graph from ``BUNDLE.local/`` (the registry passes it when bundles
-    must be signed)."""
+    must be signed). ``bundle``: the typed metadata; ``metadata``: the same as its JSON document."""
 
     def __init__(self, path: Path, local_graphs: bool = True, site: Path | bool = True):
         self.path = Path(path)
-        self.net, self.metadata = load_bundle(self.path)
-        self.classes: list[str] = self.metadata["classes"]
-        self.preprocess = Preprocess(PreprocessConfig(**self.metadata.get("preprocessing", {})))
-        self.temperature = float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
-        self.min_confidence = float(self.metadata.get("abstain", {}).get("min_confidence", 0.0))
-        self.ood = self.metadata.get("ood")
-        self.decision = self.metadata.get("decision")  # two classes: DP-chosen operating point
-        self.intended = intended_use.for_bundle(self.metadata)  # population and acquisition it was trained on
+        self.net, self.bundle = load_bundle(self.path)
+        self.metadata = self.bundle.raw
+        meta = self.bundle
+        self.classes: list[str] = list(meta.classes)
+        self.preprocess = Preprocess(PreprocessConfig(**meta.preprocess_args()))
+        self.temperature = float(meta.temperature)
+        self.min_confidence = float(meta.abstain.min_confidence if meta.abstain else 0.0)
+        self.ood = meta.ood.dump() if meta.ood else None
+        self.decision = meta.decision.dump() if meta.decision else None  # two classes: DP-chosen operating point
+        self.intended = intended_use.for_bundle(meta)  # population and acquisition it was trained on
         self.site = None  # a site calibration beside the bundle (BUNDLE.site/), applied over the above
         if site is not False:
             self.use_site(site_calibration.load(self.path, self.metadata, None if site is True else site))
@@ -78,17 +83,16 @@ class Model:
     @property
     def info(self) -> dict:
         """The model's summary in every prediction; built once per site calibration in use."""
-        from privmed.privacy.ledger import statement
-
         cached = self.__dict__.get("_info")
         if cached is not None and cached[0] is self.site:
             return cached[1]
-        p = self.metadata.get("privacy") or {"mechanism": "none (non-private)"}
-        info = {"id": self.metadata.get("model_id", self.path.name), "task": self.metadata.get("task"),
-                "dataset": self.metadata.get("dataset"), "weights_sha256": self.metadata.get("weights_sha256"),
+        meta = self.bundle
+        p = meta.privacy or PrivacyLedger(mechanism=NON_PRIVATE)
+        info = {"id": meta.model_id if "model_id" in meta.model_fields_set else self.path.name, "task": meta.task,
+                "dataset": meta.dataset, "weights_sha256": meta.weights_sha256,
                 "intended_use": self.intended,
-                "privacy": {**{k: p.get(k) for k in ("mechanism", "epsilon", "delta", "unit_of_privacy")},
-                            "statement": statement(self.metadata)},
+                "privacy": {"mechanism": p.mechanism, "epsilon": p.epsilon, "delta": p.delta,
+                            "unit_of_privacy": p.unit_of_privacy, "statement": statement(self.metadata)},
                 "site_calibration": site_calibration.summary(self.site) if self.site else None,
                 "runtime": self.backend}
         self._info = (self.site, info)
@@ -97,11 +101,9 @@ class Model:
     def card(self, name: str | None = None) -> dict:
         """``report.model_card`` for this model and the site calibration it serves with, built once
         (a site calibrated later loads a new ``Model``: the registry re-verifies changed bundles)."""
-        from privmed.inference.report import model_card
-
         cached = self.__dict__.get("_card")
         if cached is None or cached[0] != name or cached[1] is not self.site:
-            cached = self._card = (name, self.site, model_card(self.metadata, name, self.site))
+            cached = self._card = (name, self.site, model_card(self.bundle, name, self.site))
         return cached[2]
 
     def label_index(self, probs: np.ndarray) -> np.ndarray:
@@ -157,9 +159,7 @@ class Model:
 
     def dicom_options(self, window: str | None = None, frame: int | None = None) -> dict:
         """How this model reads a DICOM: the file's window, else its task's named CT window."""
-        from privmed.inference.report import default_window
-
-        return {"window": window or "file", "default_window": default_window(self.metadata), "frame": frame}
+        return {"window": window or "file", "default_window": default_window(self.bundle), "frame": frame}
 
     def predict(self, image, *, explain: bool = False, check_quality: bool = True, window: str | None = None,
                 frame: int | None = None, scores=None, source: str = "file") -> Prediction:
@@ -176,10 +176,8 @@ class Model:
                max_bytes: int = MAX_BYTES) -> Image:
         """Decode (``data.read``, typed errors, ``max_bytes`` the upload limit) and refuse what this model
         cannot read: a DICOM of another modality (``WrongModality``), an image under 2 px."""
-        from privmed.inference.report import check_modality
-
         img = load_image(image, max_bytes=max_bytes, **self.dicom_options(window, frame))
-        check_modality(img.meta, self.metadata)
+        check_modality(img.meta, self.bundle)
         if min(img.pixels.shape) < 2:
             raise ImageReadError(f"the image is {img.pixels.shape[1]}x{img.pixels.shape[0]} px; too small to classify")
         return img

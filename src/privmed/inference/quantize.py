@@ -86,7 +86,7 @@ def quantize_bundle(bundle: str | Path, calib: str, *, eval_source: str | None =
     from privmed.config import default_data_root
     from privmed.data.datasets import open_dataset
     from privmed.errors import BundleError, PrivmedError
-    from privmed.inference.bundle import sha256_file
+    from privmed.files import sha256_file
     from privmed.inference.onnx_export import ONNX_FILE, session
     from privmed.inference.predictor import load_model
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from privmed.bundle.format import read_metadata
+from privmed.bundle.schema import BundleMetadata
+from privmed.bundle.signing import verify
 from privmed.config import bundle_search_dirs
 from privmed.errors import BundleError
 from privmed.inference import site as site_calibration
-from privmed.inference.bundle import read_metadata
 from privmed.inference.intended_use import for_bundle
 from privmed.inference.predictor import Model
 from privmed.inference.runtime import expected
@@ -35,21 +37,19 @@ class Registry:
         self.scan_default = scan_default
         self.pubkey = Path(pubkey) if pubkey else None  # when set, only bundles signed with its key load
         self._loaded: dict[Path, tuple[tuple, object]] = {}  # path -> (files stamp, Model)
-        self._meta: dict[Path, tuple[tuple, dict]] = {}  # path -> ((mtime, size), metadata)
+        self._meta: dict[Path, tuple[tuple, BundleMetadata]] = {}  # path -> ((mtime, size), metadata)
         self._started: dict[Path, dict] = {}  # loaded by load_all -> last good entry (listed even when broken)
         self._lock = threading.Lock()
 
-    def _read(self, d: Path) -> dict:
-        """Metadata, re-read only when the file changed: bundles carry ~1 MB of OOD statistics, and
+    def _read(self, d: Path) -> BundleMetadata:
+        """Typed metadata, re-read only when the file changed: bundles carry ~1 MB of OOD statistics, and
         parsing every bundle's JSON on every request cost more than the prediction itself."""
         st = (d / "metadata.json").stat()
         stamp = (st.st_mtime_ns, st.st_size)
         cached = self._meta.get(d)
         if cached and cached[0] == stamp:
             return cached[1]
-        m = read_metadata(d)
-        if not isinstance(m, dict):
-            raise BundleError(f"{d / 'metadata.json'} is not a JSON object; the bundle is damaged")
+        m = read_metadata(d)  # BundleError when it is not a metadata object
         self._meta[d] = (stamp, m)
         return m
 
@@ -71,7 +71,7 @@ class Registry:
             try:
                 read_metadata(d)  # its message says what is missing
                 m = self._read(d.resolve())
-                entry = {"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m}
+                entry = {"id": m.model_id or d.name, "name": d.name, "path": d, "metadata": m}
                 self.model(entry)
                 self._started[d.resolve()] = entry
             except (BundleError, OSError) as e:
@@ -94,7 +94,7 @@ class Registry:
                 if r in self._started:
                     out.append(dict(self._started[r], broken=f"bundle '{d.name}' has damaged metadata: {e}"))
                 continue
-            entry = {"id": m.get("model_id") or d.name, "name": d.name, "path": d, "metadata": m}
+            entry = {"id": m.model_id or d.name, "name": d.name, "path": d, "metadata": m}
             if r in self._started:
                 self._started[r] = entry
             out.append(entry)
@@ -133,8 +133,6 @@ class Registry:
                 return cached[1]
             self._loaded.pop(path, None)  # never keep serving a bundle whose files changed unverified
             if self.pubkey:
-                from privmed.inference.signing import verify
-
                 verify(path, self.pubkey)
             try:
                 m = Model(path, local_graphs=not self.pubkey)  # signed files only: no BUNDLE.local graph
@@ -149,7 +147,7 @@ class Registry:
         """The entry's site calibration (``inference.site``) for the views; None where there is none or
         it does not fit the weights (then the model itself refuses to load and says why)."""
         try:
-            return site_calibration.load(Path(entry["path"]), entry["metadata"])
+            return site_calibration.load(Path(entry["path"]), entry["metadata"].raw)
         except BundleError:
             return None
 
@@ -158,7 +156,7 @@ class Registry:
         cached = self._loaded.get(Path(entry["path"]).resolve())
         if cached:
             return cached[1].backend
-        return expected(Path(entry["path"]), entry["metadata"], local_graphs=not self.pubkey)
+        return expected(Path(entry["path"]), entry["metadata"].raw, local_graphs=not self.pubkey)
 
     def summaries(self) -> list[dict]:
         """One summary per bundle: what ``/v1/models`` and ``privmed models`` both show."""
@@ -166,14 +164,14 @@ class Registry:
 
     def summary(self, e: dict) -> dict:
         m, site = e["metadata"], self.site(e)
-        p = m.get("privacy") or {}
-        return {"id": e["id"], "name": e["name"], "task": m.get("task"), "dataset": m.get("dataset"),
-                "classes": m.get("classes"), "architecture": (m.get("model") or {}).get("name"),
-                "version": m.get("weights_sha256"), "epsilon": p.get("epsilon"), "delta": p.get("delta"),
-                "unit_of_privacy": p.get("unit_of_privacy"), "neighbouring_relation": p.get("neighbouring_relation"),
-                "privacy_statement": statement(m), "intended_use": for_bundle(m),
+        p = m.ledger
+        return {"id": e["id"], "name": e["name"], "task": m.task, "dataset": m.dataset,
+                "classes": m.classes, "architecture": m.model.name,
+                "version": m.weights_sha256, "epsilon": p.epsilon, "delta": p.delta,
+                "unit_of_privacy": p.unit_of_privacy, "neighbouring_relation": p.neighbouring_relation,
+                "privacy_statement": statement(m.raw), "intended_use": for_bundle(m),
                 "site_calibration": site_calibration.summary(site) if site else None,
-                "ood": bool(m.get("ood")), "onnx": bool((m.get("onnx") or {}).get("faster")),
+                "ood": m.ood is not None, "onnx": bool(m.onnx and m.onnx.faster),
                 "runtime": self.runtime(e),
                 # a bundle loaded at start whose files went bad stays listed; predict on it answers 503
                 "available": not e.get("broken")}

@@ -14,40 +14,40 @@ import datetime as dt
 import uuid
 
 import privmed.inference.site as site_calibration
+from privmed.bundle.schema import NON_PRIVATE, BundleMetadata
+from privmed.bundle.tasks import for_task
 from privmed.errors import WrongModality
 from privmed.inference.intended_use import describe, for_bundle
+from privmed.privacy.ledger import statement
 
 AIAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "AIAST",
          "display": "Artificial Intelligence asserted"}
 ABSTAIN_MESSAGE = "The model abstains: refer this image to a radiologist."
 
-# task -> DICOM modalities the model was trained on (X-ray: CR, DX, DR; MRI: MR); OT/absent pass
-MODALITIES = {"pneumonia": ("CR", "DX", "DR", "RG"), "covid19": ("CR", "DX", "DR", "RG"), "brain_tumor": ("MR",),
-              "covid19_ct": ("CT",)}
-# task -> named HU window used when a CT DICOM carries none (see data.dicom.CT_WINDOWS)
-DEFAULT_WINDOWS = {"covid19_ct": "lung"}
 _MODALITY_NAMES = {"CR": "computed radiography", "DX": "digital X-ray", "DR": "digital radiography",
                    "RG": "radiographic imaging", "MR": "MRI", "CT": "CT", "US": "ultrasound",
                    "NM": "nuclear medicine", "PT": "PET", "MG": "mammography", "XA": "angiography"}
 
 
-def check_modality(image_meta: dict, model_metadata: dict) -> None:
-    """Refuse a DICOM whose Modality tag says it is not what the model reads (MR to an X-ray model)."""
+def check_modality(image_meta: dict, meta: BundleMetadata) -> None:
+    """Refuse a DICOM whose Modality tag says it is not what the model reads (MR to an X-ray model):
+    the task's DICOM modalities (``bundle.tasks``); OT and an absent tag pass."""
     modality = (image_meta or {}).get("modality")
-    allowed = MODALITIES.get((model_metadata or {}).get("task") or "")
+    task = for_task(meta.task)
+    allowed = task.dicom_modalities if task else None
     if not modality or not allowed or modality in allowed or modality == "OT":
         return
     name = _MODALITY_NAMES.get(modality, modality)
     raise WrongModality(
         f"the DICOM Modality is {modality} ({name}) but this model reads {'/'.join(allowed)} images "
-        f"({model_metadata.get('task')}); choose a model for this modality"
+        f"({meta.task}); choose a model for this modality"
     )
 
 
-def default_window(model_metadata: dict) -> str | None:
+def default_window(meta: BundleMetadata) -> str | None:
     """The named CT window a bundle's task was trained for (its metadata may say otherwise)."""
-    m = model_metadata or {}
-    return (m.get("dicom") or {}).get("default_window") or DEFAULT_WINDOWS.get(m.get("task") or "")
+    task = for_task(meta.task)
+    return (meta.dicom.default_window if meta.dicom else None) or (task.default_window if task else None)
 
 
 def safe_image_meta(meta: dict) -> dict:
@@ -58,32 +58,37 @@ def safe_image_meta(meta: dict) -> dict:
     return {k: meta[k] for k in keep if k in (meta or {})}
 
 
-def model_card(metadata: dict, name: str | None = None, site: dict | None = None) -> dict:
+LEDGER_KEYS = ("mechanism", "epsilon", "epsilon_target", "epsilon_train", "epsilon_validation", "delta",
+               "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs", "accountant", "unit_of_privacy",
+               "neighbouring_relation", "n_units_train_dp", "n_units_validation_dp", "randomness", "releases",
+               "composition", "assumptions", "class_weights", "opacus_version")
+
+
+def _block(block) -> dict | None:
+    return block.dump() if block is not None else None
+
+
+def model_card(meta: BundleMetadata, name: str | None = None, site: dict | None = None) -> dict:
     """What a clinician or auditor needs to judge a bundle; the full privacy ledger included, and the
     site calibration in use (``site``: ``inference.site.load``'s document) with its own guarantee."""
-    from privmed.privacy.ledger import statement
-
-    p = metadata.get("privacy") or {}
-    ledger_keys = ("mechanism", "epsilon", "epsilon_target", "epsilon_train", "epsilon_validation", "delta",
-                   "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epochs", "accountant",
-                   "unit_of_privacy", "neighbouring_relation", "n_units_train_dp", "n_units_validation_dp",
-                   "randomness", "releases", "composition", "assumptions", "class_weights", "opacus_version")
-    test = (metadata.get("metrics") or {}).get(f"{metadata.get('dataset')}/test") or {}
+    ledger = _block(meta.privacy) or {}
+    test = _block(meta.test_metrics()) or {}
+    ood = meta.ood.model_dump(mode="json", exclude_unset=True, exclude={"means", "components", "variances"}) \
+        if meta.ood else None
     return {
-        "id": metadata.get("model_id") or name, "name": name, "task": metadata.get("task"),
-        "dataset": metadata.get("dataset"), "classes": metadata.get("classes"),
-        "architecture": (metadata.get("model") or {}).get("name"), "backbone": metadata.get("backbone"),
-        "version": metadata.get("weights_sha256"), "created_at": metadata.get("created_at"),
-        "input": metadata.get("input"), "preprocessing": metadata.get("preprocessing"),
-        "privacy": {k: p.get(k) for k in ledger_keys if k in p} or {"mechanism": "none (non-private)"},
-        "privacy_statement": statement(metadata),
-        "calibration": {k: v for k, v in (metadata.get("calibration") or {}).items()},
-        "decision": metadata.get("decision"),
-        "ood": {k: v for k, v in (metadata.get("ood") or {}).items()
-                if k not in ("means", "components", "variances")} or None,
+        "id": meta.model_id or name, "name": name, "task": meta.task,
+        "dataset": meta.dataset, "classes": meta.classes,
+        "architecture": meta.model.name, "backbone": _block(meta.backbone),
+        "version": meta.weights_sha256, "created_at": meta.created_at,
+        "input": _block(meta.input), "preprocessing": _block(meta.preprocessing),
+        "privacy": {k: ledger[k] for k in LEDGER_KEYS if k in ledger} or {"mechanism": NON_PRIVATE},
+        "privacy_statement": statement(meta.raw),
+        "calibration": _block(meta.calibration) or {},
+        "decision": _block(meta.decision),
+        "ood": ood or None,
         "test_metrics": {k: v for k, v in test.items() if isinstance(v, (int, float, str))},
-        "versions": metadata.get("versions"),
-        "intended_use": for_bundle(metadata),  # population and acquisition; a DICOM outside it is refused
+        "versions": _block(meta.versions),
+        "intended_use": for_bundle(meta),  # population and acquisition; a DICOM outside it is refused
         "site_calibration": site_calibration.summary(site) if site else None,
         "use": "research decision support only; not a medical device. Trained on public research "
                "datasets; abstains (refer to a radiologist) on poor-quality or unfamiliar images.",

@@ -24,6 +24,6 @@ def get_model(model_ref: str, request: Request, p=Depends(require("models"))):
         e = registry.find(model_ref)
     except UnknownModel as ex:
         raise HTTPException(404, str(ex)) from None
-    request.state.audit.update(model_id=e["id"], model_version=e["metadata"].get("weights_sha256"))
+    request.state.audit.update(model_id=e["id"], model_version=e["metadata"].weights_sha256)
     return model_card(e["metadata"], e["name"], registry.site(e))
 

@@ -65,10 +65,10 @@ async def predict(request: Request, p=Depends(require("predict")),
     except BundleError as e:
         log.error("model %s unavailable: %s", entry["id"], e)
         raise HTTPException(503, f"model '{entry['id']}' is unavailable: {e}") from None
-    meta = model.metadata
+    meta = model.bundle
     audit = request.state.audit
-    audit.update(model_id=entry["id"], model_version=meta.get("weights_sha256"),
-                 epsilon=(meta.get("privacy") or {}).get("epsilon"), input_sha256=[])
+    audit.update(model_id=entry["id"], model_version=meta.weights_sha256, epsilon=meta.ledger.epsilon,
+                 input_sha256=[])
     results = [await _one(request, model, entry, u, i, len(uploads), opts, settings.max_file_bytes, source)
                for i, u in enumerate(uploads)]  # one upload in memory at a time
     audit["output"] = [{"label": r["label"], "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()},

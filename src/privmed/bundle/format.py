@@ -1,8 +1,11 @@
-"""The model bundle: a directory with ``metadata.json`` and ``weights.safetensors``.
+"""The model bundle on disk: a directory with ``metadata.json`` and ``weights.safetensors``.
 
 Metadata describes everything needed to use and judge the model (classes, input spec,
-preprocessing, training config, metrics, data fingerprint, privacy ledger, versions). The
-weights' SHA-256 is checked on every load, so a tampered bundle is refused.
+preprocessing, training config, metrics, data fingerprint, privacy ledger, versions); its typed
+form is ``privmed.bundle.schema.BundleMetadata``. It is written here only: ``save_bundle`` (a new
+bundle, metadata from ``privmed.bundle.metadata.build_metadata``), ``update_metadata`` and
+``record_metrics`` (blocks added later); each validates the document through the schema before
+writing. The weights' SHA-256 is checked on every load, so a tampered bundle is refused.
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from privmed.bundle.schema import Backbone, BundleMetadata
 from privmed.errors import BundleError
-from privmed.files import atomic_write_text, sha256_file  # noqa: F401 - re-exported
+from privmed.files import atomic_write_text, sha256_file
 from privmed.models import MODELS, SplitModel, get_model
 from privmed.version import __version__
 
@@ -38,7 +43,8 @@ def versions() -> dict:
 
 
 def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
-    """Write atomically: a crash leaves either the old bundle or the new one, never half of one."""
+    """Write atomically: a crash leaves either the old bundle or the new one, never half of one.
+    The completed metadata is validated through the schema first (``BundleError`` names a bad block)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -50,7 +56,9 @@ def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
                     backbone=model.backbone or None)
         meta.setdefault("created_at", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         meta.setdefault("versions", versions())
-        (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=False, default=str))
+        meta = json.loads(json.dumps(meta, default=str))  # the JSON values that will be read back
+        BundleMetadata.parse(meta, f"metadata of {out.name}")
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=False))
         if out.exists():
             extra = [p for p in out.iterdir() if p.name not in (WEIGHTS, METADATA)]
             for p in extra:  # keep artefacts that belong to the bundle (model.onnx, reports)
@@ -63,36 +71,38 @@ def save_bundle(out: Path, model: SplitModel, metadata: dict) -> Path:
     return out
 
 
-def update_metadata(path: Path, **blocks) -> dict:
-    """Add or replace top-level blocks (metrics, calibration, audit...) without touching weights."""
+def update_metadata(path: Path, **blocks) -> BundleMetadata:
+    """Add or replace top-level blocks (metrics, calibration, audit...) without touching weights; the
+    result is validated through the schema before it replaces the file."""
     path = Path(path)
-    meta = read_metadata(path)
-    meta.update(blocks)
-    atomic_write_text(path / METADATA, json.dumps(meta, indent=2, default=str))
-    return meta
+    meta = dict(read_metadata(path).raw)
+    meta.update(json.loads(json.dumps(blocks, default=str)))
+    typed = BundleMetadata.parse(meta, f"{path / METADATA} with {', '.join(blocks)} updated")
+    atomic_write_text(path / METADATA, json.dumps(meta, indent=2))
+    return typed
 
 
-def read_metadata(path: Path) -> dict:
+def read_metadata(path: Path) -> BundleMetadata:
+    """The typed metadata (``.raw``: the JSON document as read)."""
     path = Path(path)
     if not (path / METADATA).is_file():
         raise BundleError(f"{path} is not a privmed bundle (no {METADATA}); train one with `privmed train`")
     try:
-        return json.loads((path / METADATA).read_text())
+        raw = json.loads((path / METADATA).read_text())
     except json.JSONDecodeError as e:
         raise BundleError(f"{path / METADATA} is not valid JSON ({e}); the bundle is damaged") from None
+    return BundleMetadata.parse(raw, str(path / METADATA))
 
 
-def _check_backbone_code(recorded: dict, current: dict) -> None:
+def _check_backbone_code(recorded: Backbone | None, current: dict) -> None:
     """Same weights run by different backbone code give different features: refuse a bundle whose
     recorded backbone code version differs from the installed one; warn for a bundle from before
     versions were recorded (its head was trained on the old features; retrain it)."""
     have = current.get("code_version")
     if not recorded or not have:
         return
-    want = recorded.get("code_version")
+    want = recorded.code_version
     if want is None:
-        import warnings
-
         warnings.warn(f"bundle predates backbone code version '{have}' (its frozen features came from an older "
                       "implementation of the backbone, which differ); retrain the bundle", stacklevel=3)
     elif want != have:
@@ -100,31 +110,30 @@ def _check_backbone_code(recorded: dict, current: dict) -> None:
                           "retrain the bundle or install the privmed version it was made with")
 
 
-def load_bundle(path: Path) -> tuple[SplitModel, dict]:
+def load_bundle(path: Path) -> tuple[SplitModel, BundleMetadata]:
     path = Path(path)
     meta = read_metadata(path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"bundle format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    if meta.format_version != FORMAT_VERSION:
+        raise BundleError(f"bundle format {meta.format_version} is not supported (expected {FORMAT_VERSION})")
     wpath = path / WEIGHTS
     if not wpath.is_file():
         raise BundleError(f"{path} has no {WEIGHTS}; the bundle is incomplete")
-    if sha256_file(wpath) != meta.get("weights_sha256"):
+    if sha256_file(wpath) != meta.weights_sha256:
         raise BundleError(f"weights of {path} do not match the checksum in {METADATA}: the bundle was modified "
                           "or damaged; do not use it, re-train or restore it")
-    arch = meta.get("model", {})
-    if arch.get("name") not in MODELS:
-        raise BundleError(f"bundle asks for unknown model '{arch.get('name')}'")
-    model = get_model(arch["name"], len(meta["classes"]), **arch.get("kwargs", {}))
-    want = (meta.get("backbone") or {}).get("sha256")
+    arch = meta.model
+    if arch.name not in MODELS:
+        raise BundleError(f"bundle asks for unknown model '{arch.name}'")
+    model = get_model(arch.name, len(meta.classes), **arch.kwargs)
+    want = meta.backbone.sha256 if meta.backbone else None
     if want and model.backbone.get("sha256") != want:
-        raise BundleError("installed backbone weights differ from those the bundle was trained on; install "
-                          f"{meta['backbone'].get('package')}")
-    _check_backbone_code(meta.get("backbone") or {}, model.backbone)
+        raise BundleError(f"installed backbone weights differ from those the bundle was trained on; install "
+                          f"{meta.backbone.package}")
+    _check_backbone_code(meta.backbone, model.backbone)
     try:
         model.trainable.load_state_dict(load_file(wpath))
     except RuntimeError as e:
-        n = len(meta["classes"])
-        raise BundleError(f"weights do not fit model '{arch['name']}' with {n} classes: {e}") from None
+        raise BundleError(f"weights do not fit model '{arch.name}' with {len(meta.classes)} classes: {e}") from None
     return model.eval(), meta
 
 
@@ -158,7 +167,7 @@ def record_metrics(bundle: Path, key: str, metrics: dict, private: dict) -> Path
     def public(entry: dict) -> dict:
         return {k: v for k, v in entry.items() if k not in PRIVATE_METRICS}
 
-    entries = {k: public(e) for k, e in read_metadata(bundle).get("metrics", {}).items()}
+    entries = {k: public(e.dump()) for k, e in read_metadata(bundle).metrics.items()}
     update_metadata(bundle, metrics={**entries, key: public(metrics)})
     if not (run_dir(bundle) / "run.json").is_file():
         return None
