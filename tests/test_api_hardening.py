@@ -210,3 +210,24 @@ def test_body_without_length_is_capped_while_streaming(tmp_path, small_bundle):
     with TestClient(app, client=("127.0.0.1", 1)) as c:
         r = c.post("/v1/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 413 and "body is over the 1 MiB limit" in r.json()["detail"], r.text
+
+
+def test_an_unhandled_error_is_a_logged_500_and_later_requests_chain_on(tmp_path):
+    app = create_app(settings(tmp_path, []))
+
+    def boom():
+        raise RuntimeError("a bug, not for the client")
+
+    def late():
+        return {"rows_before": len(app.state.store.rows())}
+
+    app.add_api_route("/v1/boom", boom)
+    app.add_api_route("/v1/late", late)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/v1/boom")
+        assert r.status_code == 500 and r.json() == {"detail": "internal error; the request was logged"}
+        row = app.state.store.rows()[-1]
+        assert (row["path"], row["status"], row["key_id"]) == ("/v1/boom", 500, None)
+        assert client.get("/v1/late").json() == {"rows_before": 1}
+        assert [(r["path"], r["status"]) for r in app.state.store.rows()] == [("/v1/boom", 500), ("/v1/late", 200)]
+    assert app.state.store.verify()["ok"]

@@ -33,6 +33,23 @@ def test_concurrent_images_share_calls_and_keep_their_results():
     assert b.images == 24 and b.calls <= 24
 
 
+def test_workers_run_batches_at_once():
+    both, started = threading.Barrier(2, timeout=10), []
+
+    def meet(x):  # returns only when two calls are running at the same time
+        started.append(len(x))
+        both.wait()
+        return fake_scores(x)
+
+    b = MicroBatcher(meet, max_batch=1, max_wait_s=0, workers=2)
+    out = {}
+    ts = [threading.Thread(target=lambda i=i: out.update({i: b.scores(torch.full((1, 1, 2, 2), float(i)))}))
+          for i in range(2)]
+    [t.start() for t in ts]
+    [t.join(10) for t in ts]
+    assert sorted(float(out[i][0][0, 0]) for i in range(2)) == [0.0, 2.0] and (b.calls, b.images) == (2, 2)
+
+
 def test_lone_requests_each_run_alone():
     b = MicroBatcher(fake_scores, max_batch=8, max_wait_s=0.005)
     for i in range(3):

@@ -133,7 +133,9 @@ def test_batch_settings(monkeypatch):
 
     monkeypatch.setenv("PRIVMED_BATCH_WAIT_MS", "50")  # capped at 5 ms, as before
     monkeypatch.setenv("PRIVMED_BATCH_MAX", "4")
-    assert settings_from_env() == {"max_batch": 4, "max_wait_s": 0.005, "max_queue": 64}
+    assert settings_from_env() == {"max_batch": 4, "max_wait_s": 0.005, "max_queue": 64, "workers": 1}
+    monkeypatch.setenv("PRIVMED_BATCH_WORKERS", "3")
+    assert settings_from_env()["workers"] == 3
     monkeypatch.setenv("PRIVMED_BATCH", "off")
     assert settings_from_env() is None
 
@@ -162,3 +164,24 @@ def test_settings_doc_is_generated_from_the_model():
     out = subprocess.run([sys.executable, "-m", "privmed.config", "--markdown"], capture_output=True, text=True,
                          check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert out.stdout == doc
+
+
+def test_api_server_runs_one_forward_per_core_unless_told(monkeypatch):
+    import os
+
+    from privmed.config import parallel_forwards, settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for name in ("PRIVMED_BATCH_WORKERS", "PRIVMED_ORT_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    parallel_forwards()
+    assert (settings().batch_workers, settings().ort_threads) == (2, 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("PRIVMED_BATCH_WORKERS")
+    monkeypatch.delenv("PRIVMED_ORT_THREADS")
+    parallel_forwards()
+    assert (settings().batch_workers, settings().ort_threads) == (4, 4)
+    monkeypatch.delenv("PRIVMED_BATCH_WORKERS")
+    monkeypatch.setenv("PRIVMED_ORT_THREADS", "2")  # an operator's choice wins
+    parallel_forwards()
+    assert (settings().batch_workers, settings().ort_threads) == (None, 2)

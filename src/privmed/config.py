@@ -95,11 +95,14 @@ class Settings(BaseSettings):
     batch_max: int = Field(16, description="most images in one micro-batch")
     batch_wait_ms: float = Field(5.0, description="longest wait to fill a micro-batch in ms (capped at 5)")
     batch_queue: int = Field(64, description="requests queued for a micro-batch before answering 503")
+    batch_workers: int | None = Field(None, ge=1, description="micro-batches run at once (default 1; `privmed api`: "
+                                                              "one per core, at most 4)")
     onnx: AutoOnOff = Field("auto", description="ONNX Runtime: auto (the bundle's model.onnx when it was timed faster, "
                                                 "else a checked graph exported into the cache on first load), on "
                                                 "(the bundle's model.onnx even when timed slower), off (torch)")
     int8: AutoOff = Field("auto", description="the accepted int8 graph of a bundle: auto (or on) uses it, off never")
-    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default)")
+    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: its default; `privmed api`: "
+                                                  "the cores shared out among PRIVMED_BATCH_WORKERS)")
     ort_spin: OnOff = Field(False, description="ONNX Runtime threads spin while waiting for work")
     # signed checkpoints of the audit log (each also a `privmed log` flag, which wins)
     log_sink: Path | None = Field(None, description="append-only JSON-lines file of signed checkpoints")
@@ -144,6 +147,21 @@ def settings() -> Settings:
     _cached = (key, value)
     return value
 
+
+
+def parallel_forwards() -> None:
+    """``privmed api``'s network calls: one per core at once (at most 4), each on its share of the
+    cores in ONNX Runtime, unless ``PRIVMED_BATCH_WORKERS`` or ``PRIVMED_ORT_THREADS`` is set (then
+    nothing changes). Set in this process's environment, where the batcher and the sessions read them.
+    Concurrent requests cost less CPU each so than one call at a time spread over every core, whose
+    threads wake and wait on each other at every layer (docs/notebook/BENCHMARKS.md, "Served path")."""
+    env = settings()
+    if env.batch_workers or env.ort_threads:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(4, cores))
+    os.environ[ENV_PREFIX + "BATCH_WORKERS"] = str(workers)
+    os.environ[ENV_PREFIX + "ORT_THREADS"] = str(max(1, cores // workers))
 
 def _explain(error: ValidationError) -> str:
     problems = []

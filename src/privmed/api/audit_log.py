@@ -34,24 +34,59 @@ def is_loopback(host: str | None) -> bool:
 
 
 def install(app: FastAPI) -> None:
-    app.middleware("http")(audit_middleware)
+    app.add_middleware(AuditMiddleware)
 
 
-async def audit_middleware(request: Request, call_next):
+class AuditMiddleware:
+    """Pure ASGI (no ``BaseHTTPMiddleware``: its extra task and body stream per request cost more CPU
+    than the audit row itself). The row is written when the handler starts its answer, before a byte
+    of it is sent; a row that cannot be written replaces the answer with its 503."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        scope.setdefault("state", {})["audit"] = {}  # ``request.state.audit`` for the handlers
+        request = Request(scope)
+        state = request.app.state
+        client = scope.get("client")
+        if not state.settings.auth and not is_loopback(client[0] if client else None):  # defence in depth
+            await JSONResponse({"detail": "this server runs without authentication and answers loopback "
+                                          "clients only"}, status_code=403)(scope, receive, send)
+            return
+        answered, replaced = False, False
+
+        async def send_audited(message) -> None:
+            nonlocal answered, replaced
+            if message["type"] == "http.response.start":
+                answered = True
+                refused = await _audited(request, message["status"], t0)
+                if refused is not None:
+                    replaced = True
+                    await refused(scope, receive, send)
+                    return
+            if not replaced:  # the body of an answer that a 503 replaced is dropped
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_audited)
+        except Exception:  # pragma: no cover - last resort; handlers map every known error
+            if answered:
+                raise
+            log.exception("unhandled error")
+        if not answered:  # an error, or a handler that never answered: a 500, logged like any answer
+            response = JSONResponse({"detail": "internal error; the request was logged"}, status_code=500)
+            await (await _audited(request, 500, t0) or response)(scope, receive, send)
+
+
+async def _audited(request: Request, status: int, t0: float) -> JSONResponse | None:
+    """The request's row (for ``/v1`` and every refusal) and its metrics; the 503 that replaces the
+    answer when the row could not be written, else None."""
     state = request.app.state
-    t0 = time.perf_counter()
-    request.state.audit = {}
-    client = request.client.host if request.client else None
-    if not state.settings.auth and not is_loopback(client):  # defence in depth behind the bind check
-        return JSONResponse({"detail": "this server runs without authentication and answers loopback "
-                                       "clients only"}, status_code=403)
-    try:
-        response = await call_next(request)
-        status = response.status_code
-    except Exception:  # pragma: no cover - last resort; handlers map every known error
-        log.exception("unhandled error")
-        response = JSONResponse({"detail": "internal error; the request was logged"}, status_code=500)
-        status = 500
     seconds = time.perf_counter() - t0
     route_path = getattr(request.scope.get("route"), "path", None) or "unmatched"
     refused = None
@@ -62,7 +97,7 @@ async def audit_middleware(request: Request, call_next):
     state.metrics.observe_request(request.method, route_path, status, seconds)
     if 400 <= status < 500 and route_path == "/v1/predict":
         state.metrics.observe_input_error(status)
-    return refused or response
+    return refused
 
 
 async def write_row(store: Store, checkpointer: Checkpointer | None, refusals: RefusalLimiter, request: Request,

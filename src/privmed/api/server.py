@@ -107,6 +107,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         import torch
 
         torch.set_num_threads(threads)
+    config.parallel_forwards()
     settings = settings or Settings.from_env()
     settings.host = host
     app = create_app(settings)  # refuses (auth off off-loopback, bad bundle) before anything is announced
@@ -115,3 +116,4 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
 
         print(banner, file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+

@@ -30,7 +30,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Float, Integer, String, Text, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -100,6 +113,18 @@ class AuditHead(Base):
     last_seq: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
 
+
+# the append's and the key lookup's statements, built once: building them per call (bind parameters, cache
+# keys) cost more CPU than running them
+_ROWS, _HEAD, _KEYS = AuditRow.__table__, AuditHead.__table__, ApiKey.__table__
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_LAST_ROW = select(_ROWS.c.seq, _ROWS.c.row_hash).order_by(_ROWS.c.seq.desc()).limit(1)
+_INSERT_ROW = insert(_ROWS)
+_BUMP_HEAD = (update(_HEAD).where(_HEAD.c.id == 1)
+              .values(count=_HEAD.c.count + 1, last_seq=bindparam("new_seq"), last_hash=bindparam("new_hash")))
+_INSERT_HEAD = insert(_HEAD)
+_KEY_BY_ID = select(_KEYS.c.key_id, _KEYS.c.role, _KEYS.c.salt, _KEYS.c.key_hash, _KEYS.c.revoked_at,
+                    _KEYS.c.expires_at).where(_KEYS.c.key_id == bindparam("key_id"))
 
 HASHED_FIELDS = ("seq", "ts", "key_id", "role", "method", "path", "status", "latency_ms", "model_id",
                  "model_version", "epsilon", "input_sha256", "output", "detail")
@@ -213,8 +238,8 @@ class Store:
         parts = key.strip().split("_", 2)
         if len(parts) != 3 or parts[0] != KEY_PREFIX:
             return None
-        with Session(self.engine) as s:
-            row = s.get(ApiKey, parts[1])
+        with self.engine.connect() as conn:  # read on every request: a revoked key stops at once
+            row = conn.execute(_KEY_BY_ID, {"key_id": parts[1]}).first()
             if row is None or row.revoked_at is not None:
                 return None
             if not hmac.compare_digest(row.key_hash, _hash_secret(row.salt, parts[2])):
@@ -290,21 +315,17 @@ class Store:
         raise AssertionError("unreachable")
 
     def _append_once(self, row: dict) -> dict:
-        rows_t, head_t = AuditRow.__table__, AuditHead.__table__
         with self.engine.connect().execution_options(privmed_write=True) as conn, conn.begin():
             if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})
-            last = conn.execute(select(rows_t.c.seq, rows_t.c.row_hash).order_by(rows_t.c.seq.desc())
-                                .limit(1)).first()
+                conn.execute(_PG_LOCK, {"k": PG_LOCK_KEY})
+            last = conn.execute(_LAST_ROW).first()
             seq = (last.seq if last else 0) + 1
             prev = last.row_hash if last else GENESIS
             full = dict(row, seq=seq)
             h = chain_hash(prev, full)
-            conn.execute(insert(rows_t).values(**full, prev_hash=prev, row_hash=h))
-            done = conn.execute(update(head_t).where(head_t.c.id == 1)
-                                .values(count=head_t.c.count + 1, last_seq=seq, last_hash=h)).rowcount
-            if not done:
-                conn.execute(insert(head_t).values(id=1, count=1, last_seq=seq, last_hash=h))
+            conn.execute(_INSERT_ROW, dict(full, prev_hash=prev, row_hash=h))
+            if not conn.execute(_BUMP_HEAD, {"new_seq": seq, "new_hash": h}).rowcount:
+                conn.execute(_INSERT_HEAD, {"id": 1, "count": 1, "last_seq": seq, "last_hash": h})
         return dict(full, prev_hash=prev, row_hash=h)
 
     def rows(self, after_seq: int = 0, limit: int = 100) -> list[dict]:

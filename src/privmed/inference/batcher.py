@@ -1,11 +1,13 @@
 """Micro-batching: single-image forwards from concurrent requests merged into one network call.
 
 The first image to arrive opens a batch; the batch closes when ``max_batch`` images are in it or
-``max_wait_s`` (<= 5 ms by default) has passed, and one worker thread runs it with
-``Model.scores``. So the network still runs one call at a time (the cores are shared with decoding),
-but N waiting images cost one call instead of N. A batch waits only while other requests are on their
-way (``coming()``: decoding, quality gate): a lone request is never delayed. The queue is bounded: when it
-is full, ``scores`` raises ``Busy`` at once instead of letting requests pile up without limit.
+``max_wait_s`` (<= 5 ms by default) has passed, and a worker thread runs it with ``Model.scores``.
+``workers`` threads (1 by default) take batches from the one queue, so that many network calls run at
+once: the API server runs one per core, each on one ONNX Runtime thread (``api.server.parallel_forwards``),
+which costs less CPU per image than one call at a time spread over every core. A batch waits only
+while other requests are on their way (``coming()``: decoding, quality gate): a lone request is never
+delayed. The queue is bounded: when it is full, ``scores`` raises ``Busy`` at once instead of letting
+requests pile up without limit.
 """
 from __future__ import annotations
 
@@ -30,16 +32,19 @@ def settings_from_env() -> dict | None:
     s = settings()
     if not s.batch:
         return None
-    return {"max_batch": s.batch_max, "max_wait_s": min(5.0, s.batch_wait_ms) / 1000, "max_queue": s.batch_queue}
+    return {"max_batch": s.batch_max, "max_wait_s": min(5.0, s.batch_wait_ms) / 1000, "max_queue": s.batch_queue,
+            "workers": s.batch_workers or 1}
 
 
 class MicroBatcher:
-    def __init__(self, scores_fn, *, max_batch: int = 16, max_wait_s: float = 0.005, max_queue: int = 64):
+    def __init__(self, scores_fn, *, max_batch: int = 16, max_wait_s: float = 0.005, max_queue: int = 64,
+                 workers: int = 1):
         self.scores_fn, self.max_batch, self.max_wait_s = scores_fn, max(1, max_batch), max(0.0, max_wait_s)
         self._q: queue.Queue = queue.Queue(maxsize=max(1, max_queue))
         self.calls = self.images = 0  # for tests and benchmarks: images per network call
         self._coming, self._coming_lock = 0, threading.Lock()
-        threading.Thread(target=self._loop, name="privmed-batcher", daemon=True).start()
+        for i in range(max(1, workers)):
+            threading.Thread(target=self._loop, name=f"privmed-batcher-{i}", daemon=True).start()
 
     def coming(self) -> "_Coming":
         """Context around a request's work before ``scores`` (decode, gate, preprocess): while any
@@ -88,7 +93,8 @@ class MicroBatcher:
                 for f in futures:
                     f.set_exception(e)
                 continue
-            self.calls, self.images = self.calls + 1, self.images + len(items)
+            with self._coming_lock:
+                self.calls, self.images = self.calls + 1, self.images + len(items)
             for i, f in enumerate(futures):
                 f.set_result((probs[i:i + 1], None if ood is None else ood[i:i + 1]))
 

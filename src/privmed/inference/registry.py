@@ -2,6 +2,8 @@
 addressed by model id (``pneumonia-effnet_lite0_head-eps2``) or directory name, loaded lazily."""
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -24,10 +26,15 @@ class UnknownModel(LookupError):
 def _stamp(path: Path) -> tuple:
     """(name, mtime, size) of every file in a bundle and of its site calibration beside it: any change
     on disk triggers re-verification (a site calibrated while the server runs is used from then on)."""
-    files = [p for p in path.iterdir() if p.is_file()]
+    with os.scandir(path) as found:  # one stat per file (checked on every request)
+        files = [(f.path, f.stat()) for f in found if f.is_file()]
     site = site_calibration.site_dir(path) / site_calibration.SITE_FILE
-    files += [site] if site.is_file() else []
-    return tuple(sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+    try:
+        st = site.stat()
+        files += [(str(site), st)] if stat.S_ISREG(st.st_mode) else []
+    except (FileNotFoundError, NotADirectoryError):  # no site calibration (what ``is_file`` said before)
+        pass
+    return tuple(sorted((name, st.st_mtime_ns, st.st_size) for name, st in files))
 
 
 class Registry:

@@ -15,7 +15,7 @@ from privmed.files import sha256_bytes
 from privmed.inference.predictor import SOURCES
 from privmed.inference.report import result_dict
 
-_PREDICT_LOCK = threading.Semaphore(1)  # one forward at a time: the CPU cores are shared by all
+_SLOTS: dict[int, threading.Semaphore] = {}  # forwards at once (PRIVMED_BATCH_WORKERS) -> its semaphore
 _BATCHERS_LOCK = threading.Lock()
 
 
@@ -58,7 +58,7 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
         probs, ood = batcher.scores(x)  # a full queue raises Busy (an ``Unavailable``)
         pred = model.finish(meta, verdict, x, probs, ood)
     else:
-        with _PREDICT_LOCK:
+        with _forward_slots():
             probs, ood = model.scores(x)
             pred = model.finish(meta, verdict, x, probs, ood, explain=explain)
     res = result_dict(pred, filename=filename, input_sha256=digest, image_meta=meta, heatmap=explain)
@@ -96,6 +96,14 @@ def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str, red
         img, verdict, x = model.prepare(data, window=window, frame=frame, source=source, max_bytes=max_bytes,
                                         edit=redact_step if redact else None)
         return img.meta, verdict, x, regions[0], img if keep_decoded else None
+
+
+def _forward_slots() -> threading.Semaphore:
+    """Forwards run at once without the batcher: ``PRIVMED_BATCH_WORKERS`` (1 unless set; ``privmed api``
+    sets one per core), the cores being shared by all."""
+    n = settings().batch_workers or 1
+    with _BATCHERS_LOCK:
+        return _SLOTS.setdefault(n, threading.Semaphore(n))
 
 
 class _NoLock:
