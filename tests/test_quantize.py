@@ -4,6 +4,7 @@ matches the bundle's weights and fp32 graph."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,16 +13,35 @@ from privmed.errors import PrivmedError  # noqa: E402
 from privmed.inference.predictor import load_model  # noqa: E402
 
 
-@pytest.fixture
-def quantized(bundle_copy, data_root, monkeypatch):
+@pytest.fixture(scope="module")
+def quantized_once(small_bundle, data_root, tmp_path_factory):
+    """One export and one quantization (the slow part), shared: each test gets its own copy below."""
+    import shutil
+
     from privmed.inference.onnx_export import export
     from privmed.inference.quantize import quantize_bundle
 
+    bundle = Path(shutil.copytree(small_bundle, tmp_path_factory.mktemp("int8") / "bundle"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRIVMED_ONNX", "on")
+        export(bundle)
+        record = quantize_bundle(bundle, "chest_xray_pneumonia:train", calib_n=24, data_root=data_root,
+                                 repeats=3, progress=False)
+    return bundle, record
+
+
+@pytest.fixture
+def quantized(quantized_once, tmp_path, monkeypatch):
+    """A private copy of the quantized bundle and its ``BUNDLE.local`` folder (tests rewrite the record)."""
+    import shutil
+
+    from privmed.inference.quantize import local_dir
+
+    src, record = quantized_once
+    bundle = Path(shutil.copytree(src, tmp_path / "bundle"))
+    shutil.copytree(local_dir(src), local_dir(bundle))
     monkeypatch.setenv("PRIVMED_ONNX", "on")
-    export(bundle_copy)
-    record = quantize_bundle(bundle_copy, "chest_xray_pneumonia:train", calib_n=24, data_root=data_root,
-                             repeats=3, progress=False)
-    return bundle_copy, record
+    return bundle, record
 
 
 def test_int8_record_and_artefact_stay_outside_the_bundle(quantized):
