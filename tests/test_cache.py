@@ -5,6 +5,7 @@ import os
 import stat
 
 import numpy as np
+import pytest
 
 from privmed import cache
 from privmed.config import REPO_ROOT, cache_dir
@@ -56,3 +57,33 @@ def test_cache_cli_info_and_clear(monkeypatch, tmp_path, capsys):
     assert "1 file" in out and "patient data" in out and "repo-cache" in out
     assert main(["cache", "clear"]) == 0
     assert list(cache_dir().iterdir()) == [] and not (tmp_path / "repo-cache").exists()
+
+
+def test_camera_photos_are_cached_by_content_and_order(data_root, tmp_path, monkeypatch):
+    """The simulated phone photos a bundle build and a site calibration fit the camera threshold on are
+    cached like the training pixels: a second call reads them back (no photo is taken again), rows follow
+    the records' order, and the values are those the uncached path gives the network."""
+    import numpy as np
+    import torch
+
+    from privmed import pipeline
+    from privmed.config import PreprocessConfig
+    from privmed.data.datasets import open_dataset
+    from privmed.data.transforms import Preprocess
+    from privmed.training.data import pixels_to_tensor
+
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp_path))
+    records = open_dataset("covid19_xray", data_root).records("test")[::13][:5]
+    pre = Preprocess(PreprocessConfig(size=64))
+    first = pipeline.camera_inputs(records, pre)
+    direct = torch.from_numpy(np.stack([pre(p) for p in pipeline.camera_photos(records)])).float()[:, None]
+    assert first.dtype == np.uint8 and first.shape == (5, 64, 64)
+    assert torch.equal(pixels_to_tensor(first), direct)
+
+    def no_photos(*a, **k):
+        raise AssertionError("a cached photo was taken again")
+
+    monkeypatch.setattr(pipeline, "camera_photos", no_photos)
+    assert np.array_equal(pipeline.camera_inputs(records, pre), first)
+    with pytest.raises(AssertionError, match="taken again"):  # another order is another array
+        pipeline.camera_inputs(records[::-1], pre)

@@ -23,13 +23,13 @@ from privmed.data.read import load_image
 from privmed.errors import DatasetError, PrivmedError
 from privmed.inference.predictor import Model
 from privmed.inference.site import SITE_FILE, site_dir
-from privmed.pipeline import camera_photos
+from privmed.pipeline import camera_inputs
 from privmed.privacy import ood
 from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
 from privmed.privacy.budget import Registry, dataset_key
 from privmed.privacy.releases import validation_history
 from privmed.privacy.validation import validation_releases
-from privmed.training.data import unit_ids
+from privmed.training.data import pixels_to_tensor, unit_ids
 
 ACCOUNTANT = "prv"
 
@@ -57,9 +57,15 @@ def site_records(folder: Path, classes: list[str]) -> list[Record]:
 def site_outputs(model: Model, pixels) -> tuple[np.ndarray, np.ndarray]:
     """(raw logits, embeddings) of decoded images (an iterable: read as needed), preprocessed as uploads
     are, 32 at a time."""
-    logits, emb, it = [], [], iter(pixels)
-    while chunk := list(itertools.islice(it, 32)):
-        lo, em = model.logits_and_embedding(model.batch(chunk))
+    it = iter(pixels)
+    return outputs(model, (model.batch(chunk) for chunk in iter(lambda: list(itertools.islice(it, 32)), [])))
+
+
+def outputs(model: Model, batches) -> tuple[np.ndarray, np.ndarray]:
+    """(raw logits, embeddings) of preprocessed batches (N, 1, H, W)."""
+    logits, emb = [], []
+    for x in batches:
+        lo, em = model.logits_and_embedding(x)
         logits.append(np.asarray(lo))
         emb.append(np.asarray(em))
     return np.concatenate(logits), np.concatenate(emb)
@@ -81,7 +87,9 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
 
     logits, emb = site_outputs(model, (read(r).pixels for r in tqdm(records, desc="site images", disable=not progress,
                                                                      leave=False)))
-    _, camera_emb = site_outputs(model, camera_photos(records, read, progress))
+    window = json.dumps(model.dicom_options(), sort_keys=True, default=str)
+    photos = camera_inputs(records, model.preprocess, read, window, progress)
+    _, camera_emb = outputs(model, (pixels_to_tensor(photos[i:i + 32]) for i in range(0, len(photos), 32)))
     y = np.array([r.label for r in records])
     calibration, decision, block, releases, notes = validation_releases(
         logits, emb, y, units.numpy(), len(model.classes), privacy, data="the site sample", camera_emb=camera_emb)

@@ -13,21 +13,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import privmed.cache as cache
 from privmed.bundle.format import save_bundle, write_run_log
 from privmed.bundle.metadata import build_metadata
-from privmed.config import TrainConfig, bundles_dir
+from privmed.config import TrainConfig, bundles_dir, cache_dir
 from privmed.data.datasets import load_record
 from privmed.data.read import load_image
-from privmed.data.transforms import Preprocess
+from privmed.data.transforms import Preprocess, to_uint8
 from privmed.evaluation.camera_sim import photo_of
 from privmed.evaluation.metrics import classification_report
+from privmed.files import sha256_bytes
 from privmed.inference import calibration as cal
 from privmed.inference.predictor import camera_input
 from privmed.models.batched import batched_forward
 from privmed.privacy.budget import Registry
 from privmed.privacy.ledger import add_validation_releases
 from privmed.privacy.validation import ood_means_release, validation_releases
-from privmed.training.data import unit_ids
+from privmed.training.data import cache_key, pixels_to_tensor, records_key, unit_ids
 from privmed.training.trainer import train
 
 
@@ -41,6 +43,29 @@ def camera_photos(records, read=load_record, progress: bool = False):
     for r in tqdm(records, desc="simulated phone photos", disable=not progress, leave=False):
         photo = photo_of(read(r).pixels, Path(r.path).read_bytes())
         yield camera_input(load_image(photo.jpeg), "camera").pixels
+
+
+# the code a simulated photo depends on: editing any of these files makes new photos, not stale hits
+PHOTO_CODE = ("evaluation/camera_sim.py", "data/rectify.py", "data/read.py", "data/transforms.py")
+
+
+def camera_inputs(records, pre: Preprocess, read=load_record, read_key: str = "", progress: bool = False) -> np.ndarray:
+    """The preprocessed camera photos of ``records`` as (N, size, size) uint8, cached by content like the
+    training pixels (the preprocessing ends on those 256 levels, so nothing is lost): each photo depends on
+    its own file alone, so another recipe on the same split or a second site calibration reuses them.
+    ``read_key``: what ``read`` adds to the file (e.g. a DICOM window)."""
+    root = Path(__file__).resolve().parent
+    code = sha256_bytes(b"".join((root / f).read_bytes() for f in PHOTO_CODE))
+    path = cache_dir() / f"camera-{cache_key(records_key(records), pre.cfg.model_dump(), read_key, code)}.npy"
+    hit = cache.load(path)
+    if hit is not None:
+        return hit
+    size = pre.cfg.size
+    out = np.empty((len(records), size, size), np.uint8)
+    for i, p in enumerate(camera_photos(records, read, progress)):
+        out[i] = to_uint8(pre(p))
+    cache.save(path, out)
+    return out
 
 
 def train_means(model, result, cfg: TrainConfig) -> dict:
@@ -73,8 +98,7 @@ def train_bundle(cfg: TrainConfig | None = None, out: Path | str | None = None, 
     y_val = np.array([r.label for r in splits.val])
     logits, emb = (t.numpy() for t in batched_forward(model.trainable_forward_with_embedding, result.val_inputs))
     units, _ = unit_ids(splits.val, result.unit)
-    pre = Preprocess(cfg.preprocess)
-    photos = torch.from_numpy(np.stack([pre(p) for p in camera_photos(splits.val, progress=progress)])).float()[:, None]
+    photos = pixels_to_tensor(camera_inputs(splits.val, Preprocess(cfg.preprocess), progress=progress))
     _, camera_emb = batched_forward(model.forward_with_embedding, photos, progress=progress, desc="camera photos")
     calibration, decision, ood_block, releases, notes = validation_releases(
         logits, emb, y_val, units.numpy(), len(splits.classes), result.privacy, means=train_means(model, result, cfg),

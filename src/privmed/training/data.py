@@ -18,6 +18,7 @@ from privmed.data.datasets import Record, fingerprint, load_record, open_dataset
 from privmed.data.transforms import Preprocess, to_uint8
 from privmed.errors import DatasetError, ImageReadError
 from privmed.files import sha256_bytes
+from privmed.files import sha256_file as file_sha256
 from privmed.models.batched import batched_forward
 from privmed.models.registry import spec_of
 
@@ -86,13 +87,21 @@ def test_records(cfg: TrainConfig, split: str = "test") -> tuple[list[Record], i
     return [r for r in test if r not in leaked], len(leaked)
 
 
-def _key(*parts) -> str:
+def cache_key(*parts) -> str:
+    """A cache file's name part: the hash of everything its content depends on."""
     return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())[:24]
+
+
+def records_key(records: list[Record]) -> str:
+    """What an array with one row per record depends on: each file's content and label, in the order of
+    the rows (not the path: the same images linked into another folder hit the same cache)."""
+    rows = (f"{file_sha256(r.path) if r.index is None else r.path.name}:{r.index}:{r.label}" for r in records)
+    return sha256_bytes("\n".join(rows).encode())
 
 
 def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) -> np.ndarray:
     """(N, size, size) uint8, cached by content fingerprint and preprocessing settings."""
-    path = cache_dir() / f"pixels-{_key(fingerprint(records), cfg.preprocess.model_dump())}.npy"
+    path = cache_dir() / f"pixels-{cache_key(records_key(records), cfg.preprocess.model_dump())}.npy"
     hit = cache.load(path)
     if hit is not None:
         return hit
@@ -113,7 +122,7 @@ def load_pixels(records: list[Record], cfg: TrainConfig, progress: bool = True) 
 def frozen_outputs(frozen: torch.nn.Module, pixels: np.ndarray, key: str, progress: bool = True,
                    batch: int = 64) -> torch.Tensor:
     """Run the frozen part once over all images (cached): DP training then touches only the head."""
-    path = cache_dir() / f"frozen-{_key(key, pixels.shape, sha256_bytes(pixels.tobytes()))}.npy"
+    path = cache_dir() / f"frozen-{cache_key(key, pixels.shape, sha256_bytes(pixels.tobytes()))}.npy"
     hit = cache.load(path)
     if hit is not None:
         return torch.from_numpy(hit.astype(np.float32))
