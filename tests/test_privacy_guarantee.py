@@ -549,6 +549,7 @@ def test_training_spends_the_datasets_one_budget_and_refuses_past_its_limit(data
     from privmed.pipeline import train_bundle
     from privmed.privacy.budget import Registry, key_of
     from privmed.training.data import split_records
+    from support.round_trip import assert_round_trip
 
     root, _ = _neighbour_folders(data_root, tmp_path, n_per_class=15)
     cfg = TrainConfig(dataset=str(root), model="cnn", epochs=1, preprocess={"size": 32}, augment={"enabled": False})
@@ -558,6 +559,7 @@ def test_training_spends_the_datasets_one_budget_and_refuses_past_its_limit(data
     total = meta["privacy"]["dataset_budget"]
     assert total["runs"] == 1 and meta["privacy"]["epsilon"] <= total["epsilon_all_runs"] <= 2.0 + 1e-3
     assert total["limit"]["epsilon"] == 2.5 and key not in json.dumps(meta)  # the key would identify the data
+    assert_round_trip(tmp_path / "one")  # the typed schema reads the limit block back key for key
     with pytest.raises(PrivacyBudgetError, match="limit"):
         train_bundle(cfg, tmp_path / "two", progress=False)
     assert not (tmp_path / "two").exists() and Registry().summary(key)["runs"] == 1

@@ -73,11 +73,18 @@ class ClassWeights(Block):
     applied: str | None = None
 
 
+class BudgetLimit(Block):
+    """The data owner's limit on the dataset (``privmed privacy budget``), as the registry records it."""
+    epsilon: Real
+    delta: Real
+    at: str | None = None
+
+
 class DatasetBudget(Block):
     epsilon_all_runs: Real | None = None
     delta: Real | None = None
     runs: int | None = None
-    limit: Real | None = None
+    limit: BudgetLimit | None = None
     composition: str | None = None
     counted_since: str | None = None
 
