@@ -23,6 +23,7 @@ from privmed.data.read import load_image
 from privmed.errors import DatasetError, PrivmedError
 from privmed.inference.predictor import Model
 from privmed.inference.site import SITE_FILE, site_dir
+from privmed.models.batched import batched_forward
 from privmed.pipeline import camera_inputs
 from privmed.privacy import ood
 from privmed.privacy.accounting import DEFAULT_DELTA, epsilon_of
@@ -57,15 +58,9 @@ def site_records(folder: Path, classes: list[str]) -> list[Record]:
 def site_outputs(model: Model, pixels) -> tuple[np.ndarray, np.ndarray]:
     """(raw logits, embeddings) of decoded images (an iterable: read as needed), preprocessed as uploads
     are, 32 at a time."""
-    it = iter(pixels)
-    return outputs(model, (model.batch(chunk) for chunk in iter(lambda: list(itertools.islice(it, 32)), [])))
-
-
-def outputs(model: Model, batches) -> tuple[np.ndarray, np.ndarray]:
-    """(raw logits, embeddings) of preprocessed batches (N, 1, H, W)."""
-    logits, emb = [], []
-    for x in batches:
-        lo, em = model.logits_and_embedding(x)
+    logits, emb, it = [], [], iter(pixels)
+    while chunk := list(itertools.islice(it, 32)):
+        lo, em = model.logits_and_embedding(model.batch(chunk))
         logits.append(np.asarray(lo))
         emb.append(np.asarray(em))
     return np.concatenate(logits), np.concatenate(emb)
@@ -89,7 +84,8 @@ def calibrate_site(bundle: Path, records: list[Record], *, name: str, epsilon: f
                                                                      leave=False)))
     window = json.dumps(model.dicom_options(), sort_keys=True, default=str)
     photos = camera_inputs(records, model.preprocess, read, window, progress)
-    _, camera_emb = outputs(model, (pixels_to_tensor(photos[i:i + 32]) for i in range(0, len(photos), 32)))
+    _, camera_emb = batched_forward(lambda p: model.logits_and_embedding(pixels_to_tensor(p)), photos, 32)
+    camera_emb = camera_emb.numpy()
     y = np.array([r.label for r in records])
     calibration, decision, block, releases, notes = validation_releases(
         logits, emb, y, units.numpy(), len(model.classes), privacy, data="the site sample", camera_emb=camera_emb)

@@ -148,12 +148,11 @@ def settings() -> Settings:
     return value
 
 
-
 def parallel_forwards() -> None:
     """``privmed api``'s network calls: one per core at once (at most 4), each on its share of the
     cores in ONNX Runtime, unless ``PRIVMED_BATCH_WORKERS`` or ``PRIVMED_ORT_THREADS`` is set (then
     nothing changes). Set in this process's environment, where the batcher and the sessions read them.
-    Concurrent requests cost less CPU each so than one call at a time spread over every core, whose
+    Concurrent requests cost less CPU each than one call at a time spread over every core, whose
     threads wake and wait on each other at every layer (docs/notebook/BENCHMARKS.md, "Served path")."""
     env = settings()
     if env.batch_workers or env.ort_threads:
@@ -162,6 +161,7 @@ def parallel_forwards() -> None:
     workers = max(1, min(4, cores))
     os.environ[ENV_PREFIX + "BATCH_WORKERS"] = str(workers)
     os.environ[ENV_PREFIX + "ORT_THREADS"] = str(max(1, cores // workers))
+
 
 def _explain(error: ValidationError) -> str:
     problems = []

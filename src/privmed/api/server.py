@@ -116,4 +116,3 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
 
         print(banner, file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
-

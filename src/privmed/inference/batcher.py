@@ -3,7 +3,7 @@
 The first image to arrive opens a batch; the batch closes when ``max_batch`` images are in it or
 ``max_wait_s`` (<= 5 ms by default) has passed, and a worker thread runs it with ``Model.scores``.
 ``workers`` threads (1 by default) take batches from the one queue, so that many network calls run at
-once: the API server runs one per core, each on one ONNX Runtime thread (``api.server.parallel_forwards``),
+once: the API server runs one per core, each on one ONNX Runtime thread (``config.parallel_forwards``),
 which costs less CPU per image than one call at a time spread over every core. A batch waits only
 while other requests are on their way (``coming()``: decoding, quality gate): a lone request is never
 delayed. The queue is bounded: when it is full, ``scores`` raises ``Busy`` at once instead of letting

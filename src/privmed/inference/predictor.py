@@ -15,7 +15,6 @@ import torch
 import privmed.inference.intended_use as intended_use
 import privmed.inference.site as site_calibration
 from privmed.bundle.format import load_bundle
-from privmed.bundle.schema import NON_PRIVATE, PrivacyLedger
 from privmed.config import PreprocessConfig, bundle_search_dirs
 from privmed.data.read import MAX_BYTES, Image, load_image
 from privmed.data.transforms import Preprocess
@@ -87,7 +86,7 @@ class Model:
         if cached is not None and cached[0] is self.site:
             return cached[1]
         meta = self.bundle
-        p = meta.privacy or PrivacyLedger(mechanism=NON_PRIVATE)
+        p = meta.ledger
         info = {"id": meta.model_id if "model_id" in meta.model_fields_set else self.path.name, "task": meta.task,
                 "dataset": meta.dataset, "weights_sha256": meta.weights_sha256,
                 "intended_use": self.intended,

@@ -76,8 +76,9 @@ class Registry:
         n = 0
         for d in self._dirs():
             try:
-                read_metadata(d)  # its message says what is missing
-                m = self._read(d.resolve())
+                if not (d / "metadata.json").is_file():
+                    read_metadata(d)  # raises; its message says what is missing
+                m = self._read(d.resolve())  # parsed once: the same parse the entries reuse
                 entry = {"id": m.model_id or d.name, "name": d.name, "path": d, "metadata": m}
                 self.model(entry)
                 self._started[d.resolve()] = entry
