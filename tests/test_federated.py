@@ -468,3 +468,34 @@ def test_a_hospital_augments_pixels_but_never_scattering_maps():
         assert cfg.train.augment.enabled
         h = Hospital(0, x, y, torch.arange(100), 2, cfg, 1e-4)
         assert (h.augment is not None) is augments, model
+
+
+def test_prompt_grid_collects_every_reply_as_it_arrives_and_stops_at_the_timeout():
+    """Process mode's server grid: replies that come in over several pulls are all returned; a hospital
+    that never answers ends the wait at the timeout with the replies that did come."""
+    import time
+
+    from flwr.app import Message, RecordDict
+
+    from privmed.federated.grid import LocalGrid, PromptGrid
+
+    class Slow(LocalGrid):  # a reply is pulled only on the third pull after its push
+        pulls = 0
+
+        def pull_messages(self, message_ids):
+            Slow.pulls += 1
+            return super().pull_messages(message_ids) if Slow.pulls >= 3 else []
+
+    def answer(message, context):
+        return Message(RecordDict(), reply_to=message)
+
+    inner = Slow(answer, [11, 12, 13], [0, 1, 2])
+    grid = PromptGrid(inner, interval=0.01)
+    msgs = [grid.create_message(RecordDict(), "query", n, "g") for n in grid.get_node_ids()]
+    replies = grid.send_and_receive(msgs, timeout=5)
+    assert sorted(r.metadata.src_node_id for r in replies) == [11, 12, 13] and Slow.pulls == 3
+    inner.dropped = {13}  # offline: its message is never answered
+    msgs = [grid.create_message(RecordDict(), "query", n, "g") for n in (11, 12, 13)]
+    t0 = time.monotonic()
+    replies = grid.send_and_receive(msgs, timeout=0.3)
+    assert 0.3 <= time.monotonic() - t0 < 2 and sorted(r.metadata.src_node_id for r in replies) == [11, 12]

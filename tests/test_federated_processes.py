@@ -147,7 +147,8 @@ def test_a_supernode_killed_mid_round_and_the_run_finishes(data_root, tmp_path):
             killed.append(done)
 
     out = tmp_path / "fed"
-    dep = _run(_cfg(data_root, tls=False), out, fault)
+    # the dead hospital's stage waits out stage_timeout; a live hospital's slowest stage takes ~12 s here
+    dep = _run(_cfg(data_root, tls=False, stage_timeout=45), out, fault)
     assert killed == [1]
     p = read_metadata(out).raw["privacy"]
     assert [r["hospitals"] for r in p["federation"]["participation"]] == [[1, 2, 3], [1, 2]]

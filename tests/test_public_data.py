@@ -59,6 +59,31 @@ def test_a_public_corpus_is_refused_for_its_own_dataset_and_for_data_holding_its
         public_corpus("kermany-test", str(own), ROOT)
 
 
+def test_the_copy_scan_is_cached_by_content_and_redone_when_an_image_changes(tmp_path, monkeypatch):
+    from privmed.data import public
+
+    monkeypatch.setenv("PRIVMED_CACHE", str(tmp_path / "cache"))
+    scans = []
+    real = ins.copies_between
+    monkeypatch.setattr(ins, "copies_between", lambda a, b: scans.append(1) or real(a, b))
+    pub = open_dataset("chest_xray_pneumonia", ROOT)
+    corpus = [(pub, r) for r in pub.records("test")[:20]]
+    others = [r.path for r in open_dataset("covid19_xray", ROOT).records("test")[:10]]
+    site = tmp_path / "shared" / "train" / "a"
+    site.mkdir(parents=True)
+    for i, src in enumerate(others):
+        shutil.copy(src, site / f"{i}.jpeg")
+    shutil.copy(corpus[3][1].path, site / "copy.jpeg")  # a copy of corpus film 3
+    shared_ds = open_dataset(str(tmp_path / "shared"), ROOT)
+    shared = [(shared_ds, r) for r in shared_ds.records("train")]
+    first = public._copies(corpus, shared)
+    assert first[3] and first.sum() == 1 and len(scans) == 1
+    assert np.array_equal(public._copies(corpus, shared), first) and len(scans) == 1  # answered from the cache
+    shutil.copy(others[0], site / "copy.jpeg")  # the same file name, other content: scanned again
+    again = public._copies(corpus, shared)
+    assert not again.any() and len(scans) == 2
+
+
 def test_principal_directions_match_scikit_learn():
     rng = np.random.default_rng(0)
     h = rng.normal(size=(200, 30)) @ rng.normal(size=(30, 30))

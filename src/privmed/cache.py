@@ -7,8 +7,10 @@ lives outside the checkout (``$XDG_CACHE_HOME/privmed`` or ``~/.cache/privmed``;
 overrides), owner-only (directory 0700, files 0600), and is capped at ``PRIVMED_CACHE_MAX_MB``
 (default 4096): the least recently used files go first. ``privmed cache info|clear``.
 
-Serving keeps the ONNX graphs it exports from bundles here too (``onnx-KEY.onnx`` and its record
-``onnx-KEY.json``, ``privmed.inference.runtime``): not patient data, but under the same cap and clear.
+Declared public corpora keep their copy scan's answer (``public-copies-KEY.npy``, one flag per corpus
+image, keyed by the content of every shared image). Serving keeps the ONNX graphs it exports from
+bundles here too (``onnx-KEY.onnx`` and its record ``onnx-KEY.json``, ``privmed.inference.runtime``):
+not patient data, but under the same cap and clear.
 """
 from __future__ import annotations
 
@@ -85,7 +87,8 @@ def info() -> dict:
     return {"path": str(d), "exists": d.is_dir(), "mode": oct(stat.S_IMODE(d.stat().st_mode)) if d.is_dir() else None,
             "files": len(files), "bytes": sum(p.stat().st_size for p in files), "max_bytes": max_bytes(),
             "holds": "decoded preprocessed pixels and frozen-backbone features of training/evaluation "
-                     "images: patient data; and the ONNX graphs serving exported from bundles",
+                     "images: patient data; the public corpora's copy flags; and the ONNX graphs serving exported "
+                     "from bundles",
             "legacy_in_checkout": str(LEGACY) if LEGACY.is_dir() and LEGACY != d else None}
 
 

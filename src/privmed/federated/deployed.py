@@ -35,6 +35,7 @@ from privmed.federated.apps import (
     make_workflow,
 )
 from privmed.federated.config import FederatedConfig, SecAggConfig
+from privmed.federated.grid import PromptGrid
 from privmed.files import atomic_path, atomic_write_text
 
 
@@ -153,6 +154,7 @@ def write_checkpoint(path: Path, weights: list[np.ndarray], meta: dict,
 
 @server.main()
 def _server_main(grid, context: Context) -> None:
+    grid = PromptGrid(grid)
     plan_path = Path(str(context.run_config["plan"]))
     plan = json.loads(plan_path.read_text())
     folder = plan_path.parent

@@ -4,6 +4,7 @@ server and hospitals, and every byte is counted. No Ray, no sockets: a federatio
 runs in one process on 2 CPU cores. ``drop`` takes a hospital offline (fault injection)."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
@@ -80,3 +81,46 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+class PromptGrid(Grid):
+    """The SuperLink's grid (process mode) with replies collected every ``interval`` seconds instead of
+    Flower's 3: each SecAgg+ stage waits for its replies, and a first pull right after the push is always
+    empty, so Flower's loop cost at least 3 s per stage, most of a round on a quiet machine. The timeout,
+    the messages and what is returned are Flower's."""
+
+    def __init__(self, inner: Grid, interval: float = 0.25):
+        self.inner, self.interval = inner, interval
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        waiting = set(self.push_messages(messages))
+        end = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while waiting:
+            got = list(self.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if not waiting or timeout is not None and time.monotonic() >= end:
+                break
+            time.sleep(self.interval)
+        return replies

@@ -141,6 +141,8 @@ class Deployment:
                         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                         PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                         FLWR_TELEMETRY_ENABLED="0", **{TOKEN_VAR: self.token})
+        # each SecAgg+ stage starts a ClientApp task per hospital; Flower's SuperExec looks for one every 1 s
+        self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         self.superlink: subprocess.Popen | None = None
         self.supernodes: dict[int, subprocess.Popen] = {}
         self.port = 0
