@@ -197,7 +197,7 @@ def test_delta_stays_below_one_over_the_images_when_the_unit_is_the_patient():
     from privmed.training.trainer import dp_plan
 
     cfg = TrainConfig(privacy={"delta": 1 / 3000, "accountant": "rdp"})
-    plan, _ = dp_plan(cfg, torch.zeros(2000, dtype=torch.long), torch.arange(2000), 2, SecretStream())  # 2,000 images
+    plan = dp_plan(cfg, torch.zeros(2000, dtype=torch.long), torch.arange(2000), 2, SecretStream())[0]  # 2,000 images
     assert plan.noise_multiplier > 0
     with pytest.raises(PrivacyBudgetError, match="N=5000"):  # 5,000 images of the same 2,000 patients
         dp_plan(cfg, torch.zeros(5000, dtype=torch.long), torch.arange(5000) % 2000, 2, SecretStream())

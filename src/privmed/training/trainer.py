@@ -40,7 +40,7 @@ from privmed.privacy.accounting import DEFAULT_DELTA
 from privmed.privacy.budget import Registry, key_of, split_of
 from privmed.privacy.ledger import release, training_ledger
 from privmed.privacy.randomness import SecretStream
-from privmed.privacy.releases import class_counts_release, validation_history, weights_from_counts
+from privmed.privacy.releases import class_counts_release, validation_history
 from privmed.privacy.sampler import UnitBatch, steps_per_epoch
 from privmed.training.data import Splits, load_pixels, model_inputs, split_records, unit_ids
 from privmed.training.public import fit_public_basis
@@ -335,10 +335,10 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
     weight = count_weights(y_tr, k) if cfg.class_weights and not dp else torch.ones(k)
     if dp:
         stream = SecretStream()
-        plan, counts = dp_plan(cfg, y_tr, units, k, stream, state)
+        plan, counts, dp_weights = dp_plan(cfg, y_tr, units, k, stream, state)
         budget = spend_budget(splits, plan, resumed=state is not None)
         if cfg.class_weights:
-            weight = torch.tensor(weights_from_counts(counts), dtype=torch.float32)
+            weight = torch.tensor(dp_weights, dtype=torch.float32)
 
     def save(loop_state: dict) -> None:
         _save_checkpoint(ckpt, {"config": cfg.model_dump(mode="json"), **loop_state,
@@ -359,18 +359,18 @@ def train(cfg: TrainConfig, checkpoint_dir: Path | None = None, progress: bool =
 
 
 def dp_plan(cfg: TrainConfig, y: torch.Tensor, units: torch.Tensor, k: int, stream: SecretStream,
-            state: dict | None = None) -> tuple[DPPlan, np.ndarray]:
-    """(plan, DP class counts). The counts are the first release (sensitivity 1 per unit); their sum
-    is the DP estimate of the number of units that scales the noisy gradient sum. q, steps and delta
-    are public settings."""
+            state: dict | None = None) -> tuple[DPPlan, np.ndarray, np.ndarray]:
+    """(plan, DP class counts, class weights from them). The counts are the first release (sensitivity 1
+    per unit); their sum is the DP estimate of the number of units that scales the noisy gradient sum. q,
+    steps and delta are public settings."""
     pc = cfg.privacy
     delta = pc.delta if pc.delta is not None else DEFAULT_DELTA
-    counts, _, expected = class_counts_release(y.numpy(), units.numpy(), k, pc.count_noise, pc.epsilon, delta, stream,
-                                               saved=(state or {}).get("dp_class_counts"))
+    counts, weights, expected = class_counts_release(y.numpy(), units.numpy(), k, pc.count_noise, pc.epsilon, delta,
+                                                     stream, saved=(state or {}).get("dp_class_counts"))
     steps = cfg.epochs * steps_per_epoch(pc.sample_rate)
     plan = DPPlan(pc.epsilon, delta, pc.max_grad_norm, pc.sample_rate, steps, pc.accountant,
                   [(pc.count_noise, 1.0, 1), (pc.ood_noise, 1.0, 1)], expected_units=expected)
-    return plan, counts
+    return plan, counts, weights
 
 
 def spend_budget(splits: Splits, plan: DPPlan, resumed: bool = False) -> dict:
