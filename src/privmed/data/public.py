@@ -88,8 +88,13 @@ def _copies(corpus: list[tuple[object, Record]], shared: list[tuple[object, Reco
     so only a changed, added or removed image (or rule) pays the scan again (~13 s on 15,000 images)."""
     files: dict[Path, str] = {}  # an .npz of rows is hashed once for all its rows
 
+    def sha(path: Path) -> str:
+        if path not in files:
+            files[path] = sha256_file(path)
+        return files[path]
+
     def content(items):
-        return "\n".join(f"{files.setdefault(r.path, sha256_file(r.path))}:{r.index}" for _, r in items)
+        return "\n".join(f"{sha(r.path)}:{r.index}" for _, r in items)
 
     key = sha256_bytes("\n--\n".join([sha256_file(ins.__file__), content(corpus), content(shared)]).encode())
     path = cache_dir() / f"public-copies-{key[:32]}.npy"
