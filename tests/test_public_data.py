@@ -82,6 +82,8 @@ def test_the_copy_scan_is_cached_by_content_and_redone_when_an_image_changes(tmp
     shutil.copy(others[0], site / "copy.jpeg")  # the same file name, other content: scanned again
     again = public._copies(corpus, shared)
     assert not again.any() and len(scans) == 2
+    (site / "copy.jpeg").unlink()  # gone after it was listed: scanned as the rule treats unreadable images
+    assert np.array_equal(public._copies(corpus, shared), real(corpus, shared)) and len(scans) == 3
 
 
 def test_principal_directions_match_scikit_learn():

@@ -90,7 +90,10 @@ def _copies(corpus: list[tuple[object, Record]], shared: list[tuple[object, Reco
 
     def sha(path: Path) -> str:
         if path not in files:
-            files[path] = sha256_file(path)
+            try:
+                files[path] = sha256_file(path)
+            except OSError:  # the scan treats an unreadable image as it always did; readable again: a new key
+                files[path] = "unreadable"
         return files[path]
 
     def content(items):
