@@ -29,10 +29,28 @@ from bench_audit_cost import ab, multipart, serve  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (every thread), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def stat_cpu(stat: Path) -> float:
+    """utime + stime in seconds from a /proc ``stat`` file (a process's: all its threads; a task's: one)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def prepare(bundle: Path, data_root: Path, work: Path) -> tuple[Path, Path, Path, str]:
+    """In ``work``: a copy of ``bundle`` exported to ONNX, the real chest X-ray JPEG every request sends and
+    its multipart body; returns (bundle copy, image, body file, content type)."""
+    from privmed.inference.onnx_export import export
+
+    copy = Path(shutil.copytree(bundle, work / "bundle"))
+    export(copy)
+    image = sorted((data_root / "chest_xray_pneumonia" / "test" / "normal").glob("*.jpeg"))[0]
+    data, ctype = multipart(image)
+    body = work / "body.bin"
+    body.write_bytes(data)
+    return copy, image, body, ctype
 
 
 def bare_forward(bundle: Path, image: Path, seconds: float, threads: int | None = None) -> dict:
@@ -86,7 +104,6 @@ def served(bundle: Path, body: Path, ctype: str, clients: int, seconds: float) -
 
 def main(argv=None):
     from privmed.config import bundles_dir, default_data_root
-    from privmed.inference.onnx_export import export
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
@@ -101,12 +118,7 @@ def main(argv=None):
         sys.exit("ab (ApacheBench) not found: apt-get install apache2-utils")
     work = Path(tempfile.mkdtemp(prefix="privmed-served-bench-"))
     try:
-        bundle = Path(shutil.copytree(a.bundle, work / "bundle"))
-        export(bundle)
-        image = sorted((a.data_root / "chest_xray_pneumonia" / "test" / "normal").glob("*.jpeg"))[0]
-        data, ctype = multipart(image)
-        body = work / "body.bin"
-        body.write_bytes(data)
+        bundle, image, body, ctype = prepare(a.bundle, a.data_root, work)
         rows = []
         for i in range(a.rounds):
             bare = best_bare(bundle, image, min(a.duration, 16))

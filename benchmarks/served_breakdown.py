@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_audit_cost import ab, free_port, multipart, wait_up  # noqa: E402
+from bench_audit_cost import ab, free_port, wait_up  # noqa: E402
+from bench_served_path import prepare, stat_cpu  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 # (module, attribute path) timed inside the server: what a request thread or a forward worker runs
 STEPS = [("privmed.api.store", "Store.authenticate"), ("privmed.inference.registry", "Registry.find"),
          ("privmed.inference.registry", "Registry.model"), ("privmed.inference.predictor", "Model.decode"),
@@ -73,11 +73,7 @@ def server_main() -> None:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid`` (utime + stime)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[tid] = (int(fields[11]) + int(fields[12])) / TICK
-    return out
+    return {tid: stat_cpu(Path(f"/proc/{pid}/task/{tid}/stat")) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
 def thread_names(pid: int) -> dict[str, str]:
@@ -94,7 +90,6 @@ def thread_names(pid: int) -> dict[str, str]:
 def main(argv=None) -> None:
     from privmed.api.store import Store
     from privmed.config import bundles_dir, default_data_root
-    from privmed.inference.onnx_export import export
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
@@ -104,11 +99,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="privmed-breakdown-"))
     try:
-        bundle = Path(shutil.copytree(a.bundle, work / "bundle"))
-        export(bundle)
-        image = sorted((a.data_root / "chest_xray_pneumonia" / "test" / "normal").glob("*.jpeg"))[0]
-        data, ctype = multipart(image)
-        (work / "body.bin").write_bytes(data)
+        bundle, _, body, ctype = prepare(a.bundle, a.data_root, work)
         db = f"sqlite:///{work / 'audit.db'}"
         key = Store(db).create_key("clinician", "load test")[1]
         port, out = free_port(), work / "steps.tsv"
@@ -119,10 +110,10 @@ def main(argv=None) -> None:
         url = f"http://127.0.0.1:{port}/v1/predict"
         try:
             wait_up(f"http://127.0.0.1:{port}/health")
-            ab(url, key, work / "body.bin", ctype, a.clients, 3)  # warm-up, not counted
+            ab(url, key, body, ctype, a.clients, 3)  # warm-up, not counted
             os.kill(proc.pid, signal.SIGUSR2)
             c0 = thread_cpu(proc.pid)
-            r = ab(url, key, work / "body.bin", ctype, a.clients, a.duration)
+            r = ab(url, key, body, ctype, a.clients, a.duration)
             c1, names = thread_cpu(proc.pid), thread_names(proc.pid)
             os.kill(proc.pid, signal.SIGUSR1)
             steps = _wait_read(out)
