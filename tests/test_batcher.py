@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from privmed.inference.batcher import Busy, MicroBatcher
+from privmed.inference.service import Workers
 
 
 def fake_scores(x):
@@ -107,3 +108,28 @@ def test_api_service_batches_and_matches_single_predictions(small_bundle, data_r
         assert out[f]["label"] == ref[f].label and out[f]["abstain"] == ref[f].abstain
         for k, p in ref[f].probabilities.items():
             assert abs(out[f]["probabilities"][k] - p) < 1e-5
+
+
+def test_workers_run_whole_requests_at_once_and_refuse_beyond_their_queue():
+    both, release = threading.Barrier(2, timeout=10), threading.Event()
+
+    def job(i):  # two run at once, each in a worker thread, until released
+        both.wait()
+        release.wait(10)
+        if i == 1:
+            raise ValueError("boom")
+        return i, threading.current_thread().name
+
+    w = Workers(2, max_queue=1)
+    running = [w.submit(job, i) for i in range(2)]
+    queued = w.submit(str, "queued")  # the one place in the queue
+    with pytest.raises(Busy, match="busy"):
+        w.submit(str, "one too many")
+    release.set()
+    assert running[0].result(10)[0] == 0 and running[0].result()[1].startswith("privmed-worker")
+    with pytest.raises(ValueError, match="boom"):
+        running[1].result(10)
+    assert queued.result(10) == "queued"
+    later = [w.submit(lambda: 1) for _ in range(3)]  # every place freed, also by the failed job
+    assert [f.result(10) for f in later] == [1, 1, 1]
+    w.close()

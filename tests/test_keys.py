@@ -219,6 +219,16 @@ def test_cli_key_actions_are_in_the_audit_chain(tmp_path, capsys):
     assert secret.encode() not in db.read_bytes()
 
 
+def test_a_revoked_key_stops_at_the_next_request(api):
+    key_id, key = api.keys["clinician"]
+    assert api.store.reads_never_wait  # a SQLite file in WAL mode: the key is looked up on the event loop
+    assert api.get("/v1/models", headers=bearer(key)).status_code == 200
+    Store(url_of(api.db)).revoke_key(key_id)  # another process's store, as `privmed keys revoke` does
+    r = api.get("/v1/models", headers=bearer(key))
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert not Store("sqlite://").reads_never_wait  # no WAL in memory: lookups go to a thread
+
+
 # ---------- the auditor verifies but never writes
 
 

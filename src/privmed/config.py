@@ -91,12 +91,15 @@ class Settings(BaseSettings):
                                                       "at least 1)")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads of `privmed api` "
                                                               "(default: torch's choice)")
-    batch: OnOff = Field(True, description="micro-batching of concurrent predictions")
+    batch: OnOff = Field(True, description="micro-batching of concurrent in-process predictions (the app; "
+                                           "`privmed api` runs whole requests in its prediction workers)")
     batch_max: int = Field(16, description="most images in one micro-batch")
     batch_wait_ms: float = Field(5.0, description="longest wait to fill a micro-batch in ms (capped at 5)")
-    batch_queue: int = Field(64, description="requests queued for a micro-batch before answering 503")
-    batch_workers: int | None = Field(None, ge=1, description="micro-batches run at once (default 1; `privmed api`: "
-                                                              "one per core, at most 4)")
+    batch_queue: int = Field(64, description="requests queued for a micro-batch or an API prediction worker "
+                                             "before answering 503")
+    batch_workers: int | None = Field(None, ge=1, description="micro-batches, or `privmed api` prediction workers, "
+                                                              "run at once (default 1; `privmed api`: one per "
+                                                              "core, at most 4)")
     onnx: AutoOnOff = Field("auto", description="ONNX Runtime: auto (the bundle's model.onnx when it was timed faster, "
                                                 "else a checked graph exported into the cache on first load), on "
                                                 "(the bundle's model.onnx even when timed slower), off (torch)")
@@ -130,28 +133,32 @@ class Settings(BaseSettings):
 
 
 _cached: tuple[tuple, Settings] | None = None
+_seen: dict = {}  # a copy of the whole environment when ``_cached`` was last checked
 
 
 def settings() -> Settings:
     """The PRIVMED_* settings as the environment holds them now (rebuilt when a PRIVMED_* variable
     changed since the last call, so tests and long-lived processes never see stale values)."""
-    global _cached
+    global _cached, _seen
+    cached, raw = _cached, getattr(os.environ, "_data", None)  # CPython's own mapping: compared in C
+    if cached is not None and raw is not None and raw == _seen:
+        return cached[1]  # unchanged environment: served requests call this several times each
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)))
-    cached = _cached
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        value = Settings()
-    except ValidationError as e:
-        raise SettingsError(_explain(e)) from None
-    _cached = (key, value)
-    return value
+    if cached is None or cached[0] != key:
+        try:
+            value = Settings()
+        except ValidationError as e:
+            raise SettingsError(_explain(e)) from None
+        cached = _cached = (key, value)
+    _seen = dict(raw) if raw is not None else {}
+    return cached[1]
 
 
 def parallel_forwards() -> None:
     """``privmed api``'s network calls: one per core at once (at most 4), each on its share of the
     cores in ONNX Runtime, unless ``PRIVMED_BATCH_WORKERS`` or ``PRIVMED_ORT_THREADS`` is set (then
-    nothing changes). Set in this process's environment, where the batcher and the sessions read them.
+    nothing changes). Set in this process's environment, where the API's prediction workers
+    (``service.Workers``), the batcher and the sessions read them.
     Concurrent requests cost less CPU each than one call at a time spread over every core, whose
     threads wake and wait on each other at every layer (docs/notebook/BENCHMARKS.md, "Served path")."""
     env = settings()

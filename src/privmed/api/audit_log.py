@@ -90,7 +90,7 @@ async def _audited(request: Request, status: int, t0: float) -> JSONResponse | N
     seconds = time.perf_counter() - t0
     route_path = getattr(request.scope.get("route"), "path", None) or "unmatched"
     refused = None
-    if request.url.path.startswith("/v1") or status >= 400:
+    if request.scope["path"].startswith("/v1") or status >= 400:
         refused = await write_row(state.store, state.checkpointer, state.refusals, request, status, seconds,
                                   route_path)
     status = refused.status_code if refused else status  # metrics count what the client got

@@ -3,6 +3,7 @@ or ``X-API-Key``) and ``require(action)`` (the roles that may do it). Auth off: 
 from __future__ import annotations
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from privmed.api.store import ExpiredKey, Principal
 
@@ -10,13 +11,14 @@ PERMISSIONS = {"predict": {"clinician"}, "models": {"clinician", "auditor", "adm
                "keys": {"admin"}, "metrics": {"auditor", "admin"}, "calibrate": {"admin"}}
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     if not request.app.state.settings.auth:
         return Principal(None, "*")
     auth = request.headers.get("authorization", "")
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-    try:
-        p = request.app.state.store.authenticate(key)
+    store = request.app.state.store
+    try:  # read on every request (a revoked key stops at once); in a thread unless it never waits
+        p = store.authenticate(key) if store.reads_never_wait else await run_in_threadpool(store.authenticate, key)
     except ExpiredKey as e:  # the right secret: logged under its key id, like any use of the key
         request.state.principal = Principal(e.key_id, e.role)
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None

@@ -29,6 +29,7 @@ from privmed.api.translog import Checkpointer, LogConfig
 from privmed.data.read import MAX_BYTES
 from privmed.errors import PrivmedError
 from privmed.inference.registry import Registry
+from privmed.inference.service import Workers
 
 __all__ = ["Settings", "create_app", "is_loopback", "serve"]
 log = logging.getLogger("privmed.api")
@@ -78,9 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.load_all()
     refusals = RefusalLimiter(settings.refusal_burst, settings.refusal_interval_s)
 
+    workers = Workers(config.settings().batch_workers or 1, config.settings().batch_queue)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
+        workers.close()
         held = refusals.drain()  # counts not yet written when the server stops
         if held:
             append_held(store, held)
@@ -89,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   "medical image classification. Research use only; not a medical device.")
     app.state.store, app.state.registry, app.state.settings = store, registry, settings
     app.state.metrics, app.state.refusals = Metrics(lambda: registry.loaded), refusals
-    app.state.checkpointer = checkpointer
+    app.state.checkpointer, app.state.workers = checkpointer, workers
     audit_log.install(app)
     status.install(app)
     for r in (health.router, models.router, site_router(registry, settings.max_site_bytes, require("calibrate")),

@@ -2,12 +2,13 @@
 
 The first image to arrive opens a batch; the batch closes when ``max_batch`` images are in it or
 ``max_wait_s`` (<= 5 ms by default) has passed, and a worker thread runs it with ``Model.scores``.
-``workers`` threads (1 by default) take batches from the one queue, so that many network calls run at
-once: the API server runs one per core, each on one ONNX Runtime thread (``config.parallel_forwards``),
-which costs less CPU per image than one call at a time spread over every core. A batch waits only
-while other requests are on their way (``coming()``: decoding, quality gate): a lone request is never
-delayed. The queue is bounded: when it is full, ``scores`` raises ``Busy`` at once instead of letting
-requests pile up without limit.
+``workers`` threads (1 by default) take batches from the one queue, so that several network calls can
+run at once. A batch waits only while other requests are on their way (``coming()``: decoding, quality
+gate): a lone request is never delayed. The queue is bounded: when it is full, ``scores`` raises
+``Busy`` at once instead of letting requests pile up without limit. In-process callers of
+``service.analyse`` (the app's sessions) come through here; the REST API does not: its prediction
+workers (``service.Workers``) run each whole request in one thread, which costs less CPU per image
+on a CPU where batches of two cost more per image than two single forwards.
 """
 from __future__ import annotations
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from privmed.config import settings
 from privmed.data.read import MAX_BYTES, Image
 from privmed.errors import ImageReadError, Unavailable
 from privmed.files import sha256_bytes
+from privmed.inference.batcher import Busy
 from privmed.inference.predictor import SOURCES
 from privmed.inference.report import result_dict
 
@@ -38,7 +40,7 @@ _DECODE_SLOTS = threading.BoundedSemaphore(_decode_slots())
 def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = False,
             max_bytes: int = MAX_BYTES, window: str | None = None, frame: int | None = None,
             source: str = "file", redact: bool = False, input_sha256: str | None = None,
-            keep_decoded: bool = False) -> tuple[dict, Image]:
+            keep_decoded: bool = False, batch: bool = True) -> tuple[dict, Image]:
     """Decode once (a DICOM with the model's window, or ``window``; ``frame`` of a multi-frame file;
     refused past ``max_bytes``), check modality, predict. ``source="camera"``: a phone photo of a film
     or monitor, rectified before the quality gate (the result's ``image.rectified`` says whether a
@@ -46,11 +48,12 @@ def analyse(model, data: bytes, *, filename: str | None = None, explain: bool = 
     never what they said. ``input_sha256``: the caller's digest of ``data`` (not computed twice).
     Returns the JSON-able result and the image as the model saw it: preprocessed (small; the decoded
     upload is released before the network runs), or with ``keep_decoded`` the decoded (windowed,
-    rectified) image, for display. One call per image or per camera frame."""
+    rectified) image, for display. One call per image or per camera frame. ``batch=False``: the forward
+    runs in this thread, not through the model's micro-batcher (the caller is a ``Workers`` thread)."""
     if source not in SOURCES:
         raise ImageReadError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     digest = input_sha256 or sha256_bytes(data or b"")
-    batcher = None if explain else _batcher(model)  # Grad-CAM needs the torch network anyway
+    batcher = None if explain or not batch else _batcher(model)  # Grad-CAM needs the torch network anyway
     with batcher.coming() if batcher is not None else _NO_LOCK:
         meta, verdict, x, regions, decoded = _prepare(model, data, max_bytes, window, frame, source, redact,
                                                       keep_decoded)
@@ -96,6 +99,33 @@ def _prepare(model, data: bytes, max_bytes: int, window, frame, source: str, red
         img, verdict, x = model.prepare(data, window=window, frame=frame, source=source, max_bytes=max_bytes,
                                         edit=redact_step if redact else None)
         return img.meta, verdict, x, regions[0], img if keep_decoded else None
+
+
+class Workers:
+    """``n`` threads (``privmed api``: one per core) that each run whole requests: decode, quality gate,
+    forward and result in one thread, the forward on one ONNX Runtime thread. On two cores this costs
+    less CPU per image than handing each image from a request thread to a forward thread (the micro-
+    batcher): every hand-off wakes a thread, and batches of two cost more per image than single
+    forwards on this CPU (docs/notebook/BENCHMARKS.md, "Served path"). At most ``max_queue`` requests
+    wait; beyond that ``submit`` raises ``Busy`` at once."""
+
+    def __init__(self, n: int, max_queue: int = 64):
+        self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="privmed-worker")
+        self._admitted = threading.BoundedSemaphore(max(1, n) + max(0, max_queue))
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        if not self._admitted.acquire(blocking=False):
+            raise Busy("the server is busy (prediction queue full); retry shortly")
+        try:
+            fut = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._admitted.release()
+            raise
+        fut.add_done_callback(lambda _: self._admitted.release())
+        return fut
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _forward_slots() -> threading.Semaphore:

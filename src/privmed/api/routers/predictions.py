@@ -5,6 +5,7 @@ past 1 MiB) and its fields are checked by hand so that every refusal names the f
 declared for the OpenAPI by ``openapi_docs.PredictForm``."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -12,7 +13,6 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,25 +53,14 @@ async def predict(request: Request, p=Depends(require("predict")),
                   source: Literal["file", "camera"] = Query(
                       "file", description="'camera': a phone photo of a film or monitor; the film is found "
                                           "and rectified before the quality gate (result: image.rectified)")):
-    settings, registry = request.app.state.settings, request.app.state.registry
+    settings = request.app.state.settings
     form = await read_form(request, settings)
     uploads = _uploads(form, settings.max_files)
     opts = _options(form)
-    try:
-        entry = registry.find(opts.model_ref)
-    except UnknownModel as e:
-        raise HTTPException(404 if opts.model_ref else 400, str(e)) from None
-    try:
-        model = await run_in_threadpool(registry.model, entry)
-    except BundleError as e:
-        log.error("model %s unavailable: %s", entry["id"], e)
-        raise HTTPException(503, f"model '{entry['id']}' is unavailable: {e}") from None
-    meta = model.bundle
+    # the whole request in one prediction worker (``service.Workers``): a full queue raises Busy (503)
+    entry, model, results = await asyncio.wrap_future(request.app.state.workers.submit(
+        _analyse_all, request, uploads, opts, settings.max_file_bytes, source))
     audit = request.state.audit
-    audit.update(model_id=entry["id"], model_version=meta.weights_sha256, epsilon=meta.ledger.epsilon,
-                 input_sha256=[])
-    results = [await _one(request, model, entry, u, i, len(uploads), opts, settings.max_file_bytes, source)
-               for i, u in enumerate(uploads)]  # one upload in memory at a time
     audit["output"] = [{"label": r["label"], "probabilities": {k: round(v, 6) for k, v in r["probabilities"].items()},
                         "abstain": r["abstain"], "ood_score": r.get("ood_score")} for r in results]
     card = model.card(entry["name"])
@@ -90,16 +79,38 @@ def _json(content: dict) -> JSONResponse:
         return JSONResponse(jsonable_encoder(content))
 
 
-async def _one(request: Request, model, entry: dict, upload: UploadFile, i: int, n: int, opts: Options,
-               max_bytes: int, source: str) -> dict:
-    await upload.seek(0)
-    data = await upload.read()
+def _analyse_all(request: Request, uploads: list[UploadFile], opts: Options, max_bytes: int,
+                 source: str) -> tuple[dict, object, list[dict]]:
+    """In a prediction worker (it reads the bundle folders): the model asked for (re-verified when its
+    files changed) and each upload's result, forward included, one upload in memory at a time; the
+    audit row learns the model and each input's hash first."""
+    registry = request.app.state.registry
+    try:
+        entry = registry.find(opts.model_ref)
+    except UnknownModel as e:
+        raise HTTPException(404 if opts.model_ref else 400, str(e)) from None
+    try:
+        model = registry.model(entry)
+    except BundleError as e:
+        log.error("model %s unavailable: %s", entry["id"], e)
+        raise HTTPException(503, f"model '{entry['id']}' is unavailable: {e}") from None
+    meta, audit = model.bundle, request.state.audit
+    audit.update(model_id=entry["id"], model_version=meta.weights_sha256, epsilon=meta.ledger.epsilon,
+                 input_sha256=[])
+    return entry, model, [_one(request, model, entry, u, i, len(uploads), opts, max_bytes, source)
+                          for i, u in enumerate(uploads)]
+
+
+def _one(request: Request, model, entry: dict, upload: UploadFile, i: int, n: int, opts: Options,
+         max_bytes: int, source: str) -> dict:
+    upload.file.seek(0)
+    data = upload.file.read()
     digest = sha256_bytes(data)  # once: the audit row and the result carry the same hash
     request.state.audit["input_sha256"].append(digest)
     try:
-        res, _ = await run_in_threadpool(analyse, model, data, filename=upload.filename, explain=opts.explain,
-                                         max_bytes=max_bytes, window=opts.window, frame=opts.frame,
-                                         source=source, redact=opts.redact, input_sha256=digest)
+        res, _ = analyse(model, data, filename=upload.filename, explain=opts.explain, max_bytes=max_bytes,
+                         window=opts.window, frame=opts.frame, source=source, redact=opts.redact,
+                         input_sha256=digest, batch=False)
     except PrivmedError as e:
         raise as_http(e, f"file {i + 1} of {n}: " if n > 1 else "") from None
     request.app.state.metrics.observe_prediction(entry["id"], res["label"], res["abstain"])
