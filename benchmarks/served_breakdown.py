@@ -1,5 +1,5 @@
 """Where the served path's CPU goes: `privmed api` under ApacheBench, its CPU per image split by thread
-(event loop, request threads, forward workers; from /proc, names from `py-spy dump` when installed) and
+(event loop, request threads, prediction workers; from /proc, names from `py-spy dump` when installed) and
 by the steps the request threads run (thread CPU time around each, measured inside the server).
 
     python benchmarks/served_breakdown.py [--bundle PATH] [--clients 8] [--duration 15]
@@ -139,7 +139,7 @@ def report(a, r: dict, c1: dict, c0: dict, names: dict, steps: dict) -> None:
     groups: dict[str, float] = {}
     for tid, cpu in c1.items():
         g = names.get(tid, "other")
-        g = "forward workers" if g.startswith("privmed-batcher") else g
+        g = "prediction workers" if g.startswith(("privmed-batcher", "privmed-worker")) else g
         groups[g] = groups.get(g, 0.0) + cpu - c0.get(tid, 0.0)
     print(f"{r['requests']} requests, {r['rps']:.1f}/s, {r['failed']} failed; server CPU "
           f"{1000 * sum(groups.values()) / n:.2f} ms per image ({a.clients} clients, {a.duration:.0f} s, "
