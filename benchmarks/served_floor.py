@@ -9,7 +9,9 @@ Same load as bench_served_path.py: ApacheBench, one prepared multipart body (a r
 server CPU per image read from /proc. Both fronts use the API's prediction workers (``service.Workers``,
 one per core, one ONNX Runtime thread each). What separates the third row from the fourth is what the
 API adds per request (FastAPI, the multipart parser, the key lookup, the fsynced audit row); what
-separates the second from the first is HTTP and the hand-off to a worker.
+separates the second from the first is HTTP and the hand-off to a worker. Last, in this process: the
+step before the network (``Model.prepare``: decode, gate, preprocess) and a one-thread forward, each
+timed alone in a hot loop and then alternated in one thread, as a worker runs them.
 """
 from __future__ import annotations
 
@@ -65,6 +67,38 @@ def thin_front(bundle: Path, image: Path, whole: bool):
     return app
 
 
+def alternated(bundle: Path, image: Path, n: int = 300) -> dict:
+    """Thread CPU ms of ``Model.prepare`` and of a one-thread forward, each repeated alone and then
+    alternated (prepare, forward, prepare...) in one thread."""
+    import time
+
+    import numpy as np
+
+    from privmed.inference.onnx_export import session
+    from privmed.inference.predictor import Model
+
+    model, data = Model(bundle), image.read_bytes()
+    x = model.batch([model.prepare(data)[0].pixels]).numpy().astype(np.float32)
+    sess = session(bundle / "model.onnx", threads=1)
+    steps = {"prepare": lambda: model.prepare(data), "forward": lambda: sess.run(None, {"input": x})}
+    out = {}
+    for name, f in steps.items():
+        for _ in range(20):
+            f()
+        t = time.thread_time()
+        for _ in range(n):
+            f()
+        out[f"{name} alone"] = 1000 * (time.thread_time() - t) / n
+    spent = dict.fromkeys(steps, 0.0)
+    for i in range(n + 20):
+        for name, f in steps.items():
+            t = time.thread_time()
+            f()
+            spent[name] += (time.thread_time() - t) * (i >= 20)
+    out.update({f"{name} alternated": 1000 * s / n for name, s in spent.items()})
+    return out
+
+
 def run_front(bundle: Path, image: Path, body: Path, ctype: str, whole: bool, clients: int, seconds: float) -> dict:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--front", str(bundle), str(image), str(port),
@@ -104,20 +138,25 @@ def main(argv=None) -> None:
                     "thin front, whole prediction step": run_front(bundle, image, body, ctype, True, a.clients,
                                                                    a.duration),
                     "privmed api (auth, audit log)": served(bundle, body, ctype, a.clients, a.duration)}
-            rows.append((i + 1, os.getloadavg()[0], bare, runs))
-            print(f"round {i + 1}: bare {bare}, {runs}", flush=True)
+            rows.append((i + 1, os.getloadavg()[0], bare, runs, alternated(bundle, image)))
+            print(f"round {i + 1}: bare {bare}, {runs}, {rows[-1][-1]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nCommand: `python benchmarks/served_floor.py --clients {a.clients} --duration {a.duration:.0f} "
           f"--rounds {a.rounds}`; {os.cpu_count()} cores shared with ab.\n")
     print("| round | load avg | server | images/s | CPU ms/image | CPU ratio to bare | throughput ratio | failed |")
     print("|---|---|---|---|---|---|---|---|")
-    for i, load, bare, runs in rows:
+    for i, load, bare, runs, _ in rows:
         print(f"| {i} | {load:.1f} | bare forward (batch 1, best of default and 1 thread) | {bare['images_per_s']:.1f} "
               f"| {bare['cpu_ms']:.1f} | 1.00 | 1.00 | - |")
         for name, r in runs.items():
             print(f"| {i} | {load:.1f} | {name} | {r['rps']:.1f} | {r['cpu_ms']:.1f} "
                   f"| {r['cpu_ms'] / bare['cpu_ms']:.2f} | {r['rps'] / bare['images_per_s']:.2f} | {r['failed']} |")
+    print("\n| round | prepare alone | prepare alternated | forward alone | forward alternated (thread CPU ms) |")
+    print("|---|---|---|---|---|")
+    for i, *_, alt in rows:
+        print(f"| {i} | {alt['prepare alone']:.2f} | {alt['prepare alternated']:.2f} | {alt['forward alone']:.2f} "
+              f"| {alt['forward alternated']:.2f} |")
 
 
 if __name__ == "__main__":
