@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.load_all()
     refusals = RefusalLimiter(settings.refusal_burst, settings.refusal_interval_s)
 
-    workers = Workers(config.settings().batch_workers or 1, config.settings().batch_queue)
+    env = config.settings()
+    workers = Workers(env.batch_workers or 1, env.batch_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -25,7 +25,11 @@ from privmed.errors import Unavailable
 
 
 class Busy(Unavailable):
-    """The batch queue is full: the caller should answer 503 and let the client retry."""
+    """A prediction queue (the batcher's, the API workers') is full: the caller should answer 503 and let
+    the client retry."""
+
+    def __init__(self, message: str = "the server is busy (prediction queue full); retry shortly"):
+        super().__init__(message)
 
 
 def settings_from_env() -> dict | None:
@@ -62,7 +66,7 @@ class MicroBatcher:
         try:
             self._q.put_nowait((x, fut))
         except queue.Full:
-            raise Busy("the server is busy (prediction queue full); retry shortly") from None
+            raise Busy() from None
         return fut.result()
 
     def _collect(self) -> list:

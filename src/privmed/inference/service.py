@@ -115,7 +115,7 @@ class Workers:
 
     def submit(self, fn, *args, **kwargs) -> Future:
         if not self._admitted.acquire(blocking=False):
-            raise Busy("the server is busy (prediction queue full); retry shortly")
+            raise Busy()
         try:
             fut = self._pool.submit(fn, *args, **kwargs)
         except BaseException:
