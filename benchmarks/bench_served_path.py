@@ -102,20 +102,31 @@ def served(bundle: Path, body: Path, ctype: str, clients: int, seconds: float) -
     return r
 
 
-def main(argv=None):
+def load_args(duration: float, rounds: int | None) -> argparse.ArgumentParser:
+    """The options every served-path benchmark shares: what to serve, from which data, under what load."""
     from privmed.config import bundles_dir, default_data_root
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=20)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=duration)
+    if rounds:
+        ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--data-root", type=Path, default=default_data_root())
+    return ap
+
+
+def need_ab() -> None:
+    if not shutil.which("ab"):
+        sys.exit("ab (ApacheBench) not found: apt-get install apache2-utils")
+
+
+def main(argv=None):
+    ap = load_args(duration=20, rounds=2)
     ap.add_argument("--label", default="", help="a name for this code version in the table")
     ap.add_argument("--append", type=Path)
     a = ap.parse_args(argv)
-    if not shutil.which("ab"):
-        sys.exit("ab (ApacheBench) not found: apt-get install apache2-utils")
+    need_ab()
     work = Path(tempfile.mkdtemp(prefix="privmed-served-bench-"))
     try:
         bundle, image, body, ctype = prepare(a.bundle, a.data_root, work)

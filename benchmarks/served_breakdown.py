@@ -10,7 +10,6 @@ is divided by the images it served).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_audit_cost import ab, free_port, wait_up  # noqa: E402
-from bench_served_path import prepare, stat_cpu  # noqa: E402
+from bench_served_path import load_args, need_ab, prepare, stat_cpu  # noqa: E402
 
 # (module, attribute path) timed inside the server: what a request thread or a forward worker runs
 STEPS = [("privmed.api.store", "Store.authenticate"), ("privmed.inference.registry", "Registry.find"),
@@ -89,14 +88,9 @@ def thread_names(pid: int) -> dict[str, str]:
 
 def main(argv=None) -> None:
     from privmed.api.store import Store
-    from privmed.config import bundles_dir, default_data_root
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=15)
-    ap.add_argument("--data-root", type=Path, default=default_data_root())
-    a = ap.parse_args(argv)
+    a = load_args(duration=15, rounds=None).parse_args(argv)
+    need_ab()
     work = Path(tempfile.mkdtemp(prefix="privmed-breakdown-"))
     try:
         bundle, _, body, ctype = prepare(a.bundle, a.data_root, work)

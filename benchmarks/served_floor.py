@@ -15,7 +15,6 @@ timed alone in a hot loop and then alternated in one thread, as a worker runs th
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_audit_cost import ab, free_port, wait_up  # noqa: E402
-from bench_served_path import best_bare, cpu_seconds, prepare, served  # noqa: E402
+from bench_served_path import best_bare, cpu_seconds, load_args, need_ab, prepare, served  # noqa: E402
 
 
 def thin_front(bundle: Path, image: Path, whole: bool):
@@ -117,17 +116,8 @@ def run_front(bundle: Path, image: Path, body: Path, ctype: str, whole: bool, cl
 
 
 def main(argv=None) -> None:
-    from privmed.config import bundles_dir, default_data_root
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bundle", type=Path, default=bundles_dir() / "chest_xray_pneumonia")
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=12)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--data-root", type=Path, default=default_data_root())
-    a = ap.parse_args(argv)
-    if not shutil.which("ab"):
-        sys.exit("ab (ApacheBench) not found: apt-get install apache2-utils")
+    a = load_args(duration=12, rounds=2).parse_args(argv)
+    need_ab()
     work = Path(tempfile.mkdtemp(prefix="privmed-floor-"))
     rows = []
     try:
