@@ -6,7 +6,7 @@ The shipped recipe (``effnet_lite0_head``, public projection k 22 on ``kermany-t
 that before DP-SGD the head's rows for *normal* and *viral_pneumonia* are set to ``gain`` times those of a
 logistic regression fitted on the projected public films (normal / bacterial / viral, from Kermany's file
 names); the *covid* row starts at zero. Gain 0 is the shipped start. Depends on public images and labels
-only, so it spends no epsilon. Validation accuracy of the last iterate (24-30 validation images per split).
+only, so it spends no epsilon. Validation accuracy of the last iterate (about 20-30 validation images per split).
 """
 from __future__ import annotations
 
