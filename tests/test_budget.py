@@ -175,3 +175,27 @@ def test_key_depends_on_content_not_location_or_split(tmp_path):
     s2 = split_records(TrainConfig(dataset=str(tmp_path / "elsewhere"), val_fraction=0.3))
     assert key_of(s1) == key_of(s2) == key
     assert split_of(s1) != split_of(s2)
+
+
+def test_releases_compose_once_per_mechanism_with_the_same_epsilon(tmp_path):
+    """Many runs of few recipes: composed per mechanism (steps summed), as the accountant would over the
+    releases as recorded. RDP adds up, so there it is the same number; PRV within its error, checked on
+    runs whose equal mechanisms are not adjacent (Opacus merges only adjacent ones)."""
+    from privmed.privacy.budget import by_mechanism
+
+    runs = [RUN1, RUN2, RUN1]
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for led in runs for r in led["releases"]]
+    merged = by_mechanism(history)
+    assert sorted(merged) == sorted([(10.0, 1.0, 3), (1.1, 0.02, 1000), (0.9, 0.05, 200), (3.0, 1.0, 4),
+                                     (2.5, 1.0, 2)])
+    reg = Registry(tmp_path)
+    for i, led in enumerate(runs):
+        reg.record(KEY, led, what="trial", split=f"split-{i}")  # different splits: one sequential history
+    assert reg.spent(KEY, DELTA, "prv") == pytest.approx(opacus_eps(history, "prv"), rel=1e-3)
+    many = Registry(tmp_path / "many")
+    for i in range(40):
+        many.record(KEY, RUN1 if i % 2 else RUN2, what="trial", split=f"split-{i}")
+    as_recorded = [(r["noise_multiplier"], r["sample_rate"], r["steps"])
+                   for i in range(40) for r in (RUN1 if i % 2 else RUN2)["releases"]]
+    assert len(as_recorded) == 120 and len(by_mechanism(as_recorded)) == 5
+    assert many.spent(KEY, DELTA, "rdp") == pytest.approx(opacus_eps(as_recorded, "rdp"), rel=1e-9)

@@ -70,6 +70,17 @@ def _release(r: dict) -> dict:
             "sample_rate": q, "steps": steps}
 
 
+def by_mechanism(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """The same composition with one entry per mechanism (noise multiplier, sample rate), its steps summed.
+    Composition does not depend on order, and the accountant composes n steps of one mechanism at once:
+    a dataset's hundred trials are some 600 releases of a handful of mechanisms, which PRV composes in
+    seconds as such and not at all as recorded (137 runs: over 16 GB of memory)."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, q, n in history:
+        steps[(sigma, q)] = steps.get((sigma, q), 0) + n
+    return [(sigma, q, n) for (sigma, q), n in steps.items()]
+
+
 def _compose(runs: list[dict], delta: float, accountant: str) -> tuple[float, str]:
     """(epsilon, rule): sequential within each side over all runs, parallel across sides only when
     every run used the same split (then each patient sits on one side in every run)."""
@@ -83,11 +94,11 @@ def _compose(runs: list[dict], delta: float, accountant: str) -> tuple[float, st
             sides.setdefault(r["on"], []).append((r["noise_multiplier"], r["sample_rate"], r["steps"]))
     n_splits = len({run["split"] for run in runs})
     if n_splits == 1:
-        eps = max(epsilon_of(h, delta, accountant) for h in sides.values())
+        eps = max(epsilon_of(by_mechanism(h), delta, accountant) for h in sides.values())
         return eps, (f"sequential within train and within validation over all {len(runs)} runs; parallel across "
                      "the two sides (every run used the same split, so they hold disjoint units): "
                      "epsilon = max(train, validation)")
-    eps = epsilon_of([x for h in sides.values() for x in h], delta, accountant)
+    eps = epsilon_of(by_mechanism([x for h in sides.values() for x in h]), delta, accountant)
     return eps, (f"the runs used {n_splits} different train/validation splits, so a patient may be on the "
                  "training side of one run and the validation side of another: every release of every run "
                  "composed sequentially (conservative)")
