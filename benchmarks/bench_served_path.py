@@ -39,6 +39,16 @@ def cpu_seconds(pid: int) -> float:
     return stat_cpu(Path(f"/proc/{pid}/stat"))
 
 
+def cpu_per_image(cpu, base: str, key: str, body: Path, ctype: str, clients: int, seconds: float) -> dict:
+    """ApacheBench on ``base``/v1/predict: 3 s of warm-up not counted, then ``seconds`` of load; the
+    server's CPU ms per image from ``cpu()`` (its CPU seconds so far) read around the load."""
+    ab(base + "/v1/predict", key, body, ctype, clients, 3)
+    c0 = cpu()
+    r = ab(base + "/v1/predict", key, body, ctype, clients, seconds)
+    r["cpu_ms"] = 1000 * (cpu() - c0) / max(r["requests"], 1)
+    return r
+
+
 def prepare(bundle: Path, data_root: Path, work: Path) -> tuple[Path, Path, Path, str]:
     """In ``work``: a copy of ``bundle`` exported to ONNX, the real chest X-ray JPEG every request sends and
     its multipart body; returns (bundle copy, image, body file, content type)."""
@@ -91,10 +101,7 @@ def served(bundle: Path, body: Path, ctype: str, clients: int, seconds: float) -
     key = Store(db).create_key("clinician", "load test")[1]
     proc, base = serve(bundle, db, dict(os.environ, PRIVMED_BUNDLES=str(tmp / "none")))
     try:
-        ab(base + "/v1/predict", key, body, ctype, clients, 3)  # warm-up, not counted
-        c0 = cpu_seconds(proc.pid)
-        r = ab(base + "/v1/predict", key, body, ctype, clients, seconds)
-        r["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - c0) / max(r["requests"], 1)
+        r = cpu_per_image(lambda: cpu_seconds(proc.pid), base, key, body, ctype, clients, seconds)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)

@@ -26,8 +26,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_audit_cost import ab, free_port, wait_up  # noqa: E402
-from bench_served_path import best_bare, cpu_seconds, load_args, need_ab, prepare, served  # noqa: E402
+from bench_audit_cost import free_port, wait_up  # noqa: E402
+from bench_served_path import (  # noqa: E402
+    best_bare,
+    cpu_per_image,
+    cpu_seconds,
+    load_args,
+    need_ab,
+    prepare,
+    served,
+)
 
 
 def thin_front(bundle: Path, image: Path, whole: bool):
@@ -105,10 +113,7 @@ def run_front(bundle: Path, image: Path, body: Path, ctype: str, whole: bool, cl
     try:
         url = f"http://127.0.0.1:{port}"
         wait_up(url + "/health")
-        ab(url + "/v1/predict", "none", body, ctype, clients, 3)  # warm-up, not counted
-        c0 = cpu_seconds(proc.pid)
-        r = ab(url + "/v1/predict", "none", body, ctype, clients, seconds)
-        r["cpu_ms"] = 1000 * (cpu_seconds(proc.pid) - c0) / max(r["requests"], 1)
+        r = cpu_per_image(lambda: cpu_seconds(proc.pid), url, "none", body, ctype, clients, seconds)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

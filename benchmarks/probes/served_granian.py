@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_audit_cost import ab, free_port, serve, wait_up  # noqa: E402
-from bench_served_path import prepare  # noqa: E402
+from bench_audit_cost import free_port, serve, wait_up  # noqa: E402
+from bench_served_path import cpu_per_image, prepare, stat_cpu  # noqa: E402
 
 
 def make_app():
@@ -38,11 +38,10 @@ def group_cpu(pgid: int) -> float:
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            f = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                total += stat_cpu(stat)
+        except OSError:  # a process that ended meanwhile
             continue
-        if int(f[2]) == pgid:
-            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -68,10 +67,7 @@ def one(server: str, bundle: Path, body: Path, ctype: str, seconds: float, grani
     key = Store(db).create_key("clinician", "load test")[1]
     proc, base = start(server, bundle, db, dict(os.environ, PRIVMED_BUNDLES=str(tmp / "none")), granian_path)
     try:
-        ab(base + "/v1/predict", key, body, ctype, 8, 3)  # warm-up
-        c0 = group_cpu(proc.pid)
-        r = ab(base + "/v1/predict", key, body, ctype, 8, seconds)
-        r["cpu_ms"] = 1000 * (group_cpu(proc.pid) - c0) / max(r["requests"], 1)
+        r = cpu_per_image(lambda: group_cpu(proc.pid), base, key, body, ctype, 8, seconds)
     finally:
         os.killpg(proc.pid, 9)  # granian waits for open connections on SIGTERM; nothing here needs a clean stop
         proc.wait(30)
